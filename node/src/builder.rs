@@ -1,0 +1,333 @@
+//! Executing a [`Job`]: the builder's half of the job path.
+//!
+//! The job arrives self-contained (toolchain id, arguments, preprocessed
+//! input, the source files diagnostics may quote). The builder makes a fresh
+//! directory, runs the compiler in the sandbox, reads back the requested
+//! outputs and removes the directory, whatever happened.
+
+use crate::config::Config;
+use crate::lru::LruDir;
+use crate::sandbox::{self, Bind, Limits, RunOutput, SandboxError};
+use crate::toolchain::ToolchainStore;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use swarmcc_protocol::job::Blob;
+use swarmcc_protocol::{CompileMode, Hash32, Job, JobResult};
+use tokio::sync::Semaphore;
+
+/// Why a job did not produce a result. Every variant means "compile locally
+/// instead"; a compile error is a successful [`JobResult`] with a non-zero code.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    #[error("toolchain: {0}")]
+    Toolchain(String),
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
+    #[error("builder: {0}")]
+    Internal(String),
+}
+
+impl JobError {
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            JobError::Sandbox(
+                SandboxError::Timeout(_) | SandboxError::OutputLimit(_) | SandboxError::Signal(_)
+            )
+        )
+    }
+}
+
+pub struct Builder {
+    bwrap: PathBuf,
+    jobs_dir: PathBuf,
+    toolchains: Arc<ToolchainStore>,
+    blobs: LruDir,
+    slots: Semaphore,
+    free_slots: Mutex<Vec<usize>>,
+    limits: Limits,
+    uid_base: Option<u32>,
+    seq: AtomicU64,
+    pub max_jobs: usize,
+}
+
+impl Builder {
+    pub fn new(cfg: &Config, state: &Path, toolchains: Arc<ToolchainStore>) -> Result<Builder> {
+        let jobs_dir = state.join("jobs");
+        // Directories of jobs cut short by a killed node.
+        let _ = crate::toolchain::store::remove_tree(&jobs_dir);
+        std::fs::create_dir_all(&jobs_dir)?;
+        let max_jobs = cfg.max_jobs().max(1);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        Ok(Builder {
+            bwrap: cfg.sandbox.bwrap.clone(),
+            jobs_dir,
+            toolchains,
+            blobs: LruDir::open(&state.join("sources"), cfg.cache.size / 4 + (64 << 20))?,
+            slots: Semaphore::new(max_jobs),
+            free_slots: Mutex::new((0..max_jobs).rev().collect()),
+            limits: Limits {
+                timeout: Duration::from_secs(cfg.sandbox.timeout_secs.max(1)),
+                memory: cfg.sandbox.memory_limit,
+                output: cfg.sandbox.output_limit,
+                processes: cfg.sandbox.max_processes,
+                uid: None,
+            },
+            uid_base: root.then_some(cfg.sandbox.uid_base),
+            seq: AtomicU64::new(0),
+            max_jobs,
+        })
+    }
+
+    /// Store the source blobs that came with a job, verifying each hash.
+    pub fn add_blobs(&self, blobs: &[Blob]) -> Result<(), JobError> {
+        for b in blobs {
+            if Hash32::of(&b.data) != b.hash {
+                return Err(JobError::Invalid(format!(
+                    "source blob does not match its hash {}",
+                    b.hash
+                )));
+            }
+            let k = b.hash.to_hex();
+            if !self.blobs.contains(&k) {
+                self.blobs
+                    .put(&k, &b.data)
+                    .map_err(|e| JobError::Internal(format!("storing source: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Which of these source hashes this builder lacks.
+    pub fn missing_blobs(&self, hashes: &[Hash32]) -> Vec<Hash32> {
+        hashes
+            .iter()
+            .filter(|h| !self.blobs.contains(&h.to_hex()))
+            .copied()
+            .collect()
+    }
+
+    /// Run a job to completion.
+    pub async fn run(&self, job: &Job) -> Result<JobResult, JobError> {
+        validate(job).map_err(|e| JobError::Invalid(e.to_string()))?;
+        let _permit = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| JobError::Internal(e.to_string()))?;
+        let slot = self
+            .free_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .ok_or_else(|| JobError::Internal("no free slot".into()))?;
+        let res = self.run_in_slot(job, slot).await;
+        self.free_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot);
+        res
+    }
+
+    async fn run_in_slot(&self, job: &Job, slot: usize) -> Result<JobResult, JobError> {
+        let root = self
+            .toolchains
+            .root(&job.toolchain)
+            .await
+            .map_err(|e| JobError::Toolchain(format!("{e:#}")))?;
+        let mut binds = Vec::with_capacity(job.sources.len());
+        for s in &job.sources {
+            let k = s.hash.to_hex();
+            if !self.blobs.contains(&k) {
+                return Err(JobError::Invalid(format!(
+                    "source {} ({k}) was not sent",
+                    s.path
+                )));
+            }
+            self.blobs.touch(&k);
+            binds.push(Bind {
+                host: self.blobs.path_of(&k),
+                sandbox: s.path.clone(),
+            });
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let workdir = self.jobs_dir.join(format!("job-{n}"));
+        let _cleanup = DirGuard(workdir.clone());
+        let uid = self.uid_base.map(|b| b + slot as u32);
+        prepare_workdir(&workdir, job, uid).map_err(|e| JobError::Internal(format!("{e:#}")))?;
+        let limits = Limits {
+            uid,
+            ..self.limits.clone()
+        };
+        let run = |argv: Vec<String>| {
+            let binds = &binds;
+            let root = &root.root;
+            let workdir = &workdir;
+            let limits = &limits;
+            async move {
+                let mut full = vec![job.compiler.clone()];
+                full.extend(argv);
+                sandbox::run(&sandbox::RunSpec {
+                    bwrap: &self.bwrap,
+                    toolchain_root: root,
+                    workdir,
+                    cwd: &job.cwd,
+                    sources: binds,
+                    env: &job.env,
+                    argv: &full,
+                    limits,
+                })
+                .await
+            }
+        };
+        let out: RunOutput = match &job.mode {
+            CompileMode::Plain { args } => run(args.clone()).await?,
+            CompileMode::GccExpand {
+                expand_args,
+                object_args,
+                diag_args,
+            } => {
+                let exp = run(expand_args.clone()).await?;
+                if exp.exit_code != 0 {
+                    // The directives-only text does not expand: let the
+                    // diagnostics compile speak for it.
+                    run(diag_args.clone()).await?
+                } else {
+                    let obj = run(object_args.clone()).await?;
+                    if obj.exit_code == 0 && obj.stdout.is_empty() && obj.stderr.is_empty() {
+                        obj
+                    } else {
+                        // The compile printed something: take the words from a
+                        // compile that still sees the macros, and the verdict
+                        // from it too. The object comes from the expanded run.
+                        let diag = run(diag_args.clone()).await?;
+                        if diag.exit_code == 0 && obj.exit_code != 0 {
+                            return Err(JobError::Internal(
+                                "expanded and directives-only compiles disagree".into(),
+                            ));
+                        }
+                        diag
+                    }
+                }
+            }
+        };
+        if out.exit_code != 0 && looks_like_resource_failure(&out.stderr) {
+            return Err(JobError::Sandbox(SandboxError::Signal(libc::SIGKILL)));
+        }
+        let mut outputs = Vec::new();
+        if out.exit_code == 0 {
+            for o in &job.outputs {
+                let host = host_path(&workdir, &job.cwd, o)
+                    .map_err(|e| JobError::Invalid(e.to_string()))?;
+                match std::fs::read(&host) {
+                    Ok(d) => outputs.push((o.clone(), d)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(JobError::Internal(format!("reading output {o}: {e}"))),
+                }
+            }
+        }
+        Ok(JobResult {
+            exit_code: out.exit_code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            outputs,
+        })
+    }
+}
+
+/// A compiler that died of a sandbox limit reports it on stderr through the
+/// driver; such a failure is the sandbox's, not the user's.
+fn looks_like_resource_failure(stderr: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(stderr);
+    [
+        "virtual memory exhausted",
+        "out of memory allocating",
+        "signal terminated program",
+        "Killed signal terminated",
+        "File size limit exceeded",
+        "Cannot allocate memory",
+    ]
+    .iter()
+    .any(|m| s.contains(m))
+}
+
+/// The host path of a sandbox path under the job's cwd.
+fn host_path(workdir: &Path, cwd: &str, p: &str) -> Result<PathBuf> {
+    sandbox::check_clean_abs(p)?;
+    let rel = Path::new(p)
+        .strip_prefix(cwd)
+        .with_context(|| format!("{p} is not under the job's cwd {cwd}"))?;
+    if rel.as_os_str().is_empty() {
+        bail!("{p} is the cwd itself");
+    }
+    Ok(workdir.join(rel))
+}
+
+fn validate(job: &Job) -> Result<()> {
+    sandbox::check_clean_abs(&job.cwd)?;
+    sandbox::check_clean_abs(&job.compiler)?;
+    host_path(Path::new("/"), &job.cwd, &job.input.path)?;
+    for o in &job.outputs {
+        host_path(Path::new("/"), &job.cwd, o)?;
+    }
+    for s in &job.sources {
+        sandbox::check_clean_abs(&s.path)?;
+        if s.path == job.input.path || job.outputs.contains(&s.path) {
+            bail!("source {} collides with the job's input or output", s.path);
+        }
+    }
+    for (k, _) in &job.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            bail!("bad environment variable name {k:?}");
+        }
+    }
+    if job.sources.len() > 100_000 {
+        bail!("too many sources");
+    }
+    Ok(())
+}
+
+fn prepare_workdir(workdir: &Path, job: &Job, uid: Option<u32>) -> Result<()> {
+    std::fs::create_dir_all(workdir)?;
+    let input = host_path(workdir, &job.cwd, &job.input.path)?;
+    if let Some(parent) = input.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&input, &job.input.data)?;
+    for o in &job.outputs {
+        if let Some(parent) = host_path(workdir, &job.cwd, o)?.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+    }
+    if let Some(uid) = uid {
+        chown_tree(workdir, uid)?;
+    }
+    Ok(())
+}
+
+fn chown_tree(p: &Path, uid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(uid))?;
+    if p.is_dir() {
+        for e in std::fs::read_dir(p)? {
+            chown_tree(&e?.path(), uid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a job directory on every exit path.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Err(e) = crate::toolchain::store::remove_tree(&self.0) {
+            tracing::warn!("removing {}: {e}", self.0.display());
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The TOML configuration shared by the wrapper and the node.
+//!
+//! Where a key means the same as in sccache's `[dist]` section it has sccache's
+//! name (`toolchains`, `toolchain_cache_size`, `rewrite_includes_only`,
+//! `cache_dir`). Unknown keys are errors that name the key, so a typo never
+//! silently changes behaviour.
+
+use serde::{Deserialize, Deserializer};
+use std::path::{Path, PathBuf};
+
+/// Where the config file is looked up, in order: `$SWARMCC_CONFIG`,
+/// `$SWARMCC_DIR/config.toml`, `$XDG_CONFIG_HOME/swarmcc/config.toml`,
+/// `~/.config/swarmcc/config.toml`. A missing file means all defaults.
+pub fn config_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("SWARMCC_CONFIG") {
+        return PathBuf::from(p);
+    }
+    if let Some(d) = std::env::var_os("SWARMCC_DIR") {
+        return PathBuf::from(d).join("config.toml");
+    }
+    xdg_dir("XDG_CONFIG_HOME", ".config")
+        .join("swarmcc")
+        .join("config.toml")
+}
+
+/// All state (cache, toolchains, socket, stats, logs) lives here:
+/// `$SWARMCC_DIR`, else `$XDG_CACHE_HOME/swarmcc`, else `~/.cache/swarmcc`.
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SWARMCC_DIR") {
+        return PathBuf::from(d);
+    }
+    xdg_dir("XDG_CACHE_HOME", ".cache").join("swarmcc")
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+            PathBuf::from(home).join(fallback)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub cache: CacheConfig,
+    pub node: NodeConfig,
+    pub sandbox: SandboxConfig,
+    pub dist: DistConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Turn the result cache off (every compile runs).
+    pub enabled: bool,
+    /// Default: `<state>/cache`.
+    pub dir: Option<PathBuf>,
+    /// Bytes, or a string like "10G". Default 10 GiB.
+    #[serde(deserialize_with = "de_size")]
+    pub size: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            dir: None,
+            size: 10 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Unix socket of the local API. Default: `<state>/node.sock`.
+    pub socket: Option<PathBuf>,
+    /// Jobs run at once. Default: number of cores.
+    pub max_jobs: Option<usize>,
+    /// Run compile jobs at all. A node with `builder = false` only forwards.
+    pub builder: bool,
+    /// Seconds the wrapper waits for a freshly started node's socket.
+    pub start_timeout_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            socket: None,
+            max_jobs: None,
+            builder: true,
+            start_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// The bubblewrap binary.
+    pub bwrap: PathBuf,
+    /// Wall-clock limit of one compiler run.
+    pub timeout_secs: u64,
+    /// Address-space limit of each process in a job.
+    #[serde(deserialize_with = "de_size")]
+    pub memory_limit: u64,
+    /// Limit of each file a job writes and of its stdout and stderr.
+    #[serde(deserialize_with = "de_size")]
+    pub output_limit: u64,
+    /// Processes one job may run at once (enforced when the node runs as root,
+    /// through a per-slot uid).
+    pub max_processes: u64,
+    /// First uid of the per-slot unprivileged users (root nodes only).
+    pub uid_base: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            bwrap: PathBuf::from("bwrap"),
+            timeout_secs: 600,
+            memory_limit: 8 << 30,
+            output_limit: 1 << 30,
+            max_processes: 64,
+            uid_base: 3_900_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// Custom toolchains, sccache's `[[dist.toolchains]]`.
+    pub toolchains: Vec<CustomToolchain>,
+    /// Bytes (or "10G") of toolchain archives kept. Default 10 GiB.
+    #[serde(deserialize_with = "de_size")]
+    pub toolchain_cache_size: u64,
+    /// Toolchain store directory. Default: `<state>/toolchains`.
+    pub cache_dir: Option<PathBuf>,
+    /// Preprocess with gcc `-fdirectives-only` / clang `-frewrite-includes`
+    /// so macros expand on the builder and diagnostics keep their macro notes.
+    /// Objects stay byte-identical (see README), so this is on by default.
+    pub rewrite_includes_only: bool,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            toolchains: Vec::new(),
+            toolchain_cache_size: 10 << 30,
+            cache_dir: None,
+            rewrite_includes_only: true,
+        }
+    }
+}
+
+/// sccache's custom toolchain entries.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CustomToolchain {
+    /// Use a prebuilt archive for this compiler.
+    PathOverride {
+        compiler_executable: PathBuf,
+        archive: PathBuf,
+        archive_compiler_executable: String,
+    },
+    /// Never distribute this compiler.
+    NoDist { compiler_executable: PathBuf },
+}
+
+impl Config {
+    /// Load from [`config_path`]; a missing file gives the defaults.
+    pub fn load() -> anyhow::Result<Config> {
+        Self::load_from(&config_path())
+    }
+
+    pub fn load_from(path: &Path) -> anyhow::Result<Config> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(anyhow::anyhow!("config {}: {e}", path.display())),
+        }
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.node
+            .socket
+            .clone()
+            .unwrap_or_else(|| state_dir().join("node.sock"))
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache
+            .dir
+            .clone()
+            .unwrap_or_else(|| state_dir().join("cache"))
+    }
+
+    pub fn toolchain_dir(&self) -> PathBuf {
+        self.dist
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| state_dir().join("toolchains"))
+    }
+
+    pub fn max_jobs(&self) -> usize {
+        self.node.max_jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+
+    /// The custom toolchain entry for a compiler path, if any.
+    pub fn custom_toolchain(&self, compiler: &Path) -> Option<&CustomToolchain> {
+        self.dist.toolchains.iter().find(|t| match t {
+            CustomToolchain::PathOverride {
+                compiler_executable,
+                ..
+            }
+            | CustomToolchain::NoDist {
+                compiler_executable,
+            } => compiler_executable == compiler,
+        })
+    }
+}
+
+/// Accept `1073741824`, `"1G"`, `"512M"`, `"64K"`, `"10GiB"`.
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parse a size such as "10G" (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("bad size unit in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} overflows"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_sccache_names() {
+        let c = Config::parse(
+            r#"
+            [cache]
+            size = "2G"
+            [dist]
+            toolchain_cache_size = 1048576
+            rewrite_includes_only = false
+            [[dist.toolchains]]
+            type = "path_override"
+            compiler_executable = "/usr/bin/cc"
+            archive = "/tmp/tc.tar.zst"
+            archive_compiler_executable = "/usr/bin/gcc"
+            [[dist.toolchains]]
+            type = "no_dist"
+            compiler_executable = "/opt/weird/cc"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.cache.size, 2 << 30);
+        assert_eq!(c.dist.toolchain_cache_size, 1 << 20);
+        assert!(!c.dist.rewrite_includes_only);
+        assert_eq!(c.dist.toolchains.len(), 2);
+        assert!(matches!(
+            c.custom_toolchain(Path::new("/opt/weird/cc")),
+            Some(CustomToolchain::NoDist { .. })
+        ));
+        assert!(c.custom_toolchain(Path::new("/usr/bin/gcc")).is_none());
+        let d = Config::default();
+        assert!(d.cache.enabled && d.node.builder && d.dist.rewrite_includes_only);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_in_the_error() {
+        let e = Config::parse("[cache]\nsizee = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sizee"), "{e}");
+        let e = Config::parse("[nope]\n").unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("7").unwrap(), 7);
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("99999999999999T").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! The swarmcc node: the daemon every machine runs. Today it serves the local
+//! wrapper over a Unix socket and builds jobs in a bubblewrap sandbox; the
+//! job path is shaped so that a remote builder can take the local one's place.
+
+pub mod builder;
+pub mod cache;
+pub mod config;
+pub mod lru;
+pub mod sandbox;
+pub mod server;
+pub mod stats;
+pub mod toolchain;

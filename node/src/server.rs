@@ -1,0 +1,268 @@
+//! The node's local API: a Unix socket speaking length-prefixed bincode
+//! ([`swarmcc_protocol::local`]). One task per connection; a malformed or
+//! oversized frame closes that connection and nothing else.
+
+use crate::builder::Builder;
+use crate::cache::{Cache, Lookup};
+use crate::config::{state_dir, Config};
+use crate::stats::StatsStore;
+use crate::toolchain::local::LocalToolchains;
+use crate::toolchain::ToolchainStore;
+use anyhow::{bail, Context, Result};
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use swarmcc_protocol::frame::{self, LOCAL_FRAME_MAX};
+use swarmcc_protocol::local::{Request, Response, LOCAL_PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
+
+/// Shared state of a running node.
+pub struct Node {
+    cache: Option<Cache>,
+    builder: Builder,
+    /// Why this node cannot build, if it cannot (no usable bubblewrap, or
+    /// `builder = false`).
+    cannot_build: Option<String>,
+    local_toolchains: LocalToolchains,
+    stats: Arc<StatsStore>,
+    name: String,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Concurrent client connections served at once.
+const MAX_CONNECTIONS: usize = 512;
+
+/// Run the node in the foreground until SIGINT/SIGTERM or a `Shutdown` request.
+pub async fn run(cfg: Config) -> Result<()> {
+    let state = state_dir();
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let _lock = lock_state(&state)?;
+    let cannot_build = if !cfg.node.builder {
+        Some("this node is configured with builder = false".to_string())
+    } else {
+        crate::sandbox::probe(&cfg.sandbox.bwrap).err()
+    };
+    if let Some(why) = &cannot_build {
+        tracing::warn!("this node will not build: {why}");
+    }
+    let tc_dir = cfg.toolchain_dir();
+    let store = ToolchainStore::open(&tc_dir, cfg.dist.toolchain_cache_size)?;
+    let cache = if cfg.cache.enabled {
+        Some(Cache::open(&cfg.cache_dir(), cfg.cache.size)?)
+    } else {
+        None
+    };
+    let builder = Builder::new(&cfg, &state, store.clone())?;
+    let stats = StatsStore::open(state.join("stats.json"));
+    stats.spawn_saver(Duration::from_secs(1));
+    let (tx, mut rx) = watch::channel(false);
+    let node = Arc::new(Node {
+        cache,
+        builder,
+        cannot_build,
+        local_toolchains: LocalToolchains::new(store, &tc_dir),
+        stats: stats.clone(),
+        name: hostname(),
+        shutdown: tx,
+    });
+
+    let sock = cfg.socket_path();
+    let _ = std::fs::remove_file(&sock);
+    if let Some(parent) = sock.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let listener =
+        UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    tracing::info!(socket = %sock.display(), jobs = node.builder.max_jobs, "swarmcc node ready");
+    let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            acc = listener.accept() => {
+                let Ok((stream, _)) = acc else { continue };
+                let Ok(permit) = conns.clone().acquire_owned().await else { break };
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(node, stream).await {
+                        tracing::debug!("connection closed: {e:#}");
+                    }
+                    drop(permit);
+                });
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = rx.changed() => break,
+        }
+    }
+    tracing::info!("swarmcc node stopping");
+    let _ = std::fs::remove_file(&sock);
+    stats.save();
+    Ok(())
+}
+
+/// One node per state directory: a second one exits with a clear message.
+fn lock_state(state: &std::path::Path) -> Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state.join("node.lock"))?;
+    // SAFETY: flock on a valid fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another swarmcc node is already running for {}",
+            state.display()
+        );
+    }
+    Ok(f)
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buffer and length are valid.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok && end > 0 {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "localhost".into()
+    }
+}
+
+async fn read_msg(s: &mut UnixStream) -> Result<Option<Request>> {
+    let len = match s.read_u32().await {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if len > LOCAL_FRAME_MAX {
+        bail!("frame of {len} bytes exceeds the bound");
+    }
+    let mut body = vec![0u8; len as usize];
+    s.read_exact(&mut body).await?;
+    Ok(Some(frame::decode(&body)?))
+}
+
+async fn write_msg(s: &mut UnixStream, r: &Response) -> Result<()> {
+    let body = frame::encode(r)?;
+    if body.len() as u64 > u64::from(LOCAL_FRAME_MAX) {
+        bail!("response too large");
+    }
+    s.write_u32(body.len() as u32).await?;
+    s.write_all(&body).await?;
+    s.flush().await?;
+    Ok(())
+}
+
+async fn serve(node: Arc<Node>, mut s: UnixStream) -> Result<()> {
+    while let Some(req) = read_msg(&mut s).await? {
+        let resp = handle(&node, req).await;
+        write_msg(&mut s, &resp).await?;
+    }
+    Ok(())
+}
+
+async fn handle(node: &Node, req: Request) -> Response {
+    match req {
+        Request::Hello { version } => {
+            if version != LOCAL_PROTOCOL_VERSION {
+                return Response::Error(format!(
+                    "protocol version {version} not supported (node speaks {LOCAL_PROTOCOL_VERSION})"
+                ));
+            }
+            Response::Hello {
+                version: LOCAL_PROTOCOL_VERSION,
+                pid: std::process::id(),
+            }
+        }
+        Request::Toolchain(spec) => match node.local_toolchains.resolve(&spec).await {
+            Ok((info, packaged)) => {
+                if packaged {
+                    node.stats.update(|s| s.toolchains_packaged += 1);
+                }
+                Response::Toolchain(info)
+            }
+            Err(e) => Response::Error(format!("{e:#}")),
+        },
+        Request::CacheGet { key } => {
+            let lookup = node.cache.as_ref().map(|c| c.get(&key));
+            node.stats.update(|s| {
+                s.compile_requests += 1;
+                match &lookup {
+                    Some(Lookup::Hit(_)) => s.cache_hits += 1,
+                    Some(Lookup::Corrupt) => {
+                        s.cache_errors += 1;
+                        s.cache_misses += 1
+                    }
+                    _ => s.cache_misses += 1,
+                }
+            });
+            match lookup {
+                Some(Lookup::Hit(r)) => Response::CacheHit(r),
+                _ => Response::CacheMiss,
+            }
+        }
+        Request::Compile { key, job, blobs } => {
+            if let Some(why) = &node.cannot_build {
+                return Response::Error(why.clone());
+            }
+            if let Err(e) = node.builder.add_blobs(&blobs) {
+                return Response::Error(e.to_string());
+            }
+            match node.builder.run(&job).await {
+                Ok(result) => {
+                    if result.exit_code == 0 {
+                        if let (Some(cache), Some(key)) = (&node.cache, key) {
+                            if let Err(e) = cache.put(&key, &result) {
+                                tracing::warn!("cache put: {e:#}");
+                            }
+                        }
+                    }
+                    node.stats.update(|s| {
+                        if result.exit_code == 0 {
+                            *s.dist_compiles.entry(node.name.clone()).or_default() += 1;
+                        } else {
+                            s.compile_errors += 1;
+                        }
+                    });
+                    Response::Compiled {
+                        result,
+                        builder: node.name.clone(),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("job failed: {e}");
+                    if e.is_limit() {
+                        node.stats.update(|s| s.sandbox_limit_hits += 1);
+                    }
+                    Response::Error(e.to_string())
+                }
+            }
+        }
+        Request::RecordLocal { reason } => {
+            node.stats.local(reason);
+            Response::Ok
+        }
+        Request::RecordRequest => {
+            node.stats.update(|s| s.compile_requests += 1);
+            Response::Ok
+        }
+        Request::Stats => Response::Stats(node.stats.snapshot()),
+        Request::ZeroStats => {
+            node.stats.zero();
+            Response::Ok
+        }
+        Request::Shutdown => {
+            let _ = node.shutdown.send(true);
+            Response::Ok
+        }
+    }
+}
+
+/// The socket path a config names (re-exported for the CLI).
+pub fn socket_path(cfg: &Config) -> PathBuf {
+    cfg.socket_path()
+}

@@ -1,0 +1,412 @@
+//! The node's content-addressed toolchain store.
+//!
+//! `archives/<id>.tar.zst` holds the verified archive; `roots/<id>/` its
+//! unpacked tree, used read-only as a sandbox's `/`. An archive whose digest
+//! is not the id it claims is rejected and nothing is stored. Each id is
+//! unpacked once, even when many jobs want it at the same moment; a root in
+//! use by a running job is never evicted.
+
+use anyhow::{bail, Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use swarmcc_protocol::{Hash32, ToolchainId};
+use tokio::sync::Mutex as AsyncMutex;
+
+struct Meta {
+    size: u64,
+    last_use: u64,
+    in_use: usize,
+}
+
+pub struct ToolchainStore {
+    dir: PathBuf,
+    max_bytes: u64,
+    meta: Mutex<(HashMap<ToolchainId, Meta>, u64)>,
+    unpack_locks: Mutex<HashMap<ToolchainId, Arc<AsyncMutex<()>>>>,
+}
+
+/// Keeps a toolchain root from being evicted while a job uses it.
+pub struct RootGuard {
+    store: Arc<ToolchainStore>,
+    id: ToolchainId,
+    pub root: PathBuf,
+}
+
+impl Drop for RootGuard {
+    fn drop(&mut self) {
+        let mut m = self.store.lock();
+        if let Some(e) = m.0.get_mut(&self.id) {
+            e.in_use = e.in_use.saturating_sub(1);
+        }
+    }
+}
+
+impl ToolchainStore {
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Arc<ToolchainStore>> {
+        for sub in ["archives", "roots", "tmp"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        // Leftovers of a killed process: partial downloads and half-unpacked roots.
+        for e in fs::read_dir(dir.join("tmp"))?.flatten() {
+            let _ = remove_tree(&e.path());
+        }
+        let mut meta = HashMap::new();
+        let mut clock = 0;
+        for e in fs::read_dir(dir.join("archives"))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name
+                .strip_suffix(".tar.zst")
+                .and_then(|s| s.parse::<ToolchainId>().ok())
+            {
+                clock += 1;
+                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                meta.insert(
+                    id,
+                    Meta {
+                        size,
+                        last_use: clock,
+                        in_use: 0,
+                    },
+                );
+            }
+        }
+        Ok(Arc::new(ToolchainStore {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            meta: Mutex::new((meta, clock)),
+            unpack_locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn archive_path(&self, id: &ToolchainId) -> PathBuf {
+        self.dir.join("archives").join(format!("{id}.tar.zst"))
+    }
+
+    fn root_path(&self, id: &ToolchainId) -> PathBuf {
+        self.dir.join("roots").join(id.to_string())
+    }
+
+    pub fn has(&self, id: &ToolchainId) -> bool {
+        self.lock().0.contains_key(id)
+    }
+
+    /// A fresh path under the store's tmp dir (same filesystem, for renames).
+    pub fn tmp_path(&self, tag: &str) -> PathBuf {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dir
+            .join("tmp")
+            .join(format!("{}-{n}-{tag}", std::process::id()))
+    }
+
+    /// Insert an archive read from `src`, which must hash to `id`. On a
+    /// mismatch nothing is stored and an error says so.
+    pub fn insert_from<R: Read>(&self, id: &ToolchainId, mut src: R) -> Result<()> {
+        if self.has(id) {
+            return Ok(());
+        }
+        let tmp = self.tmp_path("archive");
+        let res = (|| -> Result<u64> {
+            let mut f = fs::File::create(&tmp)?;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = src.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                f.write_all(&buf[..n])?;
+                total += n as u64;
+            }
+            let got = ToolchainId(Hash32::from(hasher.finalize()));
+            if got != *id {
+                bail!("toolchain archive hashes to {got}, not the claimed id {id}; rejected");
+            }
+            f.sync_all()?;
+            fs::rename(&tmp, self.archive_path(id))?;
+            Ok(total)
+        })();
+        match res {
+            Ok(size) => {
+                self.register(id, size);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Insert an archive file already on this machine (moved if `owned`).
+    pub fn insert_file(&self, id: &ToolchainId, path: &Path) -> Result<()> {
+        let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        self.insert_from(id, io::BufReader::new(f))
+    }
+
+    fn register(&self, id: &ToolchainId, size: u64) {
+        {
+            let mut m = self.lock();
+            m.1 += 1;
+            let clock = m.1;
+            m.0.entry(*id).or_insert(Meta {
+                size,
+                last_use: clock,
+                in_use: 0,
+            });
+        }
+        self.evict();
+    }
+
+    /// The unpacked root of `id`, unpacking it first if needed. Concurrent
+    /// callers for the same id wait for one unpack.
+    pub async fn root(self: &Arc<Self>, id: &ToolchainId) -> Result<RootGuard> {
+        {
+            let mut m = self.lock();
+            m.1 += 1;
+            let clock = m.1;
+            match m.0.get_mut(id) {
+                Some(e) => {
+                    e.in_use += 1;
+                    e.last_use = clock;
+                }
+                None => bail!("toolchain {id} is not in the store"),
+            }
+        }
+        let guard = RootGuard {
+            store: self.clone(),
+            id: *id,
+            root: self.root_path(id),
+        };
+        if guard.root.is_dir() {
+            return Ok(guard);
+        }
+        let lock = {
+            let mut locks = self.unpack_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(*id).or_default().clone()
+        };
+        let _held = lock.lock().await;
+        if guard.root.is_dir() {
+            return Ok(guard);
+        }
+        let this = self.clone();
+        let id2 = *id;
+        tokio::task::spawn_blocking(move || this.unpack(&id2))
+            .await
+            .context("unpack task")??;
+        Ok(guard)
+    }
+
+    fn unpack(&self, id: &ToolchainId) -> Result<()> {
+        let tmp = self.tmp_path("root");
+        let res = (|| -> Result<()> {
+            // Re-verify: the file on disk may have been damaged since insert.
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(fs::File::open(self.archive_path(id))?)?;
+            if Hash32::from(hasher.finalize()) != id.0 {
+                bail!("stored archive {id} no longer matches its id");
+            }
+            let f = io::BufReader::new(fs::File::open(self.archive_path(id))?);
+            unpack_archive(f, &tmp)?;
+            fs::rename(&tmp, self.root_path(id))?;
+            Ok(())
+        })();
+        if res.is_err() {
+            let _ = remove_tree(&tmp);
+            if !self.root_path(id).is_dir() {
+                // A damaged archive is dropped so it can be fetched again.
+                let _ = fs::remove_file(self.archive_path(id));
+                self.lock().0.remove(id);
+            }
+        }
+        res
+    }
+
+    fn evict(&self) {
+        let victims: Vec<ToolchainId> = {
+            let mut m = self.lock();
+            let mut total: u64 = m.0.values().map(|e| e.size).sum();
+            if total <= self.max_bytes {
+                return;
+            }
+            let mut order: Vec<(u64, ToolchainId, u64)> =
+                m.0.iter()
+                    .filter(|(_, e)| e.in_use == 0)
+                    .map(|(id, e)| (e.last_use, *id, e.size))
+                    .collect();
+            order.sort();
+            let mut out = Vec::new();
+            // Keep the newest archive even if it alone exceeds the bound.
+            order.pop();
+            for (_, id, size) in order {
+                if total <= self.max_bytes {
+                    break;
+                }
+                total -= size;
+                m.0.remove(&id);
+                out.push(id);
+            }
+            out
+        };
+        for id in victims {
+            tracing::info!("evicting toolchain {id}");
+            let _ = fs::remove_file(self.archive_path(&id));
+            let _ = remove_tree(&self.root_path(&id));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<ToolchainId, Meta>, u64)> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Unpack a `.tar.zst` (or plain `.tar`) into `dest`, refusing entries that
+/// would land outside it: absolute or `..` paths, paths through a symlink,
+/// hard links and device files.
+pub fn unpack_archive<R: io::BufRead>(mut src: R, dest: &Path) -> Result<()> {
+    fs::create_dir_all(dest)?;
+    let is_zstd = src.fill_buf()?.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let reader: Box<dyn Read + '_> = if is_zstd {
+        Box::new(zstd::Decoder::with_buffer(src)?)
+    } else {
+        Box::new(src)
+    };
+    let mut ar = tar::Archive::new(reader);
+    let mut symlinks: HashSet<PathBuf> = HashSet::new();
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let raw = entry.path()?.into_owned();
+        let mut rel = PathBuf::new();
+        for c in raw.components() {
+            match c {
+                Component::Normal(n) => rel.push(n),
+                Component::CurDir => {}
+                Component::RootDir => {}
+                _ => bail!("archive entry {} escapes the root", raw.display()),
+            }
+        }
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        if rel.ancestors().skip(1).any(|a| symlinks.contains(a)) {
+            bail!("archive entry {} goes through a symlink", raw.display());
+        }
+        let target = dest.join(&rel);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let et = entry.header().entry_type();
+        match et {
+            tar::EntryType::Directory => {
+                fs::create_dir_all(&target)?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mode = entry.header().mode().unwrap_or(0o644);
+                let mut f = fs::File::create(&target)?;
+                io::copy(&mut entry, &mut f)?;
+                use std::os::unix::fs::PermissionsExt;
+                let m = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
+                f.set_permissions(fs::Permissions::from_mode(m))?;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()?
+                    .context("symlink without target")?
+                    .into_owned();
+                std::os::unix::fs::symlink(&link, &target)?;
+                symlinks.insert(rel);
+            }
+            other => bail!(
+                "archive entry {} has unsupported type {other:?}",
+                raw.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Remove a tree even where unpacking made files read-only.
+pub fn remove_tree(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        zstd::encode_all(&b.into_inner().unwrap()[..], 1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn verifies_on_insert_and_unpacks_once() {
+        let t = tempfile::tempdir().unwrap();
+        let store = ToolchainStore::open(t.path(), 1 << 30).unwrap();
+        let ar = tar_of(&[("usr/bin/cc", b"#!fake")]);
+        let id = ToolchainId(Hash32::of(&ar));
+        // Wrong id: rejected, nothing stored.
+        let wrong = ToolchainId(Hash32::of(b"other"));
+        let e = store.insert_from(&wrong, &ar[..]).unwrap_err().to_string();
+        assert!(e.contains("rejected"), "{e}");
+        assert!(!store.has(&wrong));
+        assert_eq!(fs::read_dir(t.path().join("archives")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(t.path().join("tmp")).unwrap().count(), 0);
+        // Corrupted bytes under the right id: rejected too.
+        let mut bad = ar.clone();
+        let n = bad.len();
+        bad[n / 2] ^= 1;
+        assert!(store.insert_from(&id, &bad[..]).is_err());
+        assert!(!store.has(&id));
+        // Right id: stored, then many concurrent users share one unpack.
+        store.insert_from(&id, &ar[..]).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.root(&id).await.map(|g| g.root.clone())
+            }));
+        }
+        for t in tasks {
+            let root = t.await.unwrap().unwrap();
+            assert_eq!(fs::read(root.join("usr/bin/cc")).unwrap(), b"#!fake");
+        }
+    }
+
+    #[test]
+    fn hostile_archives_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        // Symlink then a file through it.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "evil", t.path().join("outside"))
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(1);
+        b.append_data(&mut h, "evil/x", &b"x"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        fs::create_dir(t.path().join("outside")).unwrap();
+        assert!(unpack_archive(&data[..], &t.path().join("root")).is_err());
+        assert!(!t.path().join("outside/x").exists());
+    }
+}

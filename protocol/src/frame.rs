@@ -1,0 +1,114 @@
+//! Length-prefixed bincode frames with a hard size bound.
+//!
+//! Every message between processes is `u32 big-endian length ‖ bincode body`.
+//! The reader checks the length against the caller's bound *before* allocating,
+//! so a hostile or broken peer cannot make us allocate more than the bound.
+
+use serde::{de::DeserializeOwned, Serialize};
+use std::io::{self, Read, Write};
+
+/// Upper bound for frames on the local Unix socket (a job with its inputs, or
+/// a result with its objects). Large C++ translation units stay well below.
+pub const LOCAL_FRAME_MAX: u32 = 512 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("frame of {len} bytes exceeds the bound of {max} bytes")]
+    TooLarge { len: u64, max: u32 },
+    #[error("malformed message: {0}")]
+    Decode(#[from] bincode::Error),
+}
+
+/// Encode a message body (no length prefix).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    Ok(bincode::serialize(msg)?)
+}
+
+/// Decode a body produced by [`encode`], refusing trailing garbage.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    use bincode::Options;
+    Ok(bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(body.len() as u64)
+        .reject_trailing_bytes()
+        .deserialize(body)?)
+}
+
+/// Write one frame.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T, max: u32) -> Result<(), FrameError> {
+    let body = encode(msg)?;
+    if body.len() as u64 > u64::from(max) {
+        return Err(FrameError::TooLarge {
+            len: body.len() as u64,
+            max,
+        });
+    }
+    w.write_all(&(body.len() as u32).to_be_bytes())?;
+    w.write_all(&body)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Read one frame's body, enforcing `max`.
+pub fn read_frame_body<R: Read>(r: &mut R, max: u32) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len);
+    if len > max {
+        return Err(FrameError::TooLarge {
+            len: u64::from(len),
+            max,
+        });
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    Ok(body)
+}
+
+/// Read and decode one frame.
+pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R, max: u32) -> Result<T, FrameError> {
+    decode(&read_frame_body(r, max)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_bounds() {
+        let msg = (7u32, String::from("hello"), vec![1u8, 2, 3]);
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &msg, 1024).unwrap();
+        let back: (u32, String, Vec<u8>) = read_frame(&mut &buf[..], 1024).unwrap();
+        assert_eq!(back, msg);
+        // The reader refuses a frame above its bound without allocating it.
+        assert!(matches!(
+            read_frame::<_, (u32, String, Vec<u8>)>(&mut &buf[..], 4),
+            Err(FrameError::TooLarge { .. })
+        ));
+        // The writer refuses too.
+        assert!(matches!(
+            write_frame(&mut Vec::new(), &msg, 4),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        // Truncated frame.
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &String::from("hello"), 1024).unwrap();
+        buf.truncate(buf.len() - 2);
+        assert!(read_frame::<_, String>(&mut &buf[..], 1024).is_err());
+        // A string length prefix pointing far past the body.
+        let mut body = u64::MAX.to_le_bytes().to_vec();
+        body.extend_from_slice(b"xx");
+        assert!(decode::<String>(&body).is_err());
+        // Trailing bytes are refused.
+        let mut body = encode(&5u32).unwrap();
+        body.push(0);
+        assert!(decode::<u32>(&body).is_err());
+    }
+}

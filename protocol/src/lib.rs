@@ -1,0 +1,14 @@
+//! Wire types shared by the `swarmcc` client wrapper and the node daemon.
+//!
+//! This crate does no I/O of its own beyond the `std::io` traits used by the
+//! framing helpers: everything here is plain data with serde derives, so the
+//! same types can later travel over libp2p streams between peers.
+
+pub mod frame;
+pub mod hash;
+pub mod job;
+pub mod local;
+pub mod stats;
+
+pub use hash::{Hash32, ToolchainId};
+pub use job::{CompileMode, InputFile, Job, JobResult, SourceRef};

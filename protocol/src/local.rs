@@ -1,0 +1,76 @@
+//! Messages between the wrapper and its local node over the Unix socket.
+
+use crate::hash::{Hash32, ToolchainId};
+use crate::job::{Blob, Job, JobResult};
+use crate::stats::{LocalReason, Stats};
+use serde::{Deserialize, Serialize};
+
+/// Version of this local protocol; a wrapper and node that disagree fall back
+/// to local compiles rather than misreading each other.
+pub const LOCAL_PROTOCOL_VERSION: u32 = 1;
+
+/// A toolchain the wrapper wants to use for a compiler.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ToolchainSpec {
+    /// Package the compiler found at this absolute local path.
+    Local { compiler: String },
+    /// A prebuilt archive (sccache's `path_override`): `archive` on the local
+    /// disk, `compiler` the path of the compiler inside it.
+    Archive { archive: String, compiler: String },
+}
+
+/// The node's answer to [`Request::Toolchain`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ToolchainInfo {
+    pub id: ToolchainId,
+    /// Compiler path inside the archive.
+    pub compiler: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    Hello {
+        version: u32,
+    },
+    /// Resolve (packaging once if needed) the toolchain for a compiler.
+    Toolchain(ToolchainSpec),
+    /// Look up a cache entry.
+    CacheGet {
+        key: Hash32,
+    },
+    /// Run a job; on success (exit code 0) store the result under `key`.
+    Compile {
+        key: Option<Hash32>,
+        job: Box<Job>,
+        blobs: Vec<Blob>,
+    },
+    /// Count a compile the wrapper ran locally.
+    RecordLocal {
+        reason: LocalReason,
+    },
+    /// Count a compile answered by the cache or the swarm.
+    RecordRequest,
+    Stats,
+    ZeroStats,
+    Shutdown,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    Toolchain(ToolchainInfo),
+    CacheHit(JobResult),
+    CacheMiss,
+    /// A job ran; `builder` names who ran it.
+    Compiled {
+        result: JobResult,
+        builder: String,
+    },
+    Stats(Stats),
+    Ok,
+    /// The node could not do what was asked; the wrapper compiles locally.
+    Error(String),
+}

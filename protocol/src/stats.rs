@@ -1,0 +1,97 @@
+//! Counters shown by `swarmcc --show-stats`. Field names follow sccache's JSON
+//! (`compile_requests`, `cache_hits`, `dist_compiles`, `dist_errors`) where the
+//! meaning is the same, so existing dashboards keep working.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Why a compile ran locally instead of through the node.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LocalReason {
+    /// Linking, or no `-c`.
+    NotCompile,
+    /// `-E`, `-M`/`-MM` without compiling, `-S`, `-fsyntax-only`.
+    PreprocessOnly,
+    MultipleInputs,
+    StdinInput,
+    UnknownLanguage,
+    /// A flag that reads or writes files the job would not carry.
+    UnsupportedFlag,
+    /// The compiler is not gcc/clang (e.g. rustc) or is configured `no_dist`.
+    UnsupportedCompiler,
+    /// Local preprocessing failed (its diagnostics are what the user sees).
+    PreprocessorFailed,
+    /// The node could not be reached or started.
+    NodeUnavailable,
+    /// The node or sandbox failed; the client compiled locally instead.
+    SwarmFailure,
+}
+
+impl LocalReason {
+    pub const ALL: [LocalReason; 10] = [
+        LocalReason::NotCompile,
+        LocalReason::PreprocessOnly,
+        LocalReason::MultipleInputs,
+        LocalReason::StdinInput,
+        LocalReason::UnknownLanguage,
+        LocalReason::UnsupportedFlag,
+        LocalReason::UnsupportedCompiler,
+        LocalReason::PreprocessorFailed,
+        LocalReason::NodeUnavailable,
+        LocalReason::SwarmFailure,
+    ];
+
+    /// Human label for `--show-stats`.
+    pub fn label(self) -> &'static str {
+        match self {
+            LocalReason::NotCompile => "not a compile (link or no -c)",
+            LocalReason::PreprocessOnly => "preprocess/assemble only (-E/-M/-S)",
+            LocalReason::MultipleInputs => "multiple inputs",
+            LocalReason::StdinInput => "input from stdin",
+            LocalReason::UnknownLanguage => "unknown language",
+            LocalReason::UnsupportedFlag => "unsupported flag",
+            LocalReason::UnsupportedCompiler => "unsupported compiler",
+            LocalReason::PreprocessorFailed => "preprocessor failed",
+            LocalReason::NodeUnavailable => "node unavailable",
+            LocalReason::SwarmFailure => "swarm failure (fell back)",
+        }
+    }
+
+    /// snake_case key for JSON.
+    pub fn key(self) -> &'static str {
+        match self {
+            LocalReason::NotCompile => "not_compile",
+            LocalReason::PreprocessOnly => "preprocess_only",
+            LocalReason::MultipleInputs => "multiple_inputs",
+            LocalReason::StdinInput => "stdin_input",
+            LocalReason::UnknownLanguage => "unknown_language",
+            LocalReason::UnsupportedFlag => "unsupported_flag",
+            LocalReason::UnsupportedCompiler => "unsupported_compiler",
+            LocalReason::PreprocessorFailed => "preprocessor_failed",
+            LocalReason::NodeUnavailable => "node_unavailable",
+            LocalReason::SwarmFailure => "swarm_failure",
+        }
+    }
+}
+
+/// The node's counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub compile_requests: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Corrupted or truncated entries found (and dropped) on lookup.
+    pub cache_errors: u64,
+    /// Successful compiles through the swarm, by builder name.
+    pub dist_compiles: BTreeMap<String, u64>,
+    /// Distributed compiles that failed and fell back to a local compile.
+    pub dist_errors: u64,
+    /// Compiles that ended with a non-zero exit code on the builder (user errors).
+    pub compile_errors: u64,
+    /// Local compiles by reason (key: [`LocalReason::key`]).
+    pub local_compiles: BTreeMap<String, u64>,
+    /// Toolchains packaged by this node.
+    pub toolchains_packaged: u64,
+    /// Jobs refused or killed by sandbox limits (time, memory, output).
+    pub sandbox_limit_hits: u64,
+}

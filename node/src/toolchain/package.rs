@@ -74,6 +74,13 @@ pub fn package_compiler(compiler: &Path, out: &Path) -> Result<PackageOutcome> {
             }
         }
     }
+    // The C.UTF-8 locale, so that diagnostics quote with the same characters
+    // as on a UTF-8 terminal (jobs map UTF-8 locales to it). Not built into
+    // glibc: Debian ships it as files.
+    let c_utf8 = Path::new("/usr/lib/locale/C.utf8");
+    if c_utf8.is_dir() {
+        wanted.push(c_utf8.to_path_buf());
+    }
     // Add everything, then the shared-library closure of every ELF file.
     let mut elf_seen = std::collections::BTreeSet::new();
     let mut queue = wanted;

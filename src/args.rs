@@ -1,0 +1,501 @@
+//! gcc/clang command-line analysis: what a compile reads and writes, and
+//! whether it can be distributed. Anything this cannot vouch for runs locally,
+//! with the reason counted.
+
+use std::path::Path;
+use swarmcc_protocol::stats::LocalReason;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gcc,
+    Clang,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    C,
+    Cxx,
+    AsmCpp,
+}
+
+impl Lang {
+    /// The `-x` name of the source language.
+    pub fn source_name(self) -> &'static str {
+        match self {
+            Lang::C => "c",
+            Lang::Cxx => "c++",
+            Lang::AsmCpp => "assembler-with-cpp",
+        }
+    }
+    /// The `-x` name of the fully preprocessed language.
+    pub fn preprocessed_name(self) -> &'static str {
+        match self {
+            Lang::C => "cpp-output",
+            Lang::Cxx => "c++-cpp-output",
+            Lang::AsmCpp => "assembler",
+        }
+    }
+}
+
+/// A compile that can be distributed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compile {
+    pub input: String,
+    /// The object path as the user gave it (or gcc's default).
+    pub output: String,
+    pub lang: Lang,
+    /// Passed to both the local preprocessor and the remote compile.
+    pub common: Vec<String>,
+    /// Only for the local preprocessor (-I, -D, -include, ...).
+    pub preprocessor: Vec<String>,
+    /// Dependency-file flags, completed so that preprocessing alone writes
+    /// the same file a local compile would.
+    pub deps: Vec<String>,
+    /// Debug info that records the command line (gcc's default with -g).
+    pub records_switches: bool,
+}
+
+/// Options that take their value as the next argument.
+const TAKES_ARG: &[&str] = &[
+    "-o",
+    "-x",
+    "-I",
+    "-isystem",
+    "-iquote",
+    "-idirafter",
+    "-include",
+    "-imacros",
+    "-iprefix",
+    "-iwithprefix",
+    "-iwithprefixbefore",
+    "-isysroot",
+    "-D",
+    "-U",
+    "-MF",
+    "-MT",
+    "-MQ",
+    "-Xpreprocessor",
+    "-Xassembler",
+    "-Xlinker",
+    "-Xclang",
+    "-aux-info",
+    "--param",
+    "-arch",
+    "-target",
+    "-L",
+    "-l",
+    "-T",
+    "-u",
+    "-z",
+    "-B",
+    "-specs",
+    "-dumpbase",
+    "-dumpdir",
+];
+
+/// Preprocessor-only options with a value (separate or attached).
+const PREPROC_ARG: &[&str] = &[
+    "-I",
+    "-isystem",
+    "-iquote",
+    "-idirafter",
+    "-include",
+    "-imacros",
+    "-iprefix",
+    "-iwithprefix",
+    "-iwithprefixbefore",
+    "-isysroot",
+    "-D",
+    "-U",
+];
+
+/// Expand `@file` response files the way gcc does (whitespace separated,
+/// quotes and backslash escapes), recursively with a depth bound.
+pub fn expand_response_files(args: &[String], cwd: &Path) -> Result<Vec<String>, String> {
+    fn go(args: &[String], cwd: &Path, depth: u32, out: &mut Vec<String>) -> Result<(), String> {
+        for a in args {
+            if let Some(file) = a.strip_prefix('@') {
+                if depth > 16 {
+                    return Err("response files nested too deeply".into());
+                }
+                let text = match std::fs::read_to_string(cwd.join(file)) {
+                    Ok(t) => t,
+                    // gcc keeps an unreadable @file as a literal argument.
+                    Err(_) => {
+                        out.push(a.clone());
+                        continue;
+                    }
+                };
+                go(&split_response(&text), cwd, depth + 1, out)?;
+            } else {
+                out.push(a.clone());
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    go(args, cwd, 0, &mut out)?;
+    Ok(out)
+}
+
+fn split_response(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (_, '\\') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+                in_word = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+fn lang_of_ext(path: &str) -> Option<Lang> {
+    let ext = Path::new(path).extension()?.to_str()?;
+    match ext {
+        "c" => Some(Lang::C),
+        "cc" | "cp" | "cxx" | "cpp" | "CPP" | "c++" | "C" => Some(Lang::Cxx),
+        "S" | "sx" => Some(Lang::AsmCpp),
+        _ => None,
+    }
+}
+
+fn lang_of_x(x: &str) -> Option<Lang> {
+    match x {
+        "c" => Some(Lang::C),
+        "c++" => Some(Lang::Cxx),
+        "assembler-with-cpp" => Some(Lang::AsmCpp),
+        _ => None,
+    }
+}
+
+/// Flags whose effect reaches files a job would not carry, or outputs
+/// besides the object: these compiles run locally.
+fn unsupported(a: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "-save-temps",
+        "-gsplit-dwarf",
+        "--coverage",
+        "-ftest-coverage",
+        "-fprofile-arcs",
+        "-fprofile-use",
+        "-fprofile-generate",
+        "-fprofile-instr",
+        "-fprofile-sample",
+        "-fauto-profile",
+        "-fcreate-profile",
+        "-fbranch-probabilities",
+        "-specs",
+        "--specs",
+        "-B",
+        "-fplugin",
+        "-fdump-",
+        "-fsanitize-blacklist",
+        "-fsanitize-ignorelist",
+        "-fcallgraph-info",
+        "-fstack-usage",
+        "-Xassembler",
+        "-Xclang",
+        "-frandom-seed=@",
+        "-fmodules",
+        "-fmodule-",
+        "-fopt-info",
+        "-aux-info",
+        "-fsave-optimization-record",
+        "-ftime-trace",
+        "-fcoverage",
+        "-fsyntax-only",
+        "-v",
+        "--verbose",
+        "-###",
+        "-flto-partition",
+        "-fdiagnostics-format=sarif-file",
+        "-fdiagnostics-format=json-file",
+    ];
+    if PREFIXES.iter().any(|p| a.starts_with(p)) {
+        return true;
+    }
+    // -Wa options that name files (listings, include dirs).
+    if let Some(rest) = a.strip_prefix("-Wa,") {
+        return rest.split(',').any(|p| {
+            p.contains('=') || p.starts_with("-I") || p.starts_with("-a") || p.starts_with("@")
+        });
+    }
+    false
+}
+
+/// Analyse a gcc/clang command line (after response-file expansion).
+pub fn parse(kind: Kind, args: &[String]) -> Result<Compile, LocalReason> {
+    let _ = kind;
+    let mut inputs: Vec<String> = Vec::new();
+    let mut output: Option<String> = None;
+    let mut explicit_x: Option<String> = None;
+    let mut compile = false;
+    let mut common = Vec::new();
+    let mut preprocessor = Vec::new();
+    let mut deps: Vec<String> = Vec::new();
+    let (mut has_md, mut has_mf, mut has_target, mut m_only) = (false, false, false, false);
+    let mut debug = false;
+    let mut record = true;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let next = || args.get(i + 1).cloned().ok_or(LocalReason::UnsupportedFlag);
+        if !a.starts_with('-') || a == "-" {
+            if a == "-" {
+                return Err(LocalReason::StdinInput);
+            }
+            inputs.push(a.clone());
+            i += 1;
+            continue;
+        }
+        if unsupported(a) {
+            return Err(LocalReason::UnsupportedFlag);
+        }
+        match a.as_str() {
+            "-c" => compile = true,
+            "-E" | "-S" => return Err(LocalReason::PreprocessOnly),
+            "-M" | "-MM" => m_only = true,
+            "-MD" | "-MMD" => {
+                has_md = true;
+                deps.push(a.clone());
+            }
+            "-MP" | "-MG" => deps.push(a.clone()),
+            "-MF" => {
+                has_mf = true;
+                deps.extend([a.clone(), next()?]);
+                i += 1;
+            }
+            "-MT" | "-MQ" => {
+                has_target = true;
+                deps.extend([a.clone(), next()?]);
+                i += 1;
+            }
+            "-o" => {
+                output = Some(next()?);
+                i += 1;
+            }
+            "-x" => {
+                explicit_x = Some(next()?);
+                i += 1;
+            }
+            "-nostdinc" | "-nostdinc++" | "-P" | "-C" | "-CC" | "-trigraphs" | "-undef" | "-H" => {
+                preprocessor.push(a.clone())
+            }
+            _ => {
+                if let Some(v) = a.strip_prefix("-o") {
+                    output = Some(v.to_string());
+                } else if let Some(v) = a.strip_prefix("-x") {
+                    explicit_x = Some(v.to_string());
+                } else if a.starts_with("-MF") || a.starts_with("-MT") || a.starts_with("-MQ") {
+                    if a.starts_with("-MF") {
+                        has_mf = true;
+                    } else {
+                        has_target = true;
+                    }
+                    deps.push(a.clone());
+                } else if a.starts_with("-Wp,") || a == "-Xpreprocessor" {
+                    // -Wp,-MD,file style dependency generation included.
+                    if a.contains("-MD") || a.contains("-MMD") {
+                        has_md = true;
+                        has_mf = true;
+                    }
+                    preprocessor.push(a.clone());
+                    if a == "-Xpreprocessor" {
+                        preprocessor.push(next()?);
+                        i += 1;
+                    }
+                } else if let Some(p) = PREPROC_ARG.iter().find(|p| a.starts_with(**p)) {
+                    preprocessor.push(a.clone());
+                    if a.len() == p.len() {
+                        preprocessor.push(next()?);
+                        i += 1;
+                    }
+                } else if TAKES_ARG.contains(&a.as_str()) {
+                    common.extend([a.clone(), next()?]);
+                    i += 1;
+                } else {
+                    if a.starts_with("-g") {
+                        match a.as_str() {
+                            "-g0" => debug = false,
+                            "-gno-record-gcc-switches" => record = false,
+                            "-grecord-gcc-switches" => record = true,
+                            _ => debug = true,
+                        }
+                    }
+                    common.push(a.clone());
+                }
+            }
+        }
+        i += 1;
+    }
+    if m_only && !has_md {
+        return Err(LocalReason::PreprocessOnly);
+    }
+    if m_only {
+        return Err(LocalReason::UnsupportedFlag);
+    }
+    if !compile {
+        return Err(LocalReason::NotCompile);
+    }
+    let input = match inputs.len() {
+        0 => return Err(LocalReason::NotCompile),
+        1 => inputs.remove(0),
+        _ => return Err(LocalReason::MultipleInputs),
+    };
+    let lang = match &explicit_x {
+        Some(x) => lang_of_x(x).ok_or(LocalReason::UnknownLanguage)?,
+        None => lang_of_ext(&input).ok_or(LocalReason::UnknownLanguage)?,
+    };
+    let stem = Path::new(&input)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("a")
+        .to_string();
+    let output = output.unwrap_or_else(|| format!("{stem}.o"));
+    // Preprocessing alone must write the dependency file a compile would:
+    // gcc's driver derives its name from -o and its target from -o (as -MQ),
+    // but only when compiling, so spell both out.
+    if has_md && !has_mf {
+        deps.extend(["-MF".into(), dep_file_name(&output)]);
+    }
+    if has_md && !has_target {
+        deps.extend(["-MQ".into(), output.clone()]);
+    }
+    Ok(Compile {
+        input,
+        output,
+        lang,
+        common,
+        preprocessor,
+        deps,
+        records_switches: debug && record,
+    })
+}
+
+/// gcc's `%.d%*`: the output name with its suffix replaced by `.d`.
+fn dep_file_name(output: &str) -> String {
+    let p = Path::new(output);
+    match (p.extension(), p.file_name().and_then(|f| f.to_str())) {
+        (Some(_), Some(name)) if !name.starts_with('.') || name.matches('.').count() > 1 => {
+            p.with_extension("d").to_string_lossy().into_owned()
+        }
+        _ => format!("{output}.d"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn ordinary_compile() {
+        let c = parse(
+            Kind::Gcc,
+            &v("-c -O2 -g -Wall -Iinc -DX=1 -include cfg.h src/a.c -o build/a.o -MD"),
+        )
+        .unwrap();
+        assert_eq!(c.input, "src/a.c");
+        assert_eq!(c.output, "build/a.o");
+        assert_eq!(c.lang, Lang::C);
+        assert_eq!(c.common, v("-O2 -g -Wall"));
+        assert_eq!(c.preprocessor, v("-Iinc -DX=1 -include cfg.h"));
+        assert_eq!(c.deps, v("-MD -MF build/a.d -MQ build/a.o"));
+        assert!(c.records_switches);
+    }
+
+    #[test]
+    fn defaults_and_languages() {
+        let c = parse(Kind::Gcc, &v("-c x.cpp")).unwrap();
+        assert_eq!((c.output.as_str(), c.lang), ("x.o", Lang::Cxx));
+        let c = parse(
+            Kind::Gcc,
+            &v("-c -x c++ weird.inc -o w.o -g -gno-record-gcc-switches"),
+        )
+        .unwrap();
+        assert_eq!(c.lang, Lang::Cxx);
+        assert!(!c.records_switches);
+        assert_eq!(
+            parse(Kind::Gcc, &v("-c start.S")).unwrap().lang,
+            Lang::AsmCpp
+        );
+        let c = parse(Kind::Gcc, &v("-c a.c -MMD -MF deps/a.d -MT tgt")).unwrap();
+        assert_eq!(c.deps, v("-MMD -MF deps/a.d -MT tgt"));
+    }
+
+    #[test]
+    fn local_reasons() {
+        use LocalReason::*;
+        let cases = [
+            ("a.o b.o -o prog", NotCompile),
+            ("-E a.c", PreprocessOnly),
+            ("-S a.c", PreprocessOnly),
+            ("-M a.c", PreprocessOnly),
+            ("-c a.c b.c", MultipleInputs),
+            ("-c -", StdinInput),
+            ("-c a.f90", UnknownLanguage),
+            ("-c -x fortran a.f", UnknownLanguage),
+            ("-c a.c -save-temps", UnsupportedFlag),
+            ("-c a.c -gsplit-dwarf", UnsupportedFlag),
+            ("-c a.c --coverage", UnsupportedFlag),
+            ("-c a.c -fprofile-use=x", UnsupportedFlag),
+            ("-c a.c -Wa,-adhln=a.lst", UnsupportedFlag),
+            ("-c a.c -o", UnsupportedFlag),
+        ];
+        for (cmd, want) in cases {
+            assert_eq!(parse(Kind::Gcc, &v(cmd)), Err(want), "{cmd}");
+        }
+        assert!(parse(Kind::Gcc, &v("-c a.c -Wa,--noexecstack")).is_ok());
+    }
+
+    #[test]
+    fn response_files() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("r1"), "-c \"my file.c\" @r2").unwrap();
+        std::fs::write(t.path().join("r2"), "-o 'out dir/a.o' -DX=a\\ b").unwrap();
+        let e = expand_response_files(&v("-O2 @r1"), t.path()).unwrap();
+        assert_eq!(
+            e,
+            vec!["-O2", "-c", "my file.c", "-o", "out dir/a.o", "-DX=a b"]
+        );
+        std::fs::write(t.path().join("loop"), "@loop").unwrap();
+        assert!(expand_response_files(&v("@loop"), t.path()).is_err());
+    }
+
+    #[test]
+    fn dep_names() {
+        assert_eq!(dep_file_name("build/a.o"), "build/a.d");
+        assert_eq!(dep_file_name("a.b.o"), "a.b.d");
+        assert_eq!(dep_file_name("prog"), "prog.d");
+    }
+}

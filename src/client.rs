@@ -1,0 +1,96 @@
+//! The wrapper's connection to its local node: blocking, one request at a
+//! time, and started on demand like sccache's server.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use swarmcc_node::config::{state_dir, Config};
+use swarmcc_protocol::frame::{self, LOCAL_FRAME_MAX};
+use swarmcc_protocol::local::{Request, Response, LOCAL_PROTOCOL_VERSION};
+
+pub struct NodeClient {
+    stream: UnixStream,
+}
+
+impl NodeClient {
+    /// Connect to a running node.
+    pub fn connect(cfg: &Config) -> Result<NodeClient> {
+        let sock = cfg.socket_path();
+        let stream = UnixStream::connect(&sock)
+            .with_context(|| format!("connecting to {}", sock.display()))?;
+        let mut c = NodeClient { stream };
+        match c.call(&Request::Hello {
+            version: LOCAL_PROTOCOL_VERSION,
+        })? {
+            Response::Hello { .. } => Ok(c),
+            Response::Error(e) => bail!("node refused: {e}"),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Connect, starting a node in the background if none is running.
+    pub fn connect_or_start(cfg: &Config) -> Result<NodeClient> {
+        if let Ok(c) = Self::connect(cfg) {
+            return Ok(c);
+        }
+        start_node()?;
+        let deadline = Instant::now() + Duration::from_secs(cfg.node.start_timeout_secs);
+        let mut last = anyhow!("node did not start");
+        while Instant::now() < deadline {
+            match Self::connect(cfg) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(last.context("starting the node"))
+    }
+
+    pub fn call(&mut self, req: &Request) -> Result<Response> {
+        frame::write_frame(&mut self.stream, req, LOCAL_FRAME_MAX)?;
+        Ok(frame::read_frame(&mut self.stream, LOCAL_FRAME_MAX)?)
+    }
+}
+
+/// Start `swarmcc node` detached, logging to `<state>/node.log`.
+pub fn start_node() -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let state = state_dir();
+    std::fs::create_dir_all(&state)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.join("node.log"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("node")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the node from the
+    // build's terminal and process group so Ctrl-C on make leaves it running.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().context("spawning swarmcc node")?;
+    Ok(())
+}
+
+/// Ask the node to stop and wait until its socket is gone.
+pub fn stop_node(cfg: &Config) -> Result<bool> {
+    let Ok(mut c) = NodeClient::connect(cfg) else {
+        return Ok(false);
+    };
+    c.call(&Request::Shutdown)?;
+    let sock = cfg.socket_path();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&sock).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(true)
+}

@@ -1,0 +1,33 @@
+//! `swarmcc --show-stats`: sccache's labels where the meaning is the same.
+
+use swarmcc_protocol::stats::{LocalReason, Stats};
+
+pub fn human(s: &Stats) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, v: u64| out.push_str(&format!("{label:<44}{v:>10}\n"));
+    line("Compile requests", s.compile_requests);
+    line("Cache hits", s.cache_hits);
+    line("Cache misses", s.cache_misses);
+    line("Cache errors (corrupted entries dropped)", s.cache_errors);
+    let dist_total: u64 = s.dist_compiles.values().sum();
+    line("Successful distributed compiles", dist_total);
+    for (builder, n) in &s.dist_compiles {
+        line(&format!("  {builder}"), *n);
+    }
+    line("Failed distributed compilations", s.dist_errors);
+    line("Compilation failures (user errors)", s.compile_errors);
+    let local_total: u64 = s.local_compiles.values().sum();
+    line("Local compiles", local_total);
+    for r in LocalReason::ALL {
+        if let Some(n) = s.local_compiles.get(r.key()) {
+            line(&format!("  {}", r.label()), *n);
+        }
+    }
+    line("Toolchains packaged", s.toolchains_packaged);
+    line("Jobs stopped by sandbox limits", s.sandbox_limit_hits);
+    out
+}
+
+pub fn json(s: &Stats) -> String {
+    serde_json::json!({ "stats": s }).to_string()
+}

@@ -1,0 +1,474 @@
+//! The compiler wrapper: `swarmcc gcc -c a.c -o a.o`.
+//!
+//! Preprocess locally, look the result up in the node's cache, otherwise
+//! hand the node a self-contained job and write back what it returns. Any
+//! failure of that path (node down, sandbox limit, lost connection) ends in
+//! a plain local compile, so the swarm never fails a build that the compiler
+//! alone would pass. A compile *error* from the builder is the user's and is
+//! reported as is.
+
+use crate::args::{self, Compile, Kind};
+use crate::client::NodeClient;
+use crate::sources;
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use swarmcc_node::config::{Config, CustomToolchain};
+use swarmcc_protocol::job::Blob;
+use swarmcc_protocol::local::{Request, Response, ToolchainInfo, ToolchainSpec};
+use swarmcc_protocol::stats::LocalReason;
+use swarmcc_protocol::{CompileMode, Hash32, InputFile, Job, JobResult, SourceRef};
+
+/// Names under which a symlink to swarmcc acts as that compiler.
+pub const COMPILER_NAMES: &[&str] = &["cc", "c++", "gcc", "g++", "clang", "clang++"];
+
+/// Entry point: never returns.
+pub fn main(compiler: &str, args: Vec<String>) -> ! {
+    let real = match find_compiler(compiler) {
+        Some(p) => p,
+        None => {
+            eprintln!("swarmcc: compiler {compiler:?} not found on PATH");
+            std::process::exit(127);
+        }
+    };
+    let cfg = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("swarmcc: {e:#}; compiling locally");
+            exec_local(&real, &args);
+        }
+    };
+    match try_distribute(&cfg, &real, &args) {
+        Ok(code) => std::process::exit(code),
+        Err(Fallback { reason, why, node }) => {
+            if let Some(why) = why {
+                tracing::info!("compiling locally ({}): {why:#}", reason.label());
+            }
+            record_local(&cfg, reason, node);
+            exec_local(&real, &args);
+        }
+    }
+}
+
+/// Why and how a compile goes local.
+struct Fallback {
+    reason: LocalReason,
+    why: Option<anyhow::Error>,
+    node: Option<NodeClient>,
+}
+
+fn fallback(reason: LocalReason) -> impl FnOnce(anyhow::Error) -> Fallback {
+    move |e| Fallback {
+        reason,
+        why: Some(e),
+        node: None,
+    }
+}
+
+fn record_local(cfg: &Config, reason: LocalReason, node: Option<NodeClient>) {
+    if reason == LocalReason::NodeUnavailable {
+        return;
+    }
+    // Counting is best effort: never start a node just to count.
+    if let Some(mut c) = node.or_else(|| NodeClient::connect(cfg).ok()) {
+        let _ = c.call(&Request::RecordLocal { reason });
+    }
+}
+
+fn exec_local(compiler: &Path, args: &[String]) -> ! {
+    let err = Command::new(compiler).args(args).exec();
+    eprintln!("swarmcc: cannot run {}: {err}", compiler.display());
+    std::process::exit(127);
+}
+
+/// Resolve the real compiler: a path as given, or a name on PATH that is not
+/// swarmcc itself (so that a `gcc -> swarmcc` symlink earlier on PATH works).
+pub fn find_compiler(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p
+            .is_file()
+            .then(|| std::fs::canonicalize(&p).ok().map(|_| absolutize(&p)))
+            .flatten();
+    }
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            let ok = p
+                .metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false);
+            ok && std::fs::canonicalize(p).ok() != me
+        })
+}
+
+fn absolutize(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// What kind of compiler a path is, by name (`cc`/`c++` are gcc on Linux
+/// unless their name says clang).
+fn kind_of(compiler: &Path) -> Option<Kind> {
+    let name = compiler.file_name()?.to_str()?;
+    if name.contains("clang") {
+        Some(Kind::Clang)
+    } else if name == "cc" || name == "c++" || name.contains("gcc") || name.contains("g++") {
+        Some(Kind::Gcc)
+    } else {
+        None
+    }
+}
+
+/// The logical working directory: `$PWD` when it names the current
+/// directory (as gcc itself prefers for DW_AT_comp_dir), else the physical one.
+fn logical_cwd() -> Result<PathBuf> {
+    let phys = std::env::current_dir()?;
+    if let Some(pwd) = std::env::var_os("PWD").map(PathBuf::from) {
+        if pwd.is_absolute() {
+            use std::os::unix::fs::MetadataExt;
+            if let (Ok(a), Ok(b)) = (std::fs::metadata(&pwd), std::fs::metadata(&phys)) {
+                if a.dev() == b.dev() && a.ino() == b.ino() {
+                    return Ok(pwd);
+                }
+            }
+        }
+    }
+    Ok(phys)
+}
+
+/// The environment a job sees: only what changes the compiler's output.
+/// Locales are mapped to the built-in C/C.UTF-8 so that quoting matches
+/// (English messages; translated messages are not carried).
+fn job_env(compiler: &str) -> Vec<(String, String)> {
+    let dir = Path::new(compiler)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut env = vec![
+        ("PATH".to_string(), format!("{dir}:/usr/bin:/bin")),
+        ("TMPDIR".into(), "/tmp".into()),
+    ];
+    for var in ["LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES"] {
+        if let Ok(v) = std::env::var(var) {
+            let lower = v.to_ascii_lowercase();
+            let mapped = if lower.ends_with("utf-8") || lower.ends_with("utf8") {
+                "C.UTF-8"
+            } else {
+                "C"
+            };
+            env.push((var.to_string(), mapped.to_string()));
+        }
+    }
+    for var in ["SOURCE_DATE_EPOCH", "GCC_COLORS"] {
+        if let Ok(v) = std::env::var(var) {
+            env.push((var.to_string(), v));
+        }
+    }
+    env
+}
+
+fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<i32, Fallback> {
+    let local = |reason| Fallback {
+        reason,
+        why: None,
+        node: None,
+    };
+    let kind = kind_of(compiler).ok_or_else(|| local(LocalReason::UnsupportedCompiler))?;
+    let custom = cfg.custom_toolchain(compiler);
+    if matches!(custom, Some(CustomToolchain::NoDist { .. })) {
+        return Err(local(LocalReason::UnsupportedCompiler));
+    }
+    let cwd = logical_cwd().map_err(fallback(LocalReason::SwarmFailure))?;
+    let args = args::expand_response_files(raw_args, &cwd)
+        .map_err(|_| local(LocalReason::UnsupportedFlag))?;
+    let compile = args::parse(kind, &args).map_err(local)?;
+    let mut node =
+        NodeClient::connect_or_start(cfg).map_err(fallback(LocalReason::NodeUnavailable))?;
+    let on_node = |reason| {
+        move |e: anyhow::Error| Fallback {
+            reason,
+            why: Some(e),
+            node: None,
+        }
+    };
+
+    // 1. Toolchain (packaged by the node once per compiler).
+    let spec = match custom {
+        Some(CustomToolchain::PathOverride {
+            archive,
+            archive_compiler_executable,
+            ..
+        }) => ToolchainSpec::Archive {
+            archive: archive.to_string_lossy().into_owned(),
+            compiler: archive_compiler_executable.clone(),
+        },
+        _ => ToolchainSpec::Local {
+            compiler: compiler.to_string_lossy().into_owned(),
+        },
+    };
+    let tc = match node.call(&Request::Toolchain(spec)) {
+        Ok(Response::Toolchain(info)) => info,
+        Ok(Response::Error(e)) => {
+            return Err(Fallback {
+                reason: LocalReason::SwarmFailure,
+                why: Some(anyhow!(e)),
+                node: Some(node),
+            })
+        }
+        Ok(other) => {
+            return Err(on_node(LocalReason::SwarmFailure)(anyhow!(
+                "unexpected {other:?}"
+            )))
+        }
+        Err(e) => return Err(on_node(LocalReason::SwarmFailure)(e)),
+    };
+
+    // 2. Preprocess locally (this also writes the dependency file).
+    let rewrite = cfg.dist.rewrite_includes_only && compile.lang != args::Lang::AsmCpp;
+    let pp = match preprocess(compiler, kind, &compile, rewrite) {
+        Ok(pp) => pp,
+        Err(e) => {
+            return Err(Fallback {
+                reason: LocalReason::PreprocessorFailed,
+                why: Some(e),
+                node: Some(node),
+            })
+        }
+    };
+
+    // 3. The files diagnostics may quote.
+    let mut srcs = Vec::new();
+    let mut blobs = Vec::new();
+    for name in sources::line_marker_files(&pp.stdout) {
+        let abs = sources::absolute(&cwd, &name);
+        if let Ok(data) = std::fs::read(&abs) {
+            let hash = Hash32::of(&data);
+            srcs.push(SourceRef {
+                path: abs.to_string_lossy().into_owned(),
+                hash,
+            });
+            blobs.push(Blob { hash, data });
+        }
+    }
+
+    // 4. The job, and its cache key.
+    let job = build_job(&tc, kind, &compile, rewrite, &cwd, pp.stdout, srcs);
+    let key = cache_key(&job);
+    match node.call(&Request::CacheGet { key }) {
+        Ok(Response::CacheHit(result)) => {
+            if let Ok(code) = deliver(&compile, &cwd, &job, &pp.stderr, &result) {
+                return Ok(code);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => return Err(on_node(LocalReason::SwarmFailure)(e)),
+    }
+    let resp = node.call(&Request::Compile {
+        key: Some(key),
+        job: Box::new(job.clone()),
+        blobs,
+    });
+    match resp {
+        Ok(Response::Compiled { result, .. }) => {
+            match deliver(&compile, &cwd, &job, &pp.stderr, &result) {
+                Ok(code) => Ok(code),
+                Err(e) => Err(Fallback {
+                    reason: LocalReason::SwarmFailure,
+                    why: Some(e),
+                    node: Some(node),
+                }),
+            }
+        }
+        Ok(Response::Error(e)) => Err(Fallback {
+            reason: LocalReason::SwarmFailure,
+            why: Some(anyhow!(e)),
+            node: Some(node),
+        }),
+        Ok(other) => Err(Fallback {
+            reason: LocalReason::SwarmFailure,
+            why: Some(anyhow!("unexpected {other:?}")),
+            node: Some(node),
+        }),
+        Err(e) => Err(on_node(LocalReason::SwarmFailure)(e)),
+    }
+}
+
+struct Preprocessed {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+fn preprocess(compiler: &Path, kind: Kind, c: &Compile, rewrite: bool) -> Result<Preprocessed> {
+    let mut cmd = Command::new(compiler);
+    cmd.args(&c.common)
+        .args(&c.preprocessor)
+        .args(&c.deps)
+        .arg("-E");
+    if rewrite {
+        cmd.arg(match kind {
+            Kind::Gcc => "-fdirectives-only",
+            Kind::Clang => "-frewrite-includes",
+        });
+    }
+    cmd.args(["-x", c.lang.source_name()]).arg(&c.input);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("running the preprocessor")?;
+    if !out.status.success() {
+        bail!("preprocessor exited with {}", out.status);
+    }
+    Ok(Preprocessed {
+        stdout: out.stdout,
+        stderr: out.stderr,
+    })
+}
+
+/// The directory inside the job's cwd that holds its own input and output.
+const JOB_DIR: &str = ".swarmcc-job";
+
+fn build_job(
+    tc: &ToolchainInfo,
+    kind: Kind,
+    c: &Compile,
+    rewrite: bool,
+    cwd: &Path,
+    pp: Vec<u8>,
+    sources: Vec<SourceRef>,
+) -> Job {
+    let cwd_s = cwd.to_string_lossy().into_owned();
+    let stem = Path::new(&c.input)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("input")
+        .to_string();
+    let dir = format!("{cwd_s}/{JOB_DIR}");
+    let input = format!("{dir}/{stem}.i");
+    let output = format!("{dir}/{stem}.o");
+    let compile_tail = |input: &str, out: &str| -> Vec<String> {
+        let mut v = c.common.clone();
+        v.extend([input.to_string(), "-c".into(), "-o".into(), out.to_string()]);
+        v
+    };
+    let lang_args = |lang: &str, directives: bool| -> Vec<String> {
+        let mut v = vec!["-x".to_string(), lang.to_string()];
+        if kind == Kind::Gcc {
+            v.push("-fpreprocessed".into());
+            if directives {
+                v.push("-fdirectives-only".into());
+            }
+        }
+        v
+    };
+    let mode = if !rewrite {
+        let mut args = lang_args(c.lang.preprocessed_name(), false);
+        args.extend(compile_tail(&input, &output));
+        CompileMode::Plain { args }
+    } else if kind == Kind::Gcc && c.records_switches {
+        let expanded = format!("{dir}/{stem}.full.i");
+        let mut expand_args = lang_args(c.lang.source_name(), true);
+        expand_args.extend(c.common.iter().cloned());
+        expand_args.extend(["-E".into(), input.clone(), "-o".into(), expanded.clone()]);
+        let mut object_args = lang_args(c.lang.preprocessed_name(), false);
+        object_args.extend(compile_tail(&expanded, &output));
+        let mut diag_args = lang_args(c.lang.source_name(), true);
+        diag_args.extend(compile_tail(&input, "/dev/null"));
+        CompileMode::GccExpand {
+            expand_args,
+            object_args,
+            diag_args,
+        }
+    } else {
+        let mut args = lang_args(c.lang.source_name(), kind == Kind::Gcc);
+        args.extend(compile_tail(&input, &output));
+        CompileMode::Plain { args }
+    };
+    Job {
+        toolchain: tc.id,
+        compiler: tc.compiler.clone(),
+        cwd: cwd_s,
+        env: job_env(&tc.compiler),
+        input: InputFile {
+            path: input,
+            data: pp,
+        },
+        sources,
+        mode,
+        outputs: vec![output],
+    }
+}
+
+/// Everything that decides a job's result, hashed.
+pub fn cache_key(job: &Job) -> Hash32 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"swarmcc-cache-key-v1\0");
+    let meta = (
+        &job.toolchain,
+        &job.compiler,
+        &job.cwd,
+        &job.env,
+        &job.mode,
+        &job.outputs,
+        &job.input.path,
+        &job.sources,
+    );
+    h.update(&swarmcc_protocol::frame::encode(&meta).unwrap_or_default());
+    h.update(&(job.input.data.len() as u64).to_le_bytes());
+    h.update(&job.input.data);
+    Hash32::from(h.finalize())
+}
+
+/// Write the object where the user asked for it, print the compiler's
+/// output, and give its exit code.
+fn deliver(c: &Compile, cwd: &Path, job: &Job, pp_stderr: &[u8], r: &JobResult) -> Result<i32> {
+    if r.exit_code == 0 {
+        let want = &job.outputs[0];
+        let data = r
+            .outputs
+            .iter()
+            .find(|(p, _)| p == want)
+            .map(|(_, d)| d)
+            .ok_or_else(|| anyhow!("the builder returned no object"))?;
+        let dest = cwd.join(&c.output);
+        write_atomic(&dest, data).with_context(|| format!("writing {}", dest.display()))?;
+    } else {
+        // gcc removes its output when a compile fails; so do we.
+        let _ = std::fs::remove_file(cwd.join(&c.output));
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(pp_stderr);
+    let _ = err.write_all(&r.stderr);
+    let _ = std::io::stdout().lock().write_all(&r.stdout);
+    Ok(r.exit_code)
+}
+
+fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .ok_or_else(|| anyhow!("bad output path"))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.swarmcc-{}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    if let Err(e) = std::fs::rename(&tmp, dest) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    Ok(())
+}

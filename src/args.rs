@@ -18,25 +18,6 @@ pub enum Lang {
     AsmCpp,
 }
 
-impl Lang {
-    /// The `-x` name of the source language.
-    pub fn source_name(self) -> &'static str {
-        match self {
-            Lang::C => "c",
-            Lang::Cxx => "c++",
-            Lang::AsmCpp => "assembler-with-cpp",
-        }
-    }
-    /// The `-x` name of the fully preprocessed language.
-    pub fn preprocessed_name(self) -> &'static str {
-        match self {
-            Lang::C => "cpp-output",
-            Lang::Cxx => "c++-cpp-output",
-            Lang::AsmCpp => "assembler",
-        }
-    }
-}
-
 /// A compile that can be distributed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compile {
@@ -44,15 +25,13 @@ pub struct Compile {
     /// The object path as the user gave it (or gcc's default).
     pub output: String,
     pub lang: Lang,
-    /// Passed to both the local preprocessor and the remote compile.
-    pub common: Vec<String>,
-    /// Only for the local preprocessor (-I, -D, -include, ...).
-    pub preprocessor: Vec<String>,
+    /// The user's arguments in their order, without `-c`, `-o <file>` and the
+    /// dependency-file flags: the builder compiles with exactly these (plus
+    /// `-c -o`), and the client preprocesses with them (plus `-E`).
+    pub base: Vec<String>,
     /// Dependency-file flags, completed so that preprocessing alone writes
     /// the same file a local compile would.
     pub deps: Vec<String>,
-    /// Debug info that records the command line (gcc's default with -g).
-    pub records_switches: bool,
 }
 
 /// Options that take their value as the next argument.
@@ -91,22 +70,6 @@ const TAKES_ARG: &[&str] = &[
     "-specs",
     "-dumpbase",
     "-dumpdir",
-];
-
-/// Preprocessor-only options with a value (separate or attached).
-const PREPROC_ARG: &[&str] = &[
-    "-I",
-    "-isystem",
-    "-iquote",
-    "-idirafter",
-    "-include",
-    "-imacros",
-    "-iprefix",
-    "-iwithprefix",
-    "-iwithprefixbefore",
-    "-isysroot",
-    "-D",
-    "-U",
 ];
 
 /// Expand `@file` response files the way gcc does (whitespace separated,
@@ -257,12 +220,9 @@ pub fn parse(kind: Kind, args: &[String]) -> Result<Compile, LocalReason> {
     let mut output: Option<String> = None;
     let mut explicit_x: Option<String> = None;
     let mut compile = false;
-    let mut common = Vec::new();
-    let mut preprocessor = Vec::new();
+    let mut base: Vec<String> = Vec::new();
     let mut deps: Vec<String> = Vec::new();
     let (mut has_md, mut has_mf, mut has_target, mut m_only) = (false, false, false, false);
-    let mut debug = false;
-    let mut record = true;
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
@@ -272,6 +232,7 @@ pub fn parse(kind: Kind, args: &[String]) -> Result<Compile, LocalReason> {
                 return Err(LocalReason::StdinInput);
             }
             inputs.push(a.clone());
+            base.push(a.clone());
             i += 1;
             continue;
         }
@@ -303,16 +264,12 @@ pub fn parse(kind: Kind, args: &[String]) -> Result<Compile, LocalReason> {
             }
             "-x" => {
                 explicit_x = Some(next()?);
+                base.extend([a.clone(), next()?]);
                 i += 1;
-            }
-            "-nostdinc" | "-nostdinc++" | "-P" | "-C" | "-CC" | "-trigraphs" | "-undef" | "-H" => {
-                preprocessor.push(a.clone())
             }
             _ => {
                 if let Some(v) = a.strip_prefix("-o") {
                     output = Some(v.to_string());
-                } else if let Some(v) = a.strip_prefix("-x") {
-                    explicit_x = Some(v.to_string());
                 } else if a.starts_with("-MF") || a.starts_with("-MT") || a.starts_with("-MQ") {
                     if a.starts_with("-MF") {
                         has_mf = true;
@@ -320,36 +277,21 @@ pub fn parse(kind: Kind, args: &[String]) -> Result<Compile, LocalReason> {
                         has_target = true;
                     }
                     deps.push(a.clone());
-                } else if a.starts_with("-Wp,") || a == "-Xpreprocessor" {
-                    // -Wp,-MD,file style dependency generation included.
-                    if a.contains("-MD") || a.contains("-MMD") {
-                        has_md = true;
-                        has_mf = true;
-                    }
-                    preprocessor.push(a.clone());
-                    if a == "-Xpreprocessor" {
-                        preprocessor.push(next()?);
-                        i += 1;
-                    }
-                } else if let Some(p) = PREPROC_ARG.iter().find(|p| a.starts_with(**p)) {
-                    preprocessor.push(a.clone());
-                    if a.len() == p.len() {
-                        preprocessor.push(next()?);
-                        i += 1;
-                    }
-                } else if TAKES_ARG.contains(&a.as_str()) {
-                    common.extend([a.clone(), next()?]);
-                    i += 1;
+                } else if a.starts_with("-Wp,-MD,") || a.starts_with("-Wp,-MMD,") {
+                    // The Linux kernel's style: preprocessor-only dependency output.
+                    has_md = true;
+                    has_mf = true;
+                    has_target = true;
+                    deps.push(a.clone());
                 } else {
-                    if a.starts_with("-g") {
-                        match a.as_str() {
-                            "-g0" => debug = false,
-                            "-gno-record-gcc-switches" => record = false,
-                            "-grecord-gcc-switches" => record = true,
-                            _ => debug = true,
-                        }
+                    if let Some(v) = a.strip_prefix("-x") {
+                        explicit_x = Some(v.to_string());
                     }
-                    common.push(a.clone());
+                    base.push(a.clone());
+                    if TAKES_ARG.contains(&a.as_str()) {
+                        base.push(next()?);
+                        i += 1;
+                    }
                 }
             }
         }
@@ -392,10 +334,8 @@ pub fn parse(kind: Kind, args: &[String]) -> Result<Compile, LocalReason> {
         input,
         output,
         lang,
-        common,
-        preprocessor,
+        base,
         deps,
-        records_switches: debug && record,
     })
 }
 
@@ -428,23 +368,24 @@ mod tests {
         assert_eq!(c.input, "src/a.c");
         assert_eq!(c.output, "build/a.o");
         assert_eq!(c.lang, Lang::C);
-        assert_eq!(c.common, v("-O2 -g -Wall"));
-        assert_eq!(c.preprocessor, v("-Iinc -DX=1 -include cfg.h"));
+        assert_eq!(c.base, v("-O2 -g -Wall -Iinc -DX=1 -include cfg.h src/a.c"));
         assert_eq!(c.deps, v("-MD -MF build/a.d -MQ build/a.o"));
-        assert!(c.records_switches);
+        let k = parse(
+            Kind::Gcc,
+            &v("-Wp,-MMD,dir/.a.o.d -Wp,-D_FORTIFY_SOURCE=2 -c a.c"),
+        )
+        .unwrap();
+        assert_eq!(k.deps, v("-Wp,-MMD,dir/.a.o.d"));
+        assert_eq!(k.base, v("-Wp,-D_FORTIFY_SOURCE=2 a.c"));
     }
 
     #[test]
     fn defaults_and_languages() {
         let c = parse(Kind::Gcc, &v("-c x.cpp")).unwrap();
         assert_eq!((c.output.as_str(), c.lang), ("x.o", Lang::Cxx));
-        let c = parse(
-            Kind::Gcc,
-            &v("-c -x c++ weird.inc -o w.o -g -gno-record-gcc-switches"),
-        )
-        .unwrap();
+        let c = parse(Kind::Gcc, &v("-c -x c++ weird.inc -o w.o -g")).unwrap();
         assert_eq!(c.lang, Lang::Cxx);
-        assert!(!c.records_switches);
+        assert_eq!(c.base, v("-x c++ weird.inc -g"));
         assert_eq!(
             parse(Kind::Gcc, &v("-c start.S")).unwrap().lang,
             Lang::AsmCpp

@@ -19,7 +19,7 @@ use swarmcc_node::config::{Config, CustomToolchain};
 use swarmcc_protocol::job::Blob;
 use swarmcc_protocol::local::{Request, Response, ToolchainInfo, ToolchainSpec};
 use swarmcc_protocol::stats::LocalReason;
-use swarmcc_protocol::{CompileMode, Hash32, InputFile, Job, JobResult, SourceRef};
+use swarmcc_protocol::{Hash32, Job, JobResult, PreprocessCheck, SourceRef};
 
 /// Names under which a symlink to swarmcc acts as that compiler.
 pub const COMPILER_NAMES: &[&str] = &["cc", "c++", "gcc", "g++", "clang", "clang++"];
@@ -238,7 +238,8 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
 
     // 2. Preprocess locally (this also writes the dependency file).
     let rewrite = cfg.dist.rewrite_includes_only && compile.lang != args::Lang::AsmCpp;
-    let pp = match preprocess(compiler, kind, &compile, rewrite) {
+    let pp_args = preprocess_args(kind, &compile, rewrite);
+    let pp = match preprocess(compiler, &pp_args, &compile.deps) {
         Ok(pp) => pp,
         Err(e) => {
             return Err(Fallback {
@@ -249,7 +250,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         }
     };
 
-    // 3. The files diagnostics may quote.
+    // 3. The files the compile reads: the source and every header.
     let mut srcs = Vec::new();
     let mut blobs = Vec::new();
     for name in sources::line_marker_files(&pp.stdout) {
@@ -265,11 +266,15 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
     }
 
     // 4. The job, and its cache key.
-    let job = build_job(&tc, kind, &compile, rewrite, &cwd, pp.stdout, srcs);
+    let check = PreprocessCheck {
+        args: pp_args,
+        expect: Hash32::of(&pp.stdout),
+    };
+    let job = build_job(&tc, &compile, &cwd, check, srcs);
     let key = cache_key(&job);
     match node.call(&Request::CacheGet { key }) {
         Ok(Response::CacheHit(result)) => {
-            if let Ok(code) = deliver(&compile, &cwd, &job, &pp.stderr, &result) {
+            if let Ok(code) = deliver(&compile, &cwd, &job, &result) {
                 return Ok(code);
             }
         }
@@ -282,16 +287,14 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         blobs,
     });
     match resp {
-        Ok(Response::Compiled { result, .. }) => {
-            match deliver(&compile, &cwd, &job, &pp.stderr, &result) {
-                Ok(code) => Ok(code),
-                Err(e) => Err(Fallback {
-                    reason: LocalReason::SwarmFailure,
-                    why: Some(e),
-                    node: Some(node),
-                }),
-            }
-        }
+        Ok(Response::Compiled { result, .. }) => match deliver(&compile, &cwd, &job, &result) {
+            Ok(code) => Ok(code),
+            Err(e) => Err(Fallback {
+                reason: LocalReason::SwarmFailure,
+                why: Some(e),
+                node: Some(node),
+            }),
+        },
         Ok(Response::Error(e)) => Err(Fallback {
             reason: LocalReason::SwarmFailure,
             why: Some(anyhow!(e)),
@@ -308,45 +311,43 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
 
 struct Preprocessed {
     stdout: Vec<u8>,
-    stderr: Vec<u8>,
 }
 
-fn preprocess(compiler: &Path, kind: Kind, c: &Compile, rewrite: bool) -> Result<Preprocessed> {
-    let mut cmd = Command::new(compiler);
-    cmd.args(&c.common)
-        .args(&c.preprocessor)
-        .args(&c.deps)
-        .arg("-E");
+/// The client's preprocessing command (without dependency flags): the same
+/// arguments run in the sandbox must give the same bytes.
+fn preprocess_args(kind: Kind, c: &Compile, rewrite: bool) -> Vec<String> {
+    let mut v = c.base.clone();
+    v.push("-E".into());
     if rewrite {
-        cmd.arg(match kind {
-            Kind::Gcc => "-fdirectives-only",
-            Kind::Clang => "-frewrite-includes",
+        v.push(match kind {
+            Kind::Gcc => "-fdirectives-only".into(),
+            Kind::Clang => "-frewrite-includes".into(),
         });
     }
-    cmd.args(["-x", c.lang.source_name()]).arg(&c.input);
-    let out = cmd
+    v
+}
+
+fn preprocess(compiler: &Path, args: &[String], deps: &[String]) -> Result<Preprocessed> {
+    let out = Command::new(compiler)
+        .args(args)
+        .args(deps)
         .stdin(Stdio::null())
         .output()
         .context("running the preprocessor")?;
     if !out.status.success() {
         bail!("preprocessor exited with {}", out.status);
     }
-    Ok(Preprocessed {
-        stdout: out.stdout,
-        stderr: out.stderr,
-    })
+    Ok(Preprocessed { stdout: out.stdout })
 }
 
-/// The directory inside the job's cwd that holds its own input and output.
+/// The directory inside the job's cwd that receives the job's object.
 const JOB_DIR: &str = ".swarmcc-job";
 
 fn build_job(
     tc: &ToolchainInfo,
-    kind: Kind,
     c: &Compile,
-    rewrite: bool,
     cwd: &Path,
-    pp: Vec<u8>,
+    check: PreprocessCheck,
     sources: Vec<SourceRef>,
 ) -> Job {
     let cwd_s = cwd.to_string_lossy().into_owned();
@@ -355,58 +356,17 @@ fn build_job(
         .and_then(|s| s.to_str())
         .unwrap_or("input")
         .to_string();
-    let dir = format!("{cwd_s}/{JOB_DIR}");
-    let input = format!("{dir}/{stem}.i");
-    let output = format!("{dir}/{stem}.o");
-    let compile_tail = |input: &str, out: &str| -> Vec<String> {
-        let mut v = c.common.clone();
-        v.extend([input.to_string(), "-c".into(), "-o".into(), out.to_string()]);
-        v
-    };
-    let lang_args = |lang: &str, directives: bool| -> Vec<String> {
-        let mut v = vec!["-x".to_string(), lang.to_string()];
-        if kind == Kind::Gcc {
-            v.push("-fpreprocessed".into());
-            if directives {
-                v.push("-fdirectives-only".into());
-            }
-        }
-        v
-    };
-    let mode = if !rewrite {
-        let mut args = lang_args(c.lang.preprocessed_name(), false);
-        args.extend(compile_tail(&input, &output));
-        CompileMode::Plain { args }
-    } else if kind == Kind::Gcc && c.records_switches {
-        let expanded = format!("{dir}/{stem}.full.i");
-        let mut expand_args = lang_args(c.lang.source_name(), true);
-        expand_args.extend(c.common.iter().cloned());
-        expand_args.extend(["-E".into(), input.clone(), "-o".into(), expanded.clone()]);
-        let mut object_args = lang_args(c.lang.preprocessed_name(), false);
-        object_args.extend(compile_tail(&expanded, &output));
-        let mut diag_args = lang_args(c.lang.source_name(), true);
-        diag_args.extend(compile_tail(&input, "/dev/null"));
-        CompileMode::GccExpand {
-            expand_args,
-            object_args,
-            diag_args,
-        }
-    } else {
-        let mut args = lang_args(c.lang.source_name(), kind == Kind::Gcc);
-        args.extend(compile_tail(&input, &output));
-        CompileMode::Plain { args }
-    };
+    let output = format!("{cwd_s}/{JOB_DIR}/{stem}.o");
+    let mut args = c.base.clone();
+    args.extend(["-c".into(), "-o".into(), output.clone()]);
     Job {
         toolchain: tc.id,
         compiler: tc.compiler.clone(),
         cwd: cwd_s,
         env: job_env(&tc.compiler),
-        input: InputFile {
-            path: input,
-            data: pp,
-        },
         sources,
-        mode,
+        check: Some(check),
+        args,
         outputs: vec![output],
     }
 }
@@ -415,25 +375,25 @@ fn build_job(
 pub fn cache_key(job: &Job) -> Hash32 {
     let mut h = blake3::Hasher::new();
     h.update(b"swarmcc-cache-key-v1\0");
+    // The check's hash covers the preprocessed text; the sources cover what
+    // diagnostics quote (comments, whitespace) that preprocessing drops.
     let meta = (
         &job.toolchain,
         &job.compiler,
         &job.cwd,
         &job.env,
-        &job.mode,
+        &job.check,
+        &job.args,
         &job.outputs,
-        &job.input.path,
         &job.sources,
     );
     h.update(&swarmcc_protocol::frame::encode(&meta).unwrap_or_default());
-    h.update(&(job.input.data.len() as u64).to_le_bytes());
-    h.update(&job.input.data);
     Hash32::from(h.finalize())
 }
 
 /// Write the object where the user asked for it, print the compiler's
 /// output, and give its exit code.
-fn deliver(c: &Compile, cwd: &Path, job: &Job, pp_stderr: &[u8], r: &JobResult) -> Result<i32> {
+fn deliver(c: &Compile, cwd: &Path, job: &Job, r: &JobResult) -> Result<i32> {
     if r.exit_code == 0 {
         let want = &job.outputs[0];
         let data = r
@@ -448,9 +408,10 @@ fn deliver(c: &Compile, cwd: &Path, job: &Job, pp_stderr: &[u8], r: &JobResult) 
         // gcc removes its output when a compile fails; so do we.
         let _ = std::fs::remove_file(cwd.join(&c.output));
     }
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(pp_stderr);
-    let _ = err.write_all(&r.stderr);
+    // The builder compiled the real sources, so its stderr already holds the
+    // preprocessor's diagnostics (#warning) in their place; the client's own
+    // preprocessing output is not printed.
+    let _ = std::io::stderr().lock().write_all(&r.stderr);
     let _ = std::io::stdout().lock().write_all(&r.stdout);
     Ok(r.exit_code)
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swarmcc_protocol::job::Blob;
-use swarmcc_protocol::{CompileMode, Hash32, Job, JobResult};
+use swarmcc_protocol::{Hash32, Job, JobResult};
 use tokio::sync::Semaphore;
 
 /// Why a job did not produce a result. Every variant means "compile locally
@@ -30,6 +30,8 @@ pub enum JobError {
     Sandbox(#[from] SandboxError),
     #[error("builder: {0}")]
     Internal(String),
+    #[error("inputs differ from the client's: {0}")]
+    Mismatch(String),
 }
 
 impl JobError {
@@ -186,37 +188,24 @@ impl Builder {
                 .await
             }
         };
-        let out: RunOutput = match &job.mode {
-            CompileMode::Plain { args } => run(args.clone()).await?,
-            CompileMode::GccExpand {
-                expand_args,
-                object_args,
-                diag_args,
-            } => {
-                let exp = run(expand_args.clone()).await?;
-                if exp.exit_code != 0 {
-                    // The directives-only text does not expand: let the
-                    // diagnostics compile speak for it.
-                    run(diag_args.clone()).await?
-                } else {
-                    let obj = run(object_args.clone()).await?;
-                    if obj.exit_code == 0 && obj.stdout.is_empty() && obj.stderr.is_empty() {
-                        obj
-                    } else {
-                        // The compile printed something: take the words from a
-                        // compile that still sees the macros, and the verdict
-                        // from it too. The object comes from the expanded run.
-                        let diag = run(diag_args.clone()).await?;
-                        if diag.exit_code == 0 && obj.exit_code != 0 {
-                            return Err(JobError::Internal(
-                                "expanded and directives-only compiles disagree".into(),
-                            ));
-                        }
-                        diag
-                    }
-                }
+        if let Some(check) = &job.check {
+            let pre = run(check.args.clone()).await?;
+            if pre.exit_code != 0 {
+                return Err(JobError::Mismatch(format!(
+                    "preprocessing failed in the sandbox: {}",
+                    String::from_utf8_lossy(&pre.stderr)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                )));
             }
-        };
+            if Hash32::of(&pre.stdout) != check.expect {
+                return Err(JobError::Mismatch(
+                    "the sandbox's preprocessed text differs from the client's".into(),
+                ));
+            }
+        }
+        let out: RunOutput = run(job.args.clone()).await?;
         if out.exit_code != 0 && looks_like_resource_failure(&out.stderr) {
             return Err(JobError::Sandbox(SandboxError::Signal(libc::SIGKILL)));
         }
@@ -272,14 +261,13 @@ fn host_path(workdir: &Path, cwd: &str, p: &str) -> Result<PathBuf> {
 fn validate(job: &Job) -> Result<()> {
     sandbox::check_clean_abs(&job.cwd)?;
     sandbox::check_clean_abs(&job.compiler)?;
-    host_path(Path::new("/"), &job.cwd, &job.input.path)?;
     for o in &job.outputs {
         host_path(Path::new("/"), &job.cwd, o)?;
     }
     for s in &job.sources {
         sandbox::check_clean_abs(&s.path)?;
-        if s.path == job.input.path || job.outputs.contains(&s.path) {
-            bail!("source {} collides with the job's input or output", s.path);
+        if job.outputs.contains(&s.path) {
+            bail!("source {} collides with the job's output", s.path);
         }
     }
     for (k, _) in &job.env {
@@ -295,11 +283,6 @@ fn validate(job: &Job) -> Result<()> {
 
 fn prepare_workdir(workdir: &Path, job: &Job, uid: Option<u32>) -> Result<()> {
     std::fs::create_dir_all(workdir)?;
-    let input = host_path(workdir, &job.cwd, &job.input.path)?;
-    if let Some(parent) = input.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&input, &job.input.data)?;
     for o in &job.outputs {
         if let Some(parent) = host_path(workdir, &job.cwd, o)?.parent() {
             std::fs::create_dir_all(parent)?;

@@ -5,17 +5,12 @@
 use crate::hash::{Hash32, ToolchainId};
 use serde::{Deserialize, Serialize};
 
-/// The preprocessed translation unit, placed at `path` inside the sandbox.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct InputFile {
-    /// Absolute path inside the sandbox (under `Job::cwd`).
-    pub path: String,
-    pub data: Vec<u8>,
-}
-
-/// A source file the compiler may read to print the source line under a
-/// diagnostic's caret. It appears in the sandbox at `path`, the same absolute
-/// path it has on the client, so diagnostics read exactly as a local compile's.
+/// A file the compile reads: the translation unit and every header its
+/// preprocessing opened. It appears in the sandbox at `path`, the same
+/// absolute path it has on the client, so the builder compiles the user's
+/// real sources with the user's real command line: objects, diagnostics
+/// (source lines under carets, macro notes, format-string fix-its) and
+/// debug info come out exactly as a local compile's.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct SourceRef {
     /// Absolute, lexically normalized path as the compiler will open it.
@@ -24,23 +19,15 @@ pub struct SourceRef {
     pub hash: Hash32,
 }
 
-/// How the builder turns the input into an object.
+/// Proof that the sandbox shows the compiler the same inputs the client saw:
+/// the builder runs the client's preprocessing command first and compares the
+/// blake3 of its output with `expect`. A mismatch (a header found on the
+/// client but not carried, `__has_include` of a file never included, ...)
+/// fails the job, and the client compiles locally.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub enum CompileMode {
-    /// One compiler run with `args` (already naming input and output).
-    Plain { args: Vec<String> },
-    /// The input is gcc `-fdirectives-only` text and the compile records its
-    /// switches in debug info, where `-fdirectives-only` would show up and make
-    /// the object differ from a local build. So: `expand_args` writes the fully
-    /// preprocessed text (`expanded` path), `object_args` compiles that into the
-    /// object, and only if that printed anything, `diag_args` compiles the
-    /// directives-only text (macros intact) to get diagnostics that read exactly
-    /// like a local compile's.
-    GccExpand {
-        expand_args: Vec<String>,
-        object_args: Vec<String>,
-        diag_args: Vec<String>,
-    },
+pub struct PreprocessCheck {
+    pub args: Vec<String>,
+    pub expect: Hash32,
 }
 
 /// One compile job.
@@ -54,9 +41,11 @@ pub struct Job {
     pub cwd: String,
     /// The only environment the compiler sees.
     pub env: Vec<(String, String)>,
-    pub input: InputFile,
     pub sources: Vec<SourceRef>,
-    pub mode: CompileMode,
+    /// Run before the compile; see [`PreprocessCheck`].
+    pub check: Option<PreprocessCheck>,
+    /// The compile's arguments (after the compiler), naming its output.
+    pub args: Vec<String>,
     /// Files to return (absolute sandbox paths), in order.
     pub outputs: Vec<String>,
 }

@@ -11,4 +11,4 @@ pub mod local;
 pub mod stats;
 
 pub use hash::{Hash32, ToolchainId};
-pub use job::{CompileMode, InputFile, Job, JobResult, SourceRef};
+pub use job::{Job, JobResult, PreprocessCheck, SourceRef};

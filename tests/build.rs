@@ -1,0 +1,333 @@
+//! End-to-end: a real C code base (Lua 5.4) built through the node.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+#[test]
+fn lua_through_the_node_is_identical_runs_and_hits_the_cache() {
+    let mut env = Env::new("");
+    env.start_node();
+    let work = tempfile::tempdir().unwrap();
+    let proj = make_lua_project(work.path());
+
+    // Reference: plain gcc.
+    run_ok(
+        Command::new("make")
+            .args(["-j2", "CC=gcc"])
+            .current_dir(&proj),
+    );
+    let reference = objects(&proj);
+    assert_eq!(
+        reference.iter().filter(|(n, _)| n.ends_with(".o")).count(),
+        33
+    );
+    run_ok(Command::new("make").arg("clean").current_dir(&proj));
+
+    // Through swarmcc: every object and dependency file byte-identical.
+    let cc = format!("CC={} gcc", swarmcc().display());
+    run_ok(env.cmd("make").args(["-j2", &cc]).current_dir(&proj));
+    let through = objects(&proj);
+    assert_eq!(reference.len(), through.len());
+    for ((n1, a), (n2, b)) in reference.iter().zip(&through) {
+        assert_eq!(n1, n2);
+        assert!(a == b, "{n1} differs from the local build");
+    }
+    let out = run_ok(Command::new(proj.join("luatest")).arg("print(string.format('%d', 6*7))"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    let s = env.stats_json();
+    assert_eq!(s["cache_misses"], 33, "{s}");
+    assert_eq!(s["dist_errors"], 0, "{s}");
+    let dist: u64 = s["dist_compiles"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(dist, 33, "{s}");
+
+    // Second build: every unit from the cache, still identical.
+    run_ok(Command::new("make").arg("clean").current_dir(&proj));
+    run_ok(env.cmd("make").args(["-j2", &cc]).current_dir(&proj));
+    assert_eq!(objects(&proj), reference);
+    let s = env.stats_json();
+    assert_eq!(s["cache_hits"], 33, "{s}");
+    run_ok(&mut Command::new(proj.join("luatest")));
+}
+
+#[test]
+fn killing_the_node_mid_build_still_builds_correctly() {
+    let mut env = Env::new("");
+    env.start_node();
+    let work = tempfile::tempdir().unwrap();
+    let proj = make_lua_project(work.path());
+    run_ok(
+        Command::new("make")
+            .args(["-j2", "CC=gcc"])
+            .current_dir(&proj),
+    );
+    let reference = objects(&proj);
+    run_ok(Command::new("make").arg("clean").current_dir(&proj));
+
+    let cc = format!("CC={} gcc", swarmcc().display());
+    let mut make = env
+        .cmd("make")
+        .args(["-j2", &cc])
+        .current_dir(&proj)
+        .spawn()
+        .unwrap();
+    // Kill the node once a few objects exist (the build is under way).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        let n = std::fs::read_dir(proj.join("obj"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if n >= 6 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    env.kill_node();
+    let status = make.wait().unwrap();
+    assert!(status.success(), "build failed after the node was killed");
+    assert_eq!(
+        objects(&proj),
+        reference,
+        "objects differ from a local build"
+    );
+    run_ok(&mut Command::new(proj.join("luatest")));
+}
+
+#[test]
+fn diagnostics_and_errors_pass_through_unchanged() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::create_dir_all(d.join("inc")).unwrap();
+    std::fs::write(
+        d.join("inc/h.h"),
+        "#define SETZ(a) if (a = 0) {}\nstatic int unused_fn(void) { return 1; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("warn.c"),
+        "#include <stdio.h>\n#include \"h.h\"\nint f(int q) {\n    int unused;\n    SETZ(q)\n    printf(\"%d\\n\", 1L);\n    return q;\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("err.c"),
+        "int g(void) {\n    return undeclared + 1;\n}\n#warning careful\n",
+    )
+    .unwrap();
+    for (file, flags) in [
+        ("warn.c", vec!["-Wall", "-Wextra", "-Iinc"]),
+        ("warn.c", vec!["-g", "-O2", "-Wall", "-Iinc"]),
+        ("err.c", vec!["-Wall"]),
+    ] {
+        let mut local = Command::new("gcc");
+        local
+            .args(&flags)
+            .args(["-c", file, "-o", "local.o"])
+            .current_dir(d)
+            .env("LANG", "C.UTF-8");
+        let l = local.output().unwrap();
+        let mut remote = env.cmd(swarmcc());
+        remote
+            .arg("gcc")
+            .args(&flags)
+            .args(["-c", file, "-o", "remote.o"])
+            .current_dir(d);
+        let r = remote.output().unwrap();
+        assert_eq!(l.status.code(), r.status.code(), "{file}: exit code");
+        assert_eq!(
+            String::from_utf8_lossy(&l.stderr),
+            String::from_utf8_lossy(&r.stderr).replace("remote.o", "local.o"),
+            "{file} {flags:?}: stderr differs"
+        );
+        assert!(
+            !l.stderr.is_empty(),
+            "the test file should produce diagnostics"
+        );
+        if l.status.success() {
+            assert_eq!(
+                std::fs::read(d.join("local.o")).unwrap(),
+                std::fs::read(d.join("remote.o")).unwrap()
+            );
+        }
+    }
+    let s = env.stats_json();
+    assert_eq!(
+        s["compile_errors"], 1,
+        "the error is the user's, counted as such: {s}"
+    );
+    assert_eq!(
+        s["dist_errors"], 0,
+        "a compile error is not a swarm failure: {s}"
+    );
+    let dist: u64 = s["dist_compiles"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(dist, 2, "{s}");
+}
+
+#[test]
+fn local_reasons_are_counted_and_work() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(d.join("a.c"), "int main(void) { return 0; }\n").unwrap();
+    std::fs::write(d.join("b.c"), "int b(void) { return 1; }\n").unwrap();
+    run_ok(env.cmd(swarmcc()).args(["--start-server"]));
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["gcc", "-E", "a.c", "-o", "a.i"])
+            .current_dir(d),
+    );
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["gcc", "-c", "a.c", "b.c"])
+            .current_dir(d),
+    );
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["gcc", "a.o", "b.o", "-o", "prog"])
+            .current_dir(d),
+    );
+    run_ok(&mut Command::new(d.join("prog")));
+    // Response file.
+    std::fs::write(d.join("args.rsp"), "-c a.c -o a2.o").unwrap();
+    run_ok(env.cmd(swarmcc()).args(["gcc", "@args.rsp"]).current_dir(d));
+    assert!(d.join("a2.o").exists());
+    let s = env.stats_json();
+    let local = &s["local_compiles"];
+    assert_eq!(local["preprocess_only"], 1, "{s}");
+    assert_eq!(local["multiple_inputs"], 1, "{s}");
+    assert_eq!(local["not_compile"], 1, "{s}");
+    assert_eq!(s["cache_misses"], 1, "{s}");
+    // Zeroing works.
+    run_ok(env.cmd(swarmcc()).arg("-z"));
+    assert_eq!(env.stats_json()["compile_requests"], 0);
+}
+
+#[test]
+fn corrupted_cache_entry_is_not_served() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(d.join("a.c"), "int f(int x) { return x * 3; }\n").unwrap();
+    run_ok(
+        Command::new("gcc")
+            .args(["-O2", "-c", "a.c", "-o", "ref.o"])
+            .current_dir(d),
+    );
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["gcc", "-O2", "-c", "a.c", "-o", "a.o"])
+            .current_dir(d),
+    );
+    // Damage every cache entry on disk.
+    let cache = env.state().join("cache");
+    let mut damaged = 0;
+    for shard in std::fs::read_dir(&cache).unwrap().flatten() {
+        if shard.file_name() == "tmp" {
+            continue;
+        }
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let mut b = std::fs::read(f.path()).unwrap();
+            let n = b.len();
+            b[n - 5] ^= 0x55;
+            std::fs::write(f.path(), b).unwrap();
+            damaged += 1;
+        }
+    }
+    assert_eq!(damaged, 1);
+    std::fs::remove_file(d.join("a.o")).unwrap();
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["gcc", "-O2", "-c", "a.c", "-o", "a.o"])
+            .current_dir(d),
+    );
+    assert_eq!(
+        std::fs::read(d.join("a.o")).unwrap(),
+        std::fs::read(d.join("ref.o")).unwrap()
+    );
+    let s = env.stats_json();
+    assert_eq!(s["cache_errors"], 1, "{s}");
+    assert_eq!(s["cache_hits"], 0, "{s}");
+}
+
+#[test]
+fn corrupted_toolchain_archive_is_rejected_and_the_build_falls_back() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(d.join("a.c"), "int f(int x) { return x + 1; }\n").unwrap();
+    run_ok(
+        Command::new("gcc")
+            .args(["-c", "a.c", "-o", "ref.o"])
+            .current_dir(d),
+    );
+    // Package through the node, then damage the stored archive before any
+    // job unpacks it.
+    run_ok(env.cmd(swarmcc()).arg("--start-server"));
+    let archives = env.state().join("toolchains/archives");
+    // A job makes the node package gcc; it unpacks right away, so remove the
+    // unpacked root to force a fresh unpack from the (damaged) archive.
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["gcc", "-c", "a.c", "-o", "a.o"])
+            .current_dir(d),
+    );
+    run_ok(env.cmd(swarmcc()).arg("--stop-server"));
+    let ar = std::fs::read_dir(&archives)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&ar).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&ar, bytes).unwrap();
+    std::fs::remove_dir_all(env.state().join("toolchains/roots")).unwrap();
+    std::fs::create_dir(env.state().join("toolchains/roots")).unwrap();
+    std::fs::remove_dir_all(env.state().join("cache")).unwrap();
+    std::fs::remove_file(d.join("a.o")).unwrap();
+    let out = run_ok(
+        env.cmd(swarmcc())
+            .args(["gcc", "-c", "a.c", "-o", "a.o"])
+            .current_dir(d),
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "fallback is silent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(d.join("a.o")).unwrap(),
+        std::fs::read(d.join("ref.o")).unwrap()
+    );
+    let s = env.stats_json();
+    assert_eq!(s["dist_errors"], 1, "{s}");
+    assert!(!ar.exists(), "the damaged archive is dropped");
+    // And the next compile packages the toolchain again and distributes.
+    std::fs::remove_file(d.join("a.o")).unwrap();
+    std::fs::write(d.join("a.c"), "int f(int x) { return x + 2; }\n").unwrap();
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["gcc", "-c", "a.c", "-o", "a.o"])
+            .current_dir(d),
+    );
+    let s = env.stats_json();
+    let dist: u64 = s["dist_compiles"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(dist, 2, "one before the damage, one after: {s}");
+    assert_eq!(s["toolchains_packaged"], 2, "{s}");
+}

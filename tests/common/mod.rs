@@ -1,0 +1,231 @@
+//! Shared helpers for the integration tests: real `swarmcc` processes with
+//! their own `SWARMCC_DIR`, real gcc, real bubblewrap.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn swarmcc() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_swarmcc"))
+}
+
+/// Refuse (loudly) to run where the real parts are missing, rather than pass.
+pub fn require_tools() {
+    for tool in ["gcc", "make", "bwrap"] {
+        let ok = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "{tool} is required: run the README's test command, which installs it"
+        );
+    }
+}
+
+/// An isolated swarmcc environment: its own state dir and config.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub node: Option<Child>,
+}
+
+impl Env {
+    pub fn new(config: &str) -> Env {
+        require_tools();
+        let dir = tempfile::Builder::new()
+            .prefix("swarmcc-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        Env { dir, node: None }
+    }
+
+    pub fn state(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.state().join("node.sock")
+    }
+
+    /// A command with this environment's variables.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("SWARMCC_DIR", self.state())
+            .env_remove("SWARMCC_CONFIG")
+            .env("LANG", "C.UTF-8");
+        c
+    }
+
+    /// Start `swarmcc node` in the foreground (as a child we can kill).
+    pub fn start_node(&mut self) {
+        let log = std::fs::File::create(self.state().join("test-node.log")).unwrap();
+        let child = self
+            .cmd(swarmcc())
+            .arg("node")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.node = Some(child);
+        self.wait_socket();
+    }
+
+    pub fn wait_socket(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node did not come up; log:\n{}", self.node_log());
+    }
+
+    pub fn node_log(&self) -> String {
+        let a = std::fs::read_to_string(self.state().join("test-node.log")).unwrap_or_default();
+        let b = std::fs::read_to_string(self.state().join("node.log")).unwrap_or_default();
+        format!("{a}{b}")
+    }
+
+    pub fn kill_node(&mut self) {
+        if let Some(mut c) = self.node.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stats_json(&self) -> serde_json::Value {
+        let out = self
+            .cmd(swarmcc())
+            .args(["--show-stats", "--stats-format", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["stats"].clone()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.cmd(swarmcc()).arg("--stop-server").output();
+        self.kill_node();
+    }
+}
+
+pub fn run_ok(c: &mut Command) -> Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The Lua 5.4 sources that ship inside the `lua-src` crate (a pinned
+/// dev-dependency, so cargo has unpacked it into its registry).
+pub fn lua_sources() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
+    for reg in std::fs::read_dir(home.join("registry/src"))
+        .expect("cargo registry")
+        .flatten()
+    {
+        let dir = reg.path().join("lua-src-551.1.0/lua-5.4.9");
+        if dir.join("lapi.c").exists() {
+            return dir;
+        }
+    }
+    panic!("lua-src 551.1.0 sources not found under {}", home.display());
+}
+
+/// A Lua project: the crate's sources, a tiny `main.c` and a Makefile with
+/// dependency files, in `dir/lua`.
+pub fn make_lua_project(dir: &Path) -> PathBuf {
+    let proj = dir.join("lua");
+    std::fs::create_dir_all(proj.join("src")).unwrap();
+    let mut objs = Vec::new();
+    for e in std::fs::read_dir(lua_sources()).unwrap().flatten() {
+        let p = e.path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::copy(&p, proj.join("src").join(&name)).unwrap();
+        if let Some(stem) = name.strip_suffix(".c") {
+            objs.push(format!("obj/{stem}.o"));
+        }
+    }
+    std::fs::write(
+        proj.join("src/main.c"),
+        r#"#include "lua.h"
+#include "lauxlib.h"
+#include "lualib.h"
+#include <stdio.h>
+int main(int argc, char **argv) {
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    if (luaL_dostring(L, argc > 1 ? argv[1] : "print('hello')")) {
+        fprintf(stderr, "%s\n", lua_tostring(L, -1));
+        return 1;
+    }
+    lua_close(L);
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    objs.push("obj/main.o".into());
+    objs.sort();
+    let makefile = format!(
+        "CC ?= gcc\nCFLAGS = -O2 -g -Wall -Wextra -std=gnu99 -DLUA_COMPAT_5_3 -DLUA_USE_LINUX\nOBJS = {}\n\n\
+         all: luatest\n\n\
+         luatest: $(OBJS)\n\tgcc -o $@ $(OBJS) -lm -ldl\n\n\
+         obj/%.o: src/%.c\n\t@mkdir -p obj\n\t$(CC) $(CFLAGS) -MMD -c $< -o $@\n\n\
+         clean:\n\trm -rf obj luatest\n\n-include $(OBJS:.o=.d)\n",
+        objs.join(" ")
+    );
+    std::fs::write(proj.join("Makefile"), makefile).unwrap();
+    proj
+}
+
+/// Every `obj/*.o` and `obj/*.d` of a project, by name.
+pub fn objects(proj: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(proj.join("obj"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Processes still running as one of the sandbox slot uids.
+pub fn sandbox_processes(uid_base: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        if let Some(uid_line) = status.lines().find(|l| l.starts_with("Uid:")) {
+            let uid: u32 = uid_line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|u| u.parse().ok())
+                .unwrap_or(0);
+            if uid >= uid_base && uid < uid_base + 1000 {
+                found.push(status.lines().next().unwrap_or("").to_string());
+            }
+        }
+    }
+    found
+}

@@ -290,7 +290,10 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
     };
     let cap = spec.limits.output;
     let collect = async {
-        let (o, e) = tokio::join!(read_capped(&mut out, cap), read_capped(&mut err, cap));
+        let (o, e) = tokio::join!(
+            read_capped(&mut out, cap, pid),
+            read_capped(&mut err, cap, pid)
+        );
         let status = child.wait().await;
         (o, e, status)
     };
@@ -334,8 +337,13 @@ fn kill_group(pid: Option<u32>) {
     }
 }
 
-/// Read everything, or `None` once more than `cap` bytes arrived.
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: &mut R, cap: u64) -> Option<Vec<u8>> {
+/// Read everything, or `None` once more than `cap` bytes arrived, killing the
+/// job right away then (the other stream then ends too).
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    cap: u64,
+    pid: Option<u32>,
+) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
     loop {
@@ -343,6 +351,7 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: &mut R, cap: u64) -> Op
             Ok(0) => return Some(buf),
             Ok(n) => {
                 if buf.len() as u64 + n as u64 > cap {
+                    kill_group(pid);
                     return None;
                 }
                 buf.extend_from_slice(&chunk[..n]);

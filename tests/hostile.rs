@@ -1,0 +1,286 @@
+//! Hostile jobs: a custom toolchain whose "compiler" (bash) misbehaves. Each
+//! job must fail cleanly, leave nothing behind, and the node must keep serving.
+
+mod common;
+use common::*;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use swarmcc_protocol::frame::{read_frame, write_frame, LOCAL_FRAME_MAX};
+use swarmcc_protocol::local::{Request, Response, ToolchainSpec};
+use swarmcc_protocol::{Job, ToolchainId};
+
+const UID_BASE: u32 = 3_950_000;
+
+fn call(env: &Env, req: &Request) -> Response {
+    let mut s = UnixStream::connect(env.socket()).unwrap();
+    write_frame(&mut s, req, LOCAL_FRAME_MAX).unwrap();
+    read_frame(&mut s, LOCAL_FRAME_MAX).unwrap()
+}
+
+fn bash_toolchain(env: &Env) -> ToolchainId {
+    let archive = env.state().join("bash.tar.zst");
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["package-toolchain", "bash"])
+            .arg(&archive),
+    );
+    match call(
+        env,
+        &Request::Toolchain(ToolchainSpec::Archive {
+            archive: archive.to_string_lossy().into_owned(),
+            compiler: "/usr/bin/bash".into(),
+        }),
+    ) {
+        Response::Toolchain(info) => info.id,
+        other => panic!("toolchain: {other:?}"),
+    }
+}
+
+fn job(tc: ToolchainId, script: &str) -> Job {
+    Job {
+        toolchain: tc,
+        compiler: "/usr/bin/bash".into(),
+        cwd: "/home/user/proj".into(),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        sources: vec![],
+        check: None,
+        args: vec!["-c".into(), script.into()],
+        outputs: vec!["/home/user/proj/out.o".into()],
+    }
+}
+
+fn run_job(env: &Env, tc: ToolchainId, script: &str) -> Response {
+    call(
+        env,
+        &Request::Compile {
+            key: None,
+            job: Box::new(job(tc, script)),
+            blobs: vec![],
+        },
+    )
+}
+
+fn assert_clean(env: &Env) {
+    // No job directory and no sandbox process survives a job.
+    let jobs: Vec<_> = std::fs::read_dir(env.state().join("jobs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(jobs.is_empty(), "job directories left behind: {jobs:?}");
+    let mut procs = sandbox_processes(UID_BASE);
+    for _ in 0..50 {
+        if procs.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        procs = sandbox_processes(UID_BASE);
+    }
+    assert!(procs.is_empty(), "sandbox processes left behind: {procs:?}");
+    assert!(
+        matches!(call(env, &Request::Stats), Response::Stats(_)),
+        "node stopped serving"
+    );
+}
+
+fn stdout_of(r: &Response) -> String {
+    match r {
+        Response::Compiled { result, .. } => String::from_utf8_lossy(&result.stdout).into_owned(),
+        _ => String::new(),
+    }
+}
+
+fn failed(r: &Response) -> bool {
+    match r {
+        Response::Compiled { result, .. } => result.exit_code != 0,
+        Response::Error(_) => true,
+        _ => false,
+    }
+}
+
+#[test]
+fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the sandbox tests need root (per-job uids); run them as the README says"
+    );
+    let mut env = Env::new(&format!(
+        "[sandbox]\ntimeout_secs = 4\nmemory_limit = \"256M\"\noutput_limit = \"1M\"\nmax_processes = 16\nuid_base = {UID_BASE}\n"
+    ));
+    env.start_node();
+    let tc = bash_toolchain(&env);
+
+    // A well-behaved job works and returns its output file.
+    match run_job(&env, tc, "echo hello; echo object > out.o") {
+        Response::Compiled { result, .. } => {
+            assert_eq!(result.exit_code, 0);
+            assert_eq!(String::from_utf8_lossy(&result.stdout), "hello\n");
+            assert_eq!(
+                result.outputs,
+                vec![("/home/user/proj/out.o".to_string(), b"object\n".to_vec())]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_clean(&env);
+
+    // Opens a TCP connection to a listener on the host's loopback.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let r = run_job(
+        &env,
+        tc,
+        &format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo CONNECTED"),
+    );
+    assert!(failed(&r) && !stdout_of(&r).contains("CONNECTED"), "{r:?}");
+    assert!(listener.accept().is_err(), "a connection reached the host");
+    assert_clean(&env);
+
+    // Reads a host file.
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("secret.txt");
+    std::fs::write(&secret, "TOPSECRET-4711\n").unwrap();
+    let r = run_job(
+        &env,
+        tc,
+        &format!(
+            "read -r l < {} ; echo \"$l\"; read -r p < /etc/passwd; echo \"$p\"",
+            secret.display()
+        ),
+    );
+    assert!(
+        !stdout_of(&r).contains("TOPSECRET") && !stdout_of(&r).contains("root:"),
+        "{r:?}"
+    );
+    assert_clean(&env);
+
+    // Writes outside its directory: host paths, the toolchain, /tmp.
+    let outside = secret_dir.path().join("pwned");
+    let r = run_job(
+        &env,
+        tc,
+        &format!(
+            "echo x > {}; echo x > /usr/bin/evil; echo x > /tmp/swarmcc-hostile-marker; true",
+            outside.display()
+        ),
+    );
+    assert!(matches!(r, Response::Compiled { .. }), "{r:?}");
+    assert!(!outside.exists(), "wrote to a host directory");
+    assert!(
+        !Path::new("/tmp/swarmcc-hostile-marker").exists(),
+        "wrote to the host's /tmp"
+    );
+    let roots = env.state().join("toolchains/roots");
+    for root in std::fs::read_dir(&roots).unwrap().flatten() {
+        assert!(
+            !root.path().join("usr/bin/evil").exists(),
+            "wrote into the toolchain"
+        );
+    }
+    assert_clean(&env);
+
+    // Forks without end.
+    let r = run_job(&env, tc, "f() { f & f & }; f; wait");
+    assert!(failed(&r), "{r:?}");
+    assert_clean(&env);
+
+    // Runs forever.
+    let r = run_job(&env, tc, "while :; do :; done");
+    match &r {
+        Response::Error(e) => assert!(e.contains("time limit"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_clean(&env);
+
+    // Writes a huge stdout, then a huge file.
+    let r = run_job(
+        &env,
+        tc,
+        "while :; do echo aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; done",
+    );
+    match &r {
+        Response::Error(e) => assert!(e.contains("output limit"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_clean(&env);
+    let r = run_job(
+        &env,
+        tc,
+        "while :; do echo aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; done > out.o",
+    );
+    assert!(matches!(r, Response::Error(_)), "{r:?}");
+    assert_clean(&env);
+
+    // Allocates without end.
+    let r = run_job(&env, tc, "x=a; while :; do x=$x$x; done");
+    assert!(failed(&r), "{r:?}");
+    assert_clean(&env);
+
+    // Malformed and oversized frames close that connection only.
+    {
+        use std::io::{Read, Write};
+        let mut s = UnixStream::connect(env.socket()).unwrap();
+        s.write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            s.read(&mut buf).unwrap_or(0),
+            0,
+            "connection closed on a bad frame"
+        );
+        let mut s = UnixStream::connect(env.socket()).unwrap();
+        s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        assert_eq!(
+            s.read(&mut buf).unwrap_or(0),
+            0,
+            "connection closed on an oversized frame"
+        );
+    }
+
+    // A job that names paths outside its directory is refused before running.
+    let mut bad = job(tc, "true");
+    bad.outputs = vec!["/etc/shadow".into()];
+    let r = call(
+        &env,
+        &Request::Compile {
+            key: None,
+            job: Box::new(bad),
+            blobs: vec![],
+        },
+    );
+    assert!(
+        matches!(&r, Response::Error(e) if e.contains("invalid job")),
+        "{r:?}"
+    );
+    let mut bad = job(tc, "true");
+    bad.cwd = "/home/../etc".into();
+    let r = call(
+        &env,
+        &Request::Compile {
+            key: None,
+            job: Box::new(bad),
+            blobs: vec![],
+        },
+    );
+    assert!(
+        matches!(&r, Response::Error(e) if e.contains("invalid job")),
+        "{r:?}"
+    );
+
+    // After all that, still serving real work, and the node never crashed.
+    match run_job(&env, tc, "echo fine") {
+        Response::Compiled { result, .. } => assert_eq!(result.exit_code, 0),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        env.node.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "node exited"
+    );
+    assert_clean(&env);
+    let stats = env.stats_json();
+    assert!(
+        stats["sandbox_limit_hits"].as_u64().unwrap() >= 3,
+        "{stats}"
+    );
+}

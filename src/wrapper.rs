@@ -269,6 +269,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
     let check = PreprocessCheck {
         args: pp_args,
         expect: Hash32::of(&pp.stdout),
+        always: cfg.dist.strict_inputs,
     };
     let job = build_job(&tc, &compile, &cwd, check, srcs);
     let key = cache_key(&job);
@@ -357,8 +358,16 @@ fn build_job(
         .unwrap_or("input")
         .to_string();
     let output = format!("{cwd_s}/{JOB_DIR}/{stem}.o");
+    let deps = format!("{cwd_s}/{JOB_DIR}/{stem}.deps");
     let mut args = c.base.clone();
-    args.extend(["-c".into(), "-o".into(), output.clone()]);
+    args.extend([
+        "-c".into(),
+        "-o".into(),
+        output.clone(),
+        "-MD".into(),
+        "-MF".into(),
+        deps.clone(),
+    ]);
     Job {
         toolchain: tc.id,
         compiler: tc.compiler.clone(),
@@ -366,6 +375,7 @@ fn build_job(
         env: job_env(&tc.compiler),
         sources,
         check: Some(check),
+        deps_file: Some(deps),
         args,
         outputs: vec![output],
     }

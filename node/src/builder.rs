@@ -188,7 +188,13 @@ impl Builder {
                 .await
             }
         };
-        if let Some(check) = &job.check {
+        // Did the sandbox show the compiler the client's inputs? Cheap proof
+        // first (the compile's own dependency list is covered by the carried,
+        // hash-verified sources), the full preprocessing comparison otherwise.
+        let run_check = || async {
+            let Some(check) = &job.check else {
+                return Ok(());
+            };
             let pre = run(check.args.clone()).await?;
             if pre.exit_code != 0 {
                 return Err(JobError::Mismatch(format!(
@@ -204,8 +210,24 @@ impl Builder {
                     "the sandbox's preprocessed text differs from the client's".into(),
                 ));
             }
+            Ok(())
+        };
+        let mut checked = false;
+        if job.check.as_ref().is_some_and(|c| c.always) {
+            run_check().await?;
+            checked = true;
         }
         let out: RunOutput = run(job.args.clone()).await?;
+        if !checked && job.check.is_some() {
+            let covered = out.exit_code == 0
+                && job
+                    .deps_file
+                    .as_ref()
+                    .is_some_and(|d| deps_covered(&workdir, job, d));
+            if !covered {
+                run_check().await?;
+            }
+        }
         if out.exit_code != 0 && looks_like_resource_failure(&out.stderr) {
             return Err(JobError::Sandbox(SandboxError::Signal(libc::SIGKILL)));
         }
@@ -228,6 +250,72 @@ impl Builder {
             outputs,
         })
     }
+}
+
+/// Whether every file in the compile's dependency list was carried.
+fn deps_covered(workdir: &Path, job: &Job, deps_file: &str) -> bool {
+    let Ok(host) = host_path(workdir, &job.cwd, deps_file) else {
+        return false;
+    };
+    let Ok(text) = std::fs::read(&host) else {
+        return false;
+    };
+    let carried: std::collections::HashSet<&str> =
+        job.sources.iter().map(|s| s.path.as_str()).collect();
+    let deps = parse_make_deps(&text);
+    !deps.is_empty()
+        && deps.iter().all(|d| {
+            let abs = crate::toolchain::package::normalize(&Path::new(&job.cwd).join(d));
+            abs.to_str().is_some_and(|a| carried.contains(a))
+        })
+}
+
+/// The prerequisites of a make rule as gcc writes it (`t: a b \\\n c`, with
+/// `\ ` for a space and `$$` for `$`).
+pub fn parse_make_deps(text: &[u8]) -> Vec<String> {
+    let s = String::from_utf8_lossy(text);
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut after_colon = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                Some('\n') => {
+                    chars.next();
+                }
+                Some(' ') | Some('#') | Some('\\') => {
+                    cur.push(chars.next().unwrap_or(' '));
+                }
+                _ => cur.push('\\'),
+            },
+            '$' if chars.peek() == Some(&'$') => {
+                chars.next();
+                cur.push('$');
+            }
+            ':' if !after_colon && matches!(chars.peek(), Some(' ') | Some('\n') | None) => {
+                after_colon = true;
+                cur.clear();
+            }
+            ' ' | '\t' | '\n' => {
+                if after_colon && !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                cur.clear();
+                if c == '\n' {
+                    // Only the first rule matters (-MP adds phony ones).
+                    if after_colon {
+                        break;
+                    }
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if after_colon && !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// A compiler that died of a sandbox limit reports it on stderr through the
@@ -312,5 +400,25 @@ impl Drop for DirGuard {
         if let Err(e) = crate::toolchain::store::remove_tree(&self.0) {
             tracing::warn!("removing {}: {e}", self.0.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_deps() {
+        let d = b"out.o: ../src/a.c /usr/include/stdio.h \\\n /usr/include/x\\ y.h \\\n  inc/$$h.h\n\n/usr/include/stdio.h:\n";
+        assert_eq!(
+            parse_make_deps(d),
+            vec![
+                "../src/a.c",
+                "/usr/include/stdio.h",
+                "/usr/include/x y.h",
+                "inc/$h.h"
+            ]
+        );
+        assert!(parse_make_deps(b"").is_empty());
     }
 }

@@ -140,10 +140,19 @@ pub struct DistConfig {
     pub toolchain_cache_size: u64,
     /// Toolchain store directory. Default: `<state>/toolchains`.
     pub cache_dir: Option<PathBuf>,
-    /// Preprocess with gcc `-fdirectives-only` / clang `-frewrite-includes`
-    /// so macros expand on the builder and diagnostics keep their macro notes.
-    /// Objects stay byte-identical (see README), so this is on by default.
+    /// Preprocess on the client with gcc `-fdirectives-only` / clang
+    /// `-frewrite-includes` (no macro expansion: faster). The client's
+    /// preprocessed text only keys the cache and checks the builder's inputs;
+    /// the builder always compiles the real sources, so objects and
+    /// diagnostics are the same either way.
     pub rewrite_includes_only: bool,
+    /// Re-run the client's preprocessing on the builder before every compile
+    /// and compare hashes. Off by default: the compile's own dependency list
+    /// already proves it read only carried, hash-verified files, and the full
+    /// check still runs whenever that proof fails or the compile fails. What
+    /// only this catches: `__has_include` of a file that exists on the client
+    /// but is never included.
+    pub strict_inputs: bool,
 }
 
 impl Default for DistConfig {
@@ -153,6 +162,7 @@ impl Default for DistConfig {
             toolchain_cache_size: 10 << 30,
             cache_dir: None,
             rewrite_includes_only: true,
+            strict_inputs: false,
         }
     }
 }

@@ -121,10 +121,8 @@ fn resolve_in_root(root: &Path, p: &Path) -> Option<PathBuf> {
             for c in target.components() {
                 match c {
                     Component::Normal(n) => parts.push(n.to_os_string()),
-                    Component::ParentDir => {
-                        if parts.pop().is_none() {
-                            b.pop();
-                        }
+                    Component::ParentDir if parts.pop().is_none() => {
+                        b.pop();
                     }
                     _ => {}
                 }

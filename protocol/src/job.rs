@@ -28,6 +28,10 @@ pub struct SourceRef {
 pub struct PreprocessCheck {
     pub args: Vec<String>,
     pub expect: Hash32,
+    /// Run it before every compile, not only when the cheaper dependency
+    /// comparison is inconclusive (set when a carried file probes for files
+    /// with `__has_include`, which no dependency list records).
+    pub always: bool,
 }
 
 /// One compile job.
@@ -42,8 +46,12 @@ pub struct Job {
     /// The only environment the compiler sees.
     pub env: Vec<(String, String)>,
     pub sources: Vec<SourceRef>,
-    /// Run before the compile; see [`PreprocessCheck`].
+    /// See [`PreprocessCheck`]: run when `deps_file` does not settle it.
     pub check: Option<PreprocessCheck>,
+    /// Where the compile writes its make-style dependency list (the job's
+    /// args say so). If every file listed was carried, the compile read
+    /// exactly the client's bytes and the check is skipped.
+    pub deps_file: Option<String>,
     /// The compile's arguments (after the compiler), naming its output.
     pub args: Vec<String>,
     /// Files to return (absolute sandbox paths), in order.

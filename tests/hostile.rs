@@ -173,7 +173,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
         !Path::new("/tmp/swarmcc-hostile-marker").exists(),
         "wrote to the host's /tmp"
     );
-    let roots = env.state().join("toolchains/roots");
+    let roots = env.state().join("roots");
     for root in std::fs::read_dir(&roots).unwrap().flatten() {
         assert!(
             !root.path().join("usr/bin/evil").exists(),

@@ -7,7 +7,7 @@
 
 use crate::config::Config;
 use crate::lru::LruDir;
-use crate::sandbox::{self, Bind, Limits, RunOutput, SandboxError};
+use crate::sandbox::{self, Limits, RunOutput, SandboxError};
 use crate::toolchain::ToolchainStore;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -59,19 +59,19 @@ pub struct Builder {
 }
 
 impl Builder {
-    pub fn new(cfg: &Config, state: &Path, toolchains: Arc<ToolchainStore>) -> Result<Builder> {
-        let jobs_dir = state.join("jobs");
+    /// `visible` is where sandboxes can reach files ([`sandbox::visible_base`]).
+    pub fn new(cfg: &Config, visible: &Path, toolchains: Arc<ToolchainStore>) -> Result<Builder> {
+        let jobs_dir = visible.join("jobs");
         // Directories of jobs cut short by a killed node.
         let _ = crate::toolchain::store::remove_tree(&jobs_dir);
         std::fs::create_dir_all(&jobs_dir)?;
         let max_jobs = cfg.max_jobs().max(1);
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = crate::sandbox::running_as_root();
         Ok(Builder {
             bwrap: cfg.sandbox.bwrap.clone(),
             jobs_dir,
             toolchains,
-            blobs: LruDir::open(&state.join("sources"), cfg.cache.size / 4 + (64 << 20))?,
+            blobs: LruDir::open(&visible.join("sources"), cfg.cache.size / 4 + (64 << 20))?,
             slots: Semaphore::new(max_jobs),
             free_slots: Mutex::new((0..max_jobs).rev().collect()),
             limits: Limits {
@@ -143,32 +143,31 @@ impl Builder {
             .root(&job.toolchain)
             .await
             .map_err(|e| JobError::Toolchain(format!("{e:#}")))?;
-        let mut binds = Vec::with_capacity(job.sources.len());
-        for s in &job.sources {
-            let k = s.hash.to_hex();
+        let mut blob_paths = Vec::with_capacity(job.sources.len());
+        for src in &job.sources {
+            let k = src.hash.to_hex();
             if !self.blobs.contains(&k) {
                 return Err(JobError::Invalid(format!(
                     "source {} ({k}) was not sent",
-                    s.path
+                    src.path
                 )));
             }
             self.blobs.touch(&k);
-            binds.push(Bind {
-                host: self.blobs.path_of(&k),
-                sandbox: s.path.clone(),
-            });
+            blob_paths.push(self.blobs.path_of(&k));
         }
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let workdir = self.jobs_dir.join(format!("job-{n}"));
-        let _cleanup = DirGuard(workdir.clone());
+        let jobdir = self.jobs_dir.join(format!("job-{n}"));
+        let _cleanup = DirGuard(jobdir.clone());
+        let (workdir, tree) = (jobdir.join("work"), jobdir.join("tree"));
         let uid = self.uid_base.map(|b| b + slot as u32);
-        prepare_workdir(&workdir, job, uid).map_err(|e| JobError::Internal(format!("{e:#}")))?;
+        prepare_dirs(&workdir, &tree, job, &blob_paths, uid)
+            .map_err(|e| JobError::Internal(format!("preparing the job: {e:#}")))?;
         let limits = Limits {
             uid,
             ..self.limits.clone()
         };
         let run = |argv: Vec<String>| {
-            let binds = &binds;
+            let tree = &tree;
             let root = &root.root;
             let workdir = &workdir;
             let limits = &limits;
@@ -180,7 +179,7 @@ impl Builder {
                     toolchain_root: root,
                     workdir,
                     cwd: &job.cwd,
-                    sources: binds,
+                    tree,
                     env: &job.env,
                     argv: &full,
                     limits,
@@ -369,24 +368,57 @@ fn validate(job: &Job) -> Result<()> {
     Ok(())
 }
 
-fn prepare_workdir(workdir: &Path, job: &Job, uid: Option<u32>) -> Result<()> {
+/// Lay out a job: `tree/<abs path>` holds a hard link to each carried file
+/// outside the cwd (bound read-only into the sandbox by subtrees), and `work`
+/// (bound writable at the cwd) holds the carried files under the cwd and the
+/// directories of the outputs. Under the cwd the files are hard links only
+/// when the job runs under another uid, which cannot write the node's
+/// read-only blobs; otherwise they are copies, so a job can never alter the
+/// blob store.
+fn prepare_dirs(
+    workdir: &Path,
+    tree: &Path,
+    job: &Job,
+    blobs: &[PathBuf],
+    uid: Option<u32>,
+) -> Result<()> {
     std::fs::create_dir_all(workdir)?;
+    std::fs::create_dir_all(tree)?;
+    for (src, blob) in job.sources.iter().zip(blobs) {
+        let under_cwd = Path::new(&src.path)
+            .strip_prefix(&job.cwd)
+            .ok()
+            .filter(|r| !r.as_os_str().is_empty());
+        let (dest, may_link) = match under_cwd {
+            Some(rel) => (workdir.join(rel), uid.is_some()),
+            None => (tree.join(src.path.trim_start_matches('/')), true),
+        };
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if !(may_link && std::fs::hard_link(blob, &dest).is_ok()) {
+            std::fs::copy(blob, &dest)?;
+        }
+    }
     for o in &job.outputs {
         if let Some(parent) = host_path(workdir, &job.cwd, o)?.parent() {
             std::fs::create_dir_all(parent)?;
         }
     }
     if let Some(uid) = uid {
-        chown_tree(workdir, uid)?;
+        chown_dirs(workdir, uid)?;
     }
     Ok(())
 }
 
-fn chown_tree(p: &Path, uid: u32) -> Result<()> {
+/// Give the job's uid its directories (not the linked files, which stay the
+/// node's and read-only).
+fn chown_dirs(p: &Path, uid: u32) -> Result<()> {
     std::os::unix::fs::lchown(p, Some(uid), Some(uid))?;
-    if p.is_dir() {
-        for e in std::fs::read_dir(p)? {
-            chown_tree(&e?.path(), uid)?;
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            chown_dirs(&e.path(), uid)?;
         }
     }
     Ok(())

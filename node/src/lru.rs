@@ -130,7 +130,7 @@ impl LruDir {
             if let Some(parent) = dest.parent() {
                 fs::create_dir_all(parent)?;
             }
-            fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+            fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
             fs::rename(&tmp, &dest)
         })();
         if let Err(e) = result {

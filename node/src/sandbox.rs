@@ -29,20 +29,14 @@ pub struct Limits {
     pub uid: Option<u32>,
 }
 
-/// A file to show inside the sandbox.
-#[derive(Clone, Debug)]
-pub struct Bind {
-    pub host: PathBuf,
-    pub sandbox: String,
-}
-
 /// Everything one run needs.
 pub struct RunSpec<'a> {
     pub bwrap: &'a Path,
     pub toolchain_root: &'a Path,
     pub workdir: &'a Path,
     pub cwd: &'a str,
-    pub sources: &'a [Bind],
+    /// The job's source tree (see [`mount_args`]).
+    pub tree: &'a Path,
     pub env: &'a [(String, String)],
     pub argv: &'a [String],
     pub limits: &'a Limits,
@@ -82,10 +76,6 @@ pub fn check_clean_abs(p: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn ancestors_of(p: &str) -> impl Iterator<Item = PathBuf> + '_ {
-    Path::new(p).ancestors().skip(1).map(Path::to_path_buf)
 }
 
 /// Resolve `p` (absolute, inside the sandbox) to where it lives in the
@@ -138,106 +128,129 @@ fn resolve_in_root(root: &Path, p: &Path) -> Option<PathBuf> {
     Some(root.join(cur.strip_prefix("/").ok()?))
 }
 
-/// The bwrap arguments that build the filesystem (in order: parents first).
+/// The bwrap arguments that build the sandbox's filesystem, parents first.
+///
+/// Three layers: the toolchain root `root`, the job's source tree `tree` (hard
+/// links to the carried files at their absolute paths, under `tree`), and the
+/// writable `workdir` bound at `cwd`. Whole subtrees are bound where only one
+/// layer has a directory, and a directory is split into its entries only where
+/// both do, so a compile with hundreds of headers costs a handful of mounts.
+/// The assembled root is remounted read-only; `/tmp` is a size-bounded tmpfs.
 pub fn mount_args(
     root: &Path,
+    tree: &Path,
     workdir: &Path,
     cwd: &str,
-    sources: &[Bind],
+    tmp_size: u64,
 ) -> Result<Vec<OsString>> {
     check_clean_abs(cwd)?;
     if cwd == "/" {
         bail!("the job's working directory cannot be /");
     }
-    let mut needed: BTreeSet<PathBuf> = BTreeSet::new();
-    needed.insert(PathBuf::from(cwd));
-    needed.extend(ancestors_of(cwd));
-    for s in sources {
-        check_clean_abs(&s.sandbox)?;
-        needed.extend(ancestors_of(&s.sandbox));
-    }
     let mut args: Vec<OsString> = Vec::new();
-    let cwd_path = PathBuf::from(cwd);
-    emit_dir(root, Path::new("/"), &needed, &cwd_path, workdir, &mut args)?;
-    for special in ["/dev", "/proc", "/tmp"] {
-        if needed.contains(Path::new(special)) || sources.iter().any(|s| s.sandbox == special) {
-            continue;
-        }
-        match special {
-            "/dev" => args.extend(["--dev".into(), "/dev".into()]),
-            "/proc" => args.extend(["--proc".into(), "/proc".into()]),
-            _ => args.extend(["--tmpfs".into(), "/tmp".into()]),
-        }
+    let plan = Plan {
+        root,
+        tree,
+        workdir,
+        cwd: Path::new(cwd),
+        tmp_size,
+    };
+    plan.merge(Path::new("/"), &mut args)?;
+    if !args.iter().any(|a| a == "/tmp") {
+        args.extend(tmpfs_args(tmp_size));
     }
-    for s in sources {
-        args.extend([
-            "--ro-bind".into(),
-            s.host.clone().into_os_string(),
-            s.sandbox.clone().into(),
-        ]);
-    }
+    args.extend([
+        "--dev".into(),
+        "/dev".into(),
+        "--proc".into(),
+        "/proc".into(),
+    ]);
+    args.extend(["--remount-ro".into(), "/".into()]);
     Ok(args)
 }
 
-fn emit_dir(
-    root: &Path,
-    dir: &Path,
-    needed: &BTreeSet<PathBuf>,
-    cwd: &Path,
-    workdir: &Path,
-    args: &mut Vec<OsString>,
-) -> Result<()> {
-    // Children that the toolchain provides here (under the cwd, the job's
-    // own directory is what counts).
-    let mut children: BTreeSet<OsString> = BTreeSet::new();
-    if let Some(host_dir) = resolve_in_root(root, dir) {
-        if host_dir.is_dir() && !dir.starts_with(cwd) {
-            for e in fs::read_dir(&host_dir)
-                .with_context(|| format!("listing {}", host_dir.display()))?
-            {
-                children.insert(e?.file_name());
+fn tmpfs_args(size: u64) -> [OsString; 4] {
+    [
+        "--size".into(),
+        size.to_string().into(),
+        "--tmpfs".into(),
+        "/tmp".into(),
+    ]
+}
+
+struct Plan<'a> {
+    root: &'a Path,
+    tree: &'a Path,
+    workdir: &'a Path,
+    cwd: &'a Path,
+    tmp_size: u64,
+}
+
+impl Plan<'_> {
+    fn merge(&self, dir: &Path, args: &mut Vec<OsString>) -> Result<()> {
+        let rel = |p: &Path| {
+            p.strip_prefix("/")
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        };
+        let t_dir = resolve_in_root(self.root, dir).filter(|p| p.is_dir());
+        let s_dir = Some(self.tree.join(rel(dir))).filter(|p| p.is_dir());
+        let mut names: BTreeSet<OsString> = BTreeSet::new();
+        for d in [&t_dir, &s_dir].into_iter().flatten() {
+            for e in fs::read_dir(d).with_context(|| format!("listing {}", d.display()))? {
+                names.insert(e?.file_name());
             }
         }
-    }
-    // Children that the job needs as directories.
-    for n in needed.iter().filter(|n| n.parent() == Some(dir)) {
-        if let Some(name) = n.file_name() {
-            children.insert(name.to_os_string());
+        // The way down to the cwd.
+        if let Ok(below) = self.cwd.strip_prefix(dir) {
+            if let Some(first) = below.components().next() {
+                names.insert(first.as_os_str().to_os_string());
+            }
         }
-    }
-    for name in children {
-        let path = dir.join(&name);
-        if path.as_os_str() == "/dev" || path.as_os_str() == "/proc" {
-            continue;
-        }
-        if path == cwd {
-            args.extend([
-                "--bind".into(),
-                workdir.as_os_str().to_owned(),
-                path.clone().into_os_string(),
-            ]);
-            emit_dir(root, &path, needed, cwd, workdir, args)?;
-        } else if needed.contains(&path) {
-            args.extend(["--dir".into(), path.clone().into_os_string()]);
-            emit_dir(root, &path, needed, cwd, workdir, args)?;
-        } else if let Some(host) = resolve_in_root(root, &path).filter(|_| !dir.starts_with(cwd)) {
-            let raw = root.join(path.strip_prefix("/").unwrap_or(&path));
-            if let Ok(target) = fs::read_link(&raw) {
-                args.extend([
-                    "--symlink".into(),
-                    target.into_os_string(),
-                    path.into_os_string(),
-                ]);
-            } else if host.exists() {
+        for name in names {
+            let path = dir.join(&name);
+            if path == Path::new("/dev") || path == Path::new("/proc") {
+                continue;
+            }
+            if path == self.cwd {
+                args.extend(["--bind".into(), self.workdir.into(), path.into_os_string()]);
+                continue;
+            }
+            let t_raw = t_dir.as_ref().map(|d| d.join(&name));
+            let t_meta = t_raw.as_ref().and_then(|p| fs::symlink_metadata(p).ok());
+            let s_path = self.tree.join(rel(&path));
+            let s_exists = fs::symlink_metadata(&s_path).is_ok();
+            let t_is_dir =
+                t_meta.is_some() && resolve_in_root(self.root, &path).is_some_and(|p| p.is_dir());
+            if self.cwd.starts_with(&path) || (s_path.is_dir() && t_is_dir) {
+                if path == Path::new("/tmp") {
+                    args.extend(tmpfs_args(self.tmp_size));
+                } else {
+                    args.extend(["--dir".into(), path.clone().into_os_string()]);
+                }
+                self.merge(&path, args)?;
+            } else if s_exists {
                 args.extend([
                     "--ro-bind".into(),
-                    host.into_os_string(),
+                    s_path.into_os_string(),
                     path.into_os_string(),
                 ]);
+            } else if let (Some(raw), Some(meta)) = (t_raw, t_meta) {
+                let kind = if meta.file_type().is_symlink() {
+                    "--symlink"
+                } else {
+                    "--ro-bind"
+                };
+                let src = if kind == "--symlink" {
+                    fs::read_link(&raw)?.into_os_string()
+                } else {
+                    raw.into_os_string()
+                };
+                args.extend([kind.into(), src, path.into_os_string()]);
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Run one command in the sandbox, collecting stdout/stderr up to the limit.
@@ -260,8 +273,14 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
     for (k, v) in spec.env {
         args.extend(["--setenv".into(), k.into(), v.into()]);
     }
-    let mounts = mount_args(spec.toolchain_root, spec.workdir, spec.cwd, spec.sources)
-        .map_err(|e| SandboxError::Setup(e.to_string()))?;
+    let mounts = mount_args(
+        spec.toolchain_root,
+        spec.tree,
+        spec.workdir,
+        spec.cwd,
+        spec.limits.output,
+    )
+    .map_err(|e| SandboxError::Setup(e.to_string()))?;
     args.extend(mounts);
     args.extend(["--chdir".into(), spec.cwd.into(), "--".into()]);
     args.extend(spec.argv.iter().map(OsString::from));
@@ -390,6 +409,40 @@ fn apply_limits(l: &Limits) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether this process is root (and so runs jobs under per-slot uids).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Where the files a sandbox must see (job directories, source blobs,
+/// unpacked toolchains) live. A root node runs each job's bubblewrap under an
+/// unprivileged per-slot uid, which must be able to walk to these paths: the
+/// state dir if every ancestor lets others through (it is made 0711 itself),
+/// else a root-owned 0711 directory under /var/tmp named after the state dir.
+/// The cache, logs and keys stay private in the state dir either way.
+pub fn visible_base(state: &Path, as_root: bool) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if !as_root {
+        return Ok(state.to_path_buf());
+    }
+    let traversable = state.ancestors().skip(1).all(|a| {
+        fs::metadata(a)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    });
+    let base = if traversable {
+        state.to_path_buf()
+    } else {
+        let tag = swarmcc_protocol::Hash32::of(state.as_os_str().as_encoded_bytes()).to_hex();
+        PathBuf::from("/var/tmp").join(format!("swarmcc-sandbox-{}", &tag[..16]))
+    };
+    fs::create_dir_all(&base)?;
+    let mode = fs::metadata(&base)?.permissions().mode();
+    fs::set_permissions(&base, fs::Permissions::from_mode((mode | 0o711) & 0o7711))?;
+    Ok(base)
+}
+
 /// Check that bubblewrap is installed and can create the namespaces we need.
 pub fn probe(bwrap: &Path) -> Result<(), String> {
     let out = std::process::Command::new(bwrap)
@@ -425,69 +478,92 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mount_plan_merges_toolchain_sources_and_cwd() {
+    fn visible_base_leaves_private_state_dirs() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let open_state = t.path().join("open");
+        assert_eq!(visible_base(&open_state, true).unwrap(), open_state);
+        assert_eq!(
+            fs::metadata(&open_state).unwrap().permissions().mode() & 0o711,
+            0o711
+        );
+        let private = t.path().join("private");
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        let hidden_state = private.join("state");
+        let base = visible_base(&hidden_state, true).unwrap();
+        assert!(base.starts_with("/var/tmp"), "{}", base.display());
+        assert_eq!(
+            base,
+            visible_base(&hidden_state, true).unwrap(),
+            "stable per state dir"
+        );
+        fs::remove_dir_all(&base).unwrap();
+        // A non-root node runs sandboxes as itself: no need to move anything.
+        assert_eq!(visible_base(&hidden_state, false).unwrap(), hidden_state);
+    }
+
+    #[test]
+    fn mount_plan_binds_subtrees_and_splits_only_shared_dirs() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
         fs::create_dir_all(root.join("usr/bin")).unwrap();
-        fs::create_dir_all(root.join("usr/lib/gcc")).unwrap();
+        fs::create_dir_all(root.join("usr/lib/gcc/12")).unwrap();
         fs::write(root.join("usr/bin/gcc"), b"").unwrap();
+        fs::write(root.join("usr/lib/gcc/12/cc1"), b"").unwrap();
         std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        let tree = t.path().join("tree");
+        for f in [
+            "usr/include/stdio.h",
+            "usr/include/bits/types.h",
+            "usr/lib/gcc/12/include/stddef.h",
+            "home/u/proj/src/a.c",
+        ] {
+            fs::create_dir_all(tree.join(f).parent().unwrap()).unwrap();
+            fs::write(tree.join(f), b"x").unwrap();
+        }
         let work = t.path().join("work");
-        let sources = vec![
-            Bind {
-                host: "/blobs/1".into(),
-                sandbox: "/usr/include/stdio.h".into(),
-            },
-            Bind {
-                host: "/blobs/2".into(),
-                sandbox: "/home/u/proj/src/a.c".into(),
-            },
-            Bind {
-                host: "/blobs/3".into(),
-                sandbox: "/lib/gcc/stddef.h".into(),
-            },
-        ];
-        let args = mount_args(&root, &work, "/home/u/proj/build", &sources).unwrap();
-        let s: Vec<String> = args
+        let args = mount_args(&root, &tree, &work, "/home/u/proj/build", 1 << 20).unwrap();
+        let joined = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let joined = s.join(" ");
-        assert!(joined.contains("--dir /usr --ro-bind"), "{joined}");
+            .collect::<Vec<_>>()
+            .join(" ");
+        let has = |s: String| assert!(joined.contains(&s), "missing {s:?} in {joined}");
+        // /usr/include exists only in the source tree: one bind for the subtree.
+        has(format!(
+            "--ro-bind {}/usr/include /usr/include",
+            tree.display()
+        ));
+        // /usr/lib/gcc/12 exists in both: split into toolchain files and source subtrees.
+        has("--dir /usr/lib/gcc/12".into());
+        has(format!(
+            "--ro-bind {}/usr/lib/gcc/12/cc1 /usr/lib/gcc/12/cc1",
+            root.display()
+        ));
+        has(format!(
+            "--ro-bind {}/usr/lib/gcc/12/include /usr/lib/gcc/12/include",
+            tree.display()
+        ));
+        has(format!("--ro-bind {}/usr/bin /usr/bin", root.display()));
+        has("--symlink usr/lib /lib".into());
+        // The way to the cwd, the project's sources next to it, the writable cwd.
+        has("--dir /home --dir /home/u --dir /home/u/proj".into());
+        has(format!(
+            "--ro-bind {}/home/u/proj/src /home/u/proj/src",
+            tree.display()
+        ));
+        has(format!("--bind {} /home/u/proj/build", work.display()));
+        has("--size 1048576 --tmpfs /tmp".into());
+        assert!(joined.ends_with("--remount-ro /"), "{joined}");
         assert!(
-            joined.contains(&format!("--ro-bind {}/usr/bin /usr/bin", root.display())),
-            "{joined}"
+            !joined.contains("stdio.h"),
+            "files are not bound one by one: {joined}"
         );
-        assert!(joined.contains("--dir /usr/include"), "{joined}");
-        // /lib is needed as a directory (a source lives under it) though it is a
-        // symlink in the toolchain: it becomes a directory showing usr/lib's content.
-        assert!(joined.contains("--dir /lib "), "{joined}");
-        assert!(
-            joined.contains(&format!(
-                "--ro-bind {}/usr/lib/gcc /lib/gcc",
-                root.display()
-            )) || joined.contains("--dir /lib/gcc"),
-            "{joined}"
-        );
-        assert!(
-            joined.contains(&format!("--bind {} /home/u/proj/build", work.display())),
-            "{joined}"
-        );
-        assert!(
-            joined.contains("--ro-bind /blobs/2 /home/u/proj/src/a.c"),
-            "{joined}"
-        );
-        assert!(joined.contains("--tmpfs /tmp"));
-        // Parents come before children.
-        let pos = |needle: &str| joined.find(needle).unwrap();
-        assert!(pos("--dir /home ") < pos("--dir /home/u "));
-        // Unclean paths are refused.
-        let bad = vec![Bind {
-            host: "/x".into(),
-            sandbox: "/a/../etc/passwd".into(),
-        }];
-        assert!(mount_args(&root, &work, "/w", &bad).is_err());
-        assert!(mount_args(&root, &work, "/", &[]).is_err());
-        assert!(mount_args(&root, &work, "rel", &[]).is_err());
+        // Unclean working directories are refused.
+        assert!(mount_args(&root, &tree, &work, "/", 1).is_err());
+        assert!(mount_args(&root, &tree, &work, "rel", 1).is_err());
+        assert!(mount_args(&root, &tree, &work, "/a/../etc", 1).is_err());
     }
 }

@@ -49,13 +49,24 @@ pub async fn run(cfg: Config) -> Result<()> {
         tracing::warn!("this node will not build: {why}");
     }
     let tc_dir = cfg.toolchain_dir();
-    let store = ToolchainStore::open(&tc_dir, cfg.dist.toolchain_cache_size)?;
+    let visible = crate::sandbox::visible_base(&state, crate::sandbox::running_as_root())?;
+    if visible != state {
+        tracing::info!(
+            "sandbox-visible files live in {} (the state dir is not reachable by job uids)",
+            visible.display()
+        );
+    }
+    let store = ToolchainStore::open(
+        &tc_dir,
+        &visible.join("roots"),
+        cfg.dist.toolchain_cache_size,
+    )?;
     let cache = if cfg.cache.enabled {
         Some(Cache::open(&cfg.cache_dir(), cfg.cache.size)?)
     } else {
         None
     };
-    let builder = Builder::new(&cfg, &state, store.clone())?;
+    let builder = Builder::new(&cfg, &visible, store.clone())?;
     let stats = StatsStore::open(state.join("stats.json"));
     stats.spawn_saver(Duration::from_secs(1));
     let (tx, mut rx) = watch::channel(false);

@@ -23,6 +23,8 @@ struct Meta {
 
 pub struct ToolchainStore {
     dir: PathBuf,
+    /// Unpacked roots: where sandboxes (maybe under another uid) can reach them.
+    roots: PathBuf,
     max_bytes: u64,
     meta: Mutex<(HashMap<ToolchainId, Meta>, u64)>,
     unpack_locks: Mutex<HashMap<ToolchainId, Arc<AsyncMutex<()>>>>,
@@ -45,9 +47,15 @@ impl Drop for RootGuard {
 }
 
 impl ToolchainStore {
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<Arc<ToolchainStore>> {
-        for sub in ["archives", "roots", "tmp"] {
+    /// `dir` holds the archives; `roots` the unpacked trees (see
+    /// [`crate::sandbox::visible_base`] for why they may live elsewhere).
+    pub fn open(dir: &Path, roots: &Path, max_bytes: u64) -> Result<Arc<ToolchainStore>> {
+        for sub in ["archives", "tmp"] {
             fs::create_dir_all(dir.join(sub))?;
+        }
+        fs::create_dir_all(roots.join(".unpack"))?;
+        for e in fs::read_dir(roots.join(".unpack"))?.flatten() {
+            let _ = remove_tree(&e.path());
         }
         // Leftovers of a killed process: partial downloads and half-unpacked roots.
         for e in fs::read_dir(dir.join("tmp"))?.flatten() {
@@ -75,6 +83,7 @@ impl ToolchainStore {
         }
         Ok(Arc::new(ToolchainStore {
             dir: dir.to_path_buf(),
+            roots: roots.to_path_buf(),
             max_bytes,
             meta: Mutex::new((meta, clock)),
             unpack_locks: Mutex::new(HashMap::new()),
@@ -86,7 +95,7 @@ impl ToolchainStore {
     }
 
     fn root_path(&self, id: &ToolchainId) -> PathBuf {
-        self.dir.join("roots").join(id.to_string())
+        self.roots.join(id.to_string())
     }
 
     pub fn has(&self, id: &ToolchainId) -> bool {
@@ -203,7 +212,10 @@ impl ToolchainStore {
     }
 
     fn unpack(&self, id: &ToolchainId) -> Result<()> {
-        let tmp = self.tmp_path("root");
+        let tmp = self
+            .roots
+            .join(".unpack")
+            .join(self.tmp_path("root").file_name().unwrap_or_default());
         let res = (|| -> Result<()> {
             // Re-verify: the file on disk may have been damaged since insert.
             let mut hasher = blake3::Hasher::new();
@@ -359,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn verifies_on_insert_and_unpacks_once() {
         let t = tempfile::tempdir().unwrap();
-        let store = ToolchainStore::open(t.path(), 1 << 30).unwrap();
+        let store = ToolchainStore::open(t.path(), &t.path().join("roots"), 1 << 30).unwrap();
         let ar = tar_of(&[("usr/bin/cc", b"#!fake")]);
         let id = ToolchainId(Hash32::of(&ar));
         // Wrong id: rejected, nothing stored.

@@ -1,0 +1,139 @@
+//! `cargo bench --bench overhead` (or `bash scripts/bench.sh`): the cost swarmcc
+//! adds to a compile, as medians of many runs, and a whole build of Lua 5.4.
+//! Prints a Markdown table for BENCHMARKS.md.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 50;
+
+fn time_once(mut c: Command) -> Duration {
+    let t = Instant::now();
+    let out = c.output().unwrap();
+    let d = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn tiny(dir: &Path) {
+    std::fs::write(
+        dir.join("tiny.c"),
+        "#include <stdio.h>\nint f(int x) { printf(\"%d\", x); return x + 1; }\n",
+    )
+    .unwrap();
+}
+
+fn main() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    tiny(d);
+    let gcc = |out: &str| {
+        let mut c = Command::new("gcc");
+        c.args(["-O2", "-c", "tiny.c", "-o", out]).current_dir(d);
+        c
+    };
+    let plain = median((0..RUNS).map(|_| time_once(gcc("plain.o"))).collect());
+
+    // Distributed compile, cache off: every run goes through the node and sandbox.
+    let mut nocache = Env::new("[cache]\nenabled = false\n");
+    nocache.start_node();
+    let through = |env: &Env| {
+        let mut c = env.cmd(swarmcc());
+        c.args(["gcc", "-O2", "-c", "tiny.c", "-o", "s.o"])
+            .current_dir(d);
+        c
+    };
+    time_once(through(&nocache)); // packages the toolchain
+    let dist = median((0..RUNS).map(|_| time_once(through(&nocache))).collect());
+    drop(nocache);
+
+    // Cache hits.
+    let mut cached = Env::new("");
+    cached.start_node();
+    time_once(through(&cached));
+    let hit = median((0..RUNS).map(|_| time_once(through(&cached))).collect());
+    drop(cached);
+
+    // Whole build of Lua 5.4 (33 units): plain, through swarmcc cold (toolchain
+    // already packaged, empty cache), and warm (every unit cached).
+    let proj = make_lua_project(d);
+    let make = |env: Option<&Env>, cc: &str| {
+        let mut c = match env {
+            Some(e) => e.cmd("make"),
+            None => Command::new("make"),
+        };
+        c.args(["-s", "-j2", &format!("CC={cc}")])
+            .current_dir(&proj);
+        c
+    };
+    let clean = || run_ok(Command::new("make").arg("clean").current_dir(&proj));
+    let mut plain_build = Vec::new();
+    for _ in 0..3 {
+        clean();
+        plain_build.push(time_once(make(None, "gcc")));
+    }
+    let swarm_cc = format!("{} gcc", swarmcc().display());
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..3 {
+        let mut env = Env::new("");
+        env.start_node();
+        run_ok(
+            env.cmd(swarmcc())
+                .args(["gcc", "-O2", "-c", "tiny.c", "-o", "warmup.o"])
+                .current_dir(d),
+        );
+        clean();
+        cold.push(time_once(make(Some(&env), &swarm_cc)));
+        clean();
+        warm.push(time_once(make(Some(&env), &swarm_cc)));
+    }
+    let (pb, cb, wb) = (median(plain_build), median(cold), median(warm));
+    println!("| measurement | median |");
+    println!("|---|---|");
+    println!(
+        "| `gcc -O2 -c tiny.c` (plain, {RUNS} runs) | {} |",
+        ms(plain)
+    );
+    println!(
+        "| `swarmcc gcc -O2 -c tiny.c`, through node + sandbox, cache off ({RUNS} runs) | {} |",
+        ms(dist)
+    );
+    println!(
+        "| added overhead per distributed compile | {} |",
+        ms(dist.saturating_sub(plain))
+    );
+    println!(
+        "| `swarmcc gcc ...` cache hit ({RUNS} runs) | {} |",
+        ms(hit)
+    );
+    println!("| Lua 5.4, `make -j2`, plain gcc (3 runs) | {} |", ms(pb));
+    println!(
+        "| Lua 5.4, `make -j2`, swarmcc cold (3 runs) | {} ({:.2}x plain) |",
+        ms(cb),
+        cb.as_secs_f64() / pb.as_secs_f64()
+    );
+    println!(
+        "| Lua 5.4, `make -j2`, swarmcc warm (3 runs) | {} ({:.2}x plain) |",
+        ms(wb),
+        wb.as_secs_f64() / pb.as_secs_f64()
+    );
+}

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use swarmcc_node::config::{Config, CustomToolchain};
 use swarmcc_protocol::job::Blob;
-use swarmcc_protocol::local::{Request, Response, ToolchainInfo, ToolchainSpec};
+use swarmcc_protocol::local::{Manifest, Request, Response, ToolchainInfo, ToolchainSpec};
 use swarmcc_protocol::stats::LocalReason;
 use swarmcc_protocol::{Hash32, Job, JobResult, PreprocessCheck, SourceRef};
 
@@ -236,7 +236,34 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         Err(e) => return Err(on_node(LocalReason::SwarmFailure)(e)),
     };
 
-    // 2. Preprocess locally (this also writes the dependency file).
+    // 2. Direct mode: answer from what an earlier identical compile read,
+    //    hashing those files instead of running the preprocessor.
+    let started = std::time::SystemTime::now();
+    let dkey = if cfg.cache.enabled && cfg.cache.direct {
+        direct_key(&tc, &compile, &cwd)
+    } else {
+        None
+    };
+    if let Some(dk) = dkey {
+        if let Ok(Response::DirectHit { manifest, result }) =
+            node.call(&Request::DirectGet { key: dk })
+        {
+            if manifest_still_holds(&manifest) {
+                let dep_ok = match &manifest.dep_file {
+                    Some((path, bytes)) => write_atomic(&cwd.join(path), bytes).is_ok(),
+                    None => true,
+                };
+                if dep_ok {
+                    if let Ok(code) = deliver(&compile, &cwd, &job_output(&compile, &cwd), &result)
+                    {
+                        return Ok(code);
+                    }
+                }
+            }
+        }
+    }
+
+    // 3. Preprocess locally (this also writes the dependency file).
     let rewrite = cfg.dist.rewrite_includes_only && compile.lang != args::Lang::AsmCpp;
     let pp_args = preprocess_args(kind, &compile, rewrite);
     let pp = match preprocess(compiler, &pp_args, &compile.deps) {
@@ -250,7 +277,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         }
     };
 
-    // 3. The files the compile reads: the source and every header.
+    // 4. The files the compile reads: the source and every header.
     let mut srcs = Vec::new();
     let mut blobs = Vec::new();
     for name in sources::line_marker_files(&pp.stdout) {
@@ -265,7 +292,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         }
     }
 
-    // 4. The job, and its cache key.
+    // 5. The job, and its cache key.
     let check = PreprocessCheck {
         args: pp_args,
         expect: Hash32::of(&pp.stdout),
@@ -273,9 +300,18 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
     };
     let job = build_job(&tc, &compile, &cwd, check, srcs);
     let key = cache_key(&job);
+    let want = job_output(&compile, &cwd);
+    let remember = |node: &mut NodeClient| {
+        if let Some(dk) = dkey {
+            if let Some(manifest) = manifest_for(&compile, &cwd, &job, &blobs, key, started) {
+                let _ = node.call(&Request::PutManifest { key: dk, manifest });
+            }
+        }
+    };
     match node.call(&Request::CacheGet { key }) {
         Ok(Response::CacheHit(result)) => {
-            if let Ok(code) = deliver(&compile, &cwd, &job, &result) {
+            if let Ok(code) = deliver(&compile, &cwd, &want, &result) {
+                remember(&mut node);
                 return Ok(code);
             }
         }
@@ -285,11 +321,16 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
     let resp = node.call(&Request::Compile {
         key: Some(key),
         job: Box::new(job.clone()),
-        blobs,
+        blobs: blobs.clone(),
     });
     match resp {
-        Ok(Response::Compiled { result, .. }) => match deliver(&compile, &cwd, &job, &result) {
-            Ok(code) => Ok(code),
+        Ok(Response::Compiled { result, .. }) => match deliver(&compile, &cwd, &want, &result) {
+            Ok(code) => {
+                if code == 0 {
+                    remember(&mut node);
+                }
+                Ok(code)
+            }
             Err(e) => Err(Fallback {
                 reason: LocalReason::SwarmFailure,
                 why: Some(e),
@@ -357,7 +398,7 @@ fn build_job(
         .and_then(|s| s.to_str())
         .unwrap_or("input")
         .to_string();
-    let output = format!("{cwd_s}/{JOB_DIR}/{stem}.o");
+    let output = job_output(c, cwd);
     let deps = format!("{cwd_s}/{JOB_DIR}/{stem}.deps");
     let mut args = c.base.clone();
     args.extend([
@@ -379,6 +420,100 @@ fn build_job(
         args,
         outputs: vec![output],
     }
+}
+
+/// Where the builder writes the object (inside the job's own directory).
+fn job_output(c: &Compile, cwd: &Path) -> String {
+    let stem = Path::new(&c.input)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("input");
+    format!("{}/{JOB_DIR}/{stem}.o", cwd.to_string_lossy())
+}
+
+/// Direct mode's key: everything but the headers (which the manifest lists).
+fn direct_key(tc: &ToolchainInfo, c: &Compile, cwd: &Path) -> Option<Hash32> {
+    let source = std::fs::read(cwd.join(&c.input)).ok()?;
+    let mut h = blake3::Hasher::new();
+    h.update(b"swarmcc-direct-key-v1\0");
+    let meta = (
+        &tc.id,
+        &tc.compiler,
+        cwd.to_string_lossy(),
+        job_env(&tc.compiler),
+        &c.base,
+        &c.deps,
+        &c.output,
+        &c.input,
+    );
+    h.update(&swarmcc_protocol::frame::encode(&meta).ok()?);
+    h.update(Hash32::of(&source).0.as_slice());
+    Some(Hash32::from(h.finalize()))
+}
+
+/// Whether every file a manifest lists still has the content it had.
+fn manifest_still_holds(m: &Manifest) -> bool {
+    !m.files.is_empty()
+        && m.files
+            .iter()
+            .all(|f| std::fs::read(&f.path).is_ok_and(|d| Hash32::of(&d) == f.hash))
+}
+
+/// The manifest of a finished compile, unless direct mode cannot vouch for
+/// it (as ccache: a file uses `__DATE__`/`__TIME__`/`__TIMESTAMP__`, or was
+/// modified after the compile started).
+fn manifest_for(
+    c: &Compile,
+    cwd: &Path,
+    job: &Job,
+    blobs: &[Blob],
+    result_key: Hash32,
+    started: std::time::SystemTime,
+) -> Option<Manifest> {
+    const VOLATILE: [&[u8]; 3] = [b"__DATE__", b"__TIME__", b"__TIMESTAMP__"];
+    for b in blobs {
+        if VOLATILE
+            .iter()
+            .any(|v| b.data.windows(v.len()).any(|w| w == *v))
+        {
+            return None;
+        }
+    }
+    for f in &job.sources {
+        let m = std::fs::metadata(&f.path).ok()?;
+        if m.modified().ok()? >= started {
+            return None;
+        }
+    }
+    let dep_file = match dep_file_path(&c.deps) {
+        Some(p) => Some((p.clone(), std::fs::read(cwd.join(&p)).ok()?)),
+        None => None,
+    };
+    Some(Manifest {
+        files: job.sources.clone(),
+        result_key,
+        dep_file,
+    })
+}
+
+/// The dependency file the flags name (`-MF f`, `-MFf`, `-Wp,-MD,f`).
+fn dep_file_path(deps: &[String]) -> Option<String> {
+    let mut it = deps.iter();
+    while let Some(a) = it.next() {
+        if a == "-MF" {
+            return it.next().cloned();
+        }
+        if let Some(p) = a.strip_prefix("-MF") {
+            return Some(p.to_string());
+        }
+        if let Some(p) = a
+            .strip_prefix("-Wp,-MD,")
+            .or_else(|| a.strip_prefix("-Wp,-MMD,"))
+        {
+            return Some(p.to_string());
+        }
+    }
+    None
 }
 
 /// Everything that decides a job's result, hashed.
@@ -403,9 +538,8 @@ pub fn cache_key(job: &Job) -> Hash32 {
 
 /// Write the object where the user asked for it, print the compiler's
 /// output, and give its exit code.
-fn deliver(c: &Compile, cwd: &Path, job: &Job, r: &JobResult) -> Result<i32> {
+fn deliver(c: &Compile, cwd: &Path, want: &str, r: &JobResult) -> Result<i32> {
     if r.exit_code == 0 {
-        let want = &job.outputs[0];
         let data = r
             .outputs
             .iter()

@@ -232,7 +232,7 @@ fn corrupted_cache_entry_is_not_served() {
     let cache = env.state().join("cache");
     let mut damaged = 0;
     for shard in std::fs::read_dir(&cache).unwrap().flatten() {
-        if shard.file_name() == "tmp" {
+        if shard.file_name().len() != 2 {
             continue;
         }
         for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
@@ -330,4 +330,99 @@ fn corrupted_toolchain_archive_is_rejected_and_the_build_falls_back() {
         .sum();
     assert_eq!(dist, 2, "one before the damage, one after: {s}");
     assert_eq!(s["toolchains_packaged"], 2, "{s}");
+}
+
+#[test]
+fn direct_mode_hits_restore_deps_and_never_serve_a_changed_header() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::create_dir_all(d.join("inc")).unwrap();
+    std::fs::write(d.join("inc/v.h"), "#define V 1\n").unwrap();
+    std::fs::write(
+        d.join("a.c"),
+        "#include \"v.h\"\nint v(void) { return V; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("b.c"),
+        "int stamp(void) { return sizeof(__TIME__); }\n",
+    )
+    .unwrap();
+    let local = |out: &str| {
+        run_ok(
+            Command::new("gcc")
+                .args(["-O2", "-Iinc", "-c", "a.c", "-MD", "-o", out])
+                .current_dir(d),
+        );
+    };
+    let through = || {
+        run_ok(
+            env.cmd(swarmcc())
+                .args(["gcc", "-O2", "-Iinc", "-c", "a.c", "-MD", "-o", "a.o"])
+                .current_dir(d),
+        );
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    through(); // miss: compiled, manifest stored
+    std::fs::remove_file(d.join("a.o")).unwrap();
+    std::fs::remove_file(d.join("a.d")).unwrap();
+    through(); // direct hit: object and dependency file restored
+    let (obj, dep) = (
+        std::fs::read(d.join("a.o")).unwrap(),
+        std::fs::read(d.join("a.d")).unwrap(),
+    );
+    local("a.o"); // the same command run by gcc alone writes the same two files
+    assert_eq!(obj, std::fs::read(d.join("a.o")).unwrap());
+    assert_eq!(
+        String::from_utf8(dep).unwrap(),
+        std::fs::read_to_string(d.join("a.d")).unwrap()
+    );
+    local("ref.o");
+    let s = env.stats_json();
+    assert_eq!(
+        (s["cache_hits"].as_u64(), s["cache_misses"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+
+    // Change the header (same size, so only the content tells): not served stale.
+    std::fs::write(d.join("inc/v.h"), "#define V 2\n").unwrap();
+    through();
+    local("ref2.o");
+    assert_eq!(
+        std::fs::read(d.join("a.o")).unwrap(),
+        std::fs::read(d.join("ref2.o")).unwrap()
+    );
+    assert_ne!(
+        std::fs::read(d.join("ref.o")).unwrap(),
+        std::fs::read(d.join("ref2.o")).unwrap()
+    );
+    assert_eq!(env.stats_json()["cache_misses"], 2);
+
+    // __TIME__ keeps a unit out of direct mode: every compile preprocesses
+    // (a cache hit needs the same preprocessed text, which changes each second).
+    for _ in 0..2 {
+        run_ok(
+            env.cmd(swarmcc())
+                .args(["gcc", "-O2", "-c", "b.c", "-o", "b.o"])
+                .current_dir(d),
+        );
+    }
+    let manifests = walk_files(&env.state().join("cache/manifests"));
+    assert_eq!(
+        manifests, 1,
+        "a.c's (the newer replaced the older); none for b.c"
+    );
+}
+
+fn walk_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().len() == 2)
+                .map(|e| std::fs::read_dir(e.path()).map(|r| r.count()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -5,6 +5,7 @@
 
 use crate::lru::LruDir;
 use std::path::Path;
+use swarmcc_protocol::local::Manifest;
 use swarmcc_protocol::{frame, Hash32, JobResult};
 
 const MAGIC: &[u8; 8] = b"SWCCRES1";
@@ -12,6 +13,7 @@ const HEADER: usize = 8 + 32 + 8;
 
 pub struct Cache {
     dir: LruDir,
+    manifests: LruDir,
 }
 
 /// Outcome of a lookup.
@@ -26,38 +28,32 @@ impl Cache {
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Cache> {
         Ok(Cache {
             dir: LruDir::open(dir, max_bytes)?,
+            manifests: LruDir::open(&dir.join("manifests"), max_bytes / 16 + (1 << 20))?,
         })
     }
 
     pub fn get(&self, key: &Hash32) -> Lookup {
-        let k = key.to_hex();
-        let data = match self.dir.read(&k) {
-            Ok(Some(d)) => d,
-            Ok(None) => return Lookup::Miss,
-            Err(e) => {
-                tracing::warn!("cache read {k}: {e}");
-                return Lookup::Miss;
-            }
-        };
-        match decode_entry(&data) {
-            Some(r) => Lookup::Hit(r),
-            None => {
-                tracing::warn!("cache entry {k} is corrupted; removed");
-                self.dir.remove(&k);
-                Lookup::Corrupt
-            }
+        match get_in(&self.dir, key) {
+            Lookup2::Hit(r) => Lookup::Hit(r),
+            Lookup2::Miss => Lookup::Miss,
+            Lookup2::Corrupt => Lookup::Corrupt,
         }
     }
 
     pub fn put(&self, key: &Hash32, result: &JobResult) -> anyhow::Result<()> {
-        let payload = frame::encode(result)?;
-        let mut data = Vec::with_capacity(HEADER + payload.len());
-        data.extend_from_slice(MAGIC);
-        data.extend_from_slice(&Hash32::of(&payload).0);
-        data.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        data.extend_from_slice(&payload);
-        self.dir.put(&key.to_hex(), &data)?;
-        Ok(())
+        put_in(&self.dir, key, result)
+    }
+
+    /// Direct mode: the manifest under `key`, if intact.
+    pub fn get_manifest(&self, key: &Hash32) -> Option<Manifest> {
+        match get_in(&self.manifests, key) {
+            Lookup2::Hit(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn put_manifest(&self, key: &Hash32, m: &Manifest) -> anyhow::Result<()> {
+        put_in(&self.manifests, key, m)
     }
 
     /// Where an entry lives on disk (for tests and tools).
@@ -66,7 +62,48 @@ impl Cache {
     }
 }
 
-fn decode_entry(data: &[u8]) -> Option<JobResult> {
+enum Lookup2<T> {
+    Hit(T),
+    Miss,
+    Corrupt,
+}
+
+fn get_in<T: serde::de::DeserializeOwned>(dir: &LruDir, key: &Hash32) -> Lookup2<T> {
+    {
+        let k = key.to_hex();
+        let data = match dir.read(&k) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Lookup2::Miss,
+            Err(e) => {
+                tracing::warn!("cache read {k}: {e}");
+                return Lookup2::Miss;
+            }
+        };
+        match decode_entry(&data) {
+            Some(r) => Lookup2::Hit(r),
+            None => {
+                tracing::warn!("cache entry {k} is corrupted; removed");
+                dir.remove(&k);
+                Lookup2::Corrupt
+            }
+        }
+    }
+}
+
+fn put_in<T: serde::Serialize>(dir: &LruDir, key: &Hash32, value: &T) -> anyhow::Result<()> {
+    {
+        let payload = frame::encode(value)?;
+        let mut data = Vec::with_capacity(HEADER + payload.len());
+        data.extend_from_slice(MAGIC);
+        data.extend_from_slice(&Hash32::of(&payload).0);
+        data.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        data.extend_from_slice(&payload);
+        dir.put(&key.to_hex(), &data)?;
+        Ok(())
+    }
+}
+
+fn decode_entry<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
     if data.len() < HEADER || &data[..8] != MAGIC {
         return None;
     }

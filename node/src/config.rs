@@ -61,6 +61,9 @@ pub struct CacheConfig {
     /// Bytes, or a string like "10G". Default 10 GiB.
     #[serde(deserialize_with = "de_size")]
     pub size: u64,
+    /// Direct mode (as ccache's): answer a compile whose arguments, source and
+    /// every header it read are unchanged without running the preprocessor.
+    pub direct: bool,
 }
 
 impl Default for CacheConfig {
@@ -69,6 +72,7 @@ impl Default for CacheConfig {
             enabled: true,
             dir: None,
             size: 10 << 30,
+            direct: true,
         }
     }
 }

@@ -42,10 +42,15 @@ impl LruDir {
         let mut found: Vec<(String, u64, SystemTime)> = Vec::new();
         for shard in fs::read_dir(dir)?.flatten() {
             let name = shard.file_name();
-            if name == "tmp" || !shard.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            // Shards are two-character directories; anything else (tmp, a
+            // nested store) is not ours to index.
+            if name.len() != 2 || !shard.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 continue;
             }
             for f in fs::read_dir(shard.path())?.flatten() {
+                if !f.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                    continue;
+                }
                 if let (Ok(meta), Some(key)) = (f.metadata(), f.file_name().to_str()) {
                     let t = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                     found.push((key.to_string(), meta.len(), t));

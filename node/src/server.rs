@@ -216,6 +216,36 @@ async fn handle(node: &Node, req: Request) -> Response {
                 _ => Response::CacheMiss,
             }
         }
+        Request::DirectGet { key } => {
+            let Some(cache) = &node.cache else {
+                return Response::CacheMiss;
+            };
+            let Some(manifest) = cache.get_manifest(&key) else {
+                return Response::CacheMiss;
+            };
+            match cache.get(&manifest.result_key) {
+                Lookup::Hit(result) => {
+                    node.stats.update(|s| {
+                        s.compile_requests += 1;
+                        s.cache_hits += 1;
+                    });
+                    Response::DirectHit { manifest, result }
+                }
+                Lookup::Corrupt => {
+                    node.stats.update(|s| s.cache_errors += 1);
+                    Response::CacheMiss
+                }
+                Lookup::Miss => Response::CacheMiss,
+            }
+        }
+        Request::PutManifest { key, manifest } => {
+            if let Some(cache) = &node.cache {
+                if let Err(e) = cache.put_manifest(&key, &manifest) {
+                    tracing::warn!("manifest put: {e:#}");
+                }
+            }
+            Response::Ok
+        }
         Request::Compile { key, job, blobs } => {
             if let Some(why) = &node.cannot_build {
                 return Response::Error(why.clone());

@@ -27,6 +27,19 @@ pub struct ToolchainInfo {
     pub compiler: String,
 }
 
+/// Direct mode (as ccache's): what a compile read, so that a later compile
+/// with the same arguments and source can be answered from the cache by
+/// hashing these files instead of running the preprocessor.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    /// Every file the preprocessor opened, with its content hash.
+    pub files: Vec<crate::job::SourceRef>,
+    /// The result's key in the cache.
+    pub result_key: Hash32,
+    /// The dependency file the compile wrote: (path as given, bytes).
+    pub dep_file: Option<(String, Vec<u8>)>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
     Hello {
@@ -37,6 +50,15 @@ pub enum Request {
     /// Look up a cache entry.
     CacheGet {
         key: Hash32,
+    },
+    /// Direct mode: the manifest stored under `key` and the result it names.
+    DirectGet {
+        key: Hash32,
+    },
+    /// Direct mode: remember what a compile read.
+    PutManifest {
+        key: Hash32,
+        manifest: Manifest,
     },
     /// Run a job; on success (exit code 0) store the result under `key`.
     Compile {
@@ -64,6 +86,10 @@ pub enum Response {
     Toolchain(ToolchainInfo),
     CacheHit(JobResult),
     CacheMiss,
+    DirectHit {
+        manifest: Manifest,
+        result: JobResult,
+    },
     /// A job ran; `builder` names who ran it.
     Compiled {
         result: JobResult,

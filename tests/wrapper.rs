@@ -1,0 +1,204 @@
+//! The ways a build system invokes swarmcc, and the languages and toolchains
+//! it handles, each checked against what gcc alone produces.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn dist_total(s: &serde_json::Value) -> u64 {
+    s["dist_compiles"]
+        .as_object()
+        .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0)
+}
+
+fn same_file(a: &Path, b: &Path) {
+    assert_eq!(
+        std::fs::read(a).unwrap(),
+        std::fs::read(b).unwrap(),
+        "{} != {}",
+        a.display(),
+        b.display()
+    );
+}
+
+#[test]
+fn cxx_with_hundreds_of_headers_and_assembler_are_identical() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(
+        d.join("v.cpp"),
+        "#include <vector>\n#include <string>\n#include <map>\n#include <iostream>\n#include <algorithm>\n\
+         int count(const std::vector<std::string>& v) {\n  std::map<std::string, int> m;\n  for (auto& s : v) m[s]++;\n\
+         std::cout << m.size() << std::endl;\n  return std::count_if(v.begin(), v.end(), [](auto& s) { return s.size() > 2; });\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("s.S"),
+        "#define VAL 42\n.globl f\nf:\n  movl $VAL, %eax\n  ret\n",
+    )
+    .unwrap();
+    for (compiler, src, flags) in [
+        ("g++", "v.cpp", "-O2 -g -std=c++17 -Wall"),
+        ("gcc", "s.S", "-g"),
+    ] {
+        let flags: Vec<&str> = flags.split(' ').collect();
+        run_ok(
+            Command::new(compiler)
+                .args(&flags)
+                .args(["-c", src, "-o", "ref.o"])
+                .current_dir(d),
+        );
+        run_ok(
+            env.cmd(swarmcc())
+                .arg(compiler)
+                .args(&flags)
+                .args(["-c", src, "-o", "out.o"])
+                .current_dir(d),
+        );
+        same_file(&d.join("ref.o"), &d.join("out.o"));
+    }
+    let s = env.stats_json();
+    assert_eq!(dist_total(&s), 2, "{s}");
+}
+
+#[test]
+fn symlinks_launchers_and_rustc() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(d.join("a.c"), "int a(int x) { return x * 7; }\n").unwrap();
+    run_ok(
+        Command::new("gcc")
+            .args(["-O2", "-c", "a.c", "-o", "ref.o"])
+            .current_dir(d),
+    );
+    // A `gcc` symlink to swarmcc first on PATH wraps the real gcc behind it.
+    let bin = d.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for name in ["gcc", "cc"] {
+        std::os::unix::fs::symlink(swarmcc(), bin.join(name)).unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    run_ok(
+        env.cmd("gcc")
+            .env("PATH", &path)
+            .args(["-O2", "-c", "a.c", "-o", "sym.o"])
+            .current_dir(d),
+    );
+    same_file(&d.join("ref.o"), &d.join("sym.o"));
+    // CMAKE_C_COMPILER_LAUNCHER=swarmcc: the compiler comes as an absolute path.
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["/usr/bin/cc", "-O2", "-c", "a.c", "-o", "cmake.o"])
+            .current_dir(d),
+    );
+    same_file(&d.join("ref.o"), &d.join("cmake.o"));
+    assert_eq!(dist_total(&env.stats_json()), 2);
+    // RUSTC_WRAPPER=swarmcc: rustc runs locally, counted as unsupported.
+    let rustc = String::from_utf8(
+        Command::new("rustup")
+            .args(["which", "rustc"])
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default()
+    .trim()
+    .to_string();
+    let rustc = if rustc.is_empty() {
+        "rustc".to_string()
+    } else {
+        rustc
+    };
+    let out = run_ok(
+        env.cmd(swarmcc())
+            .args([rustc.as_str(), "--version"])
+            .current_dir(d),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("rustc "),
+        "{out:?}"
+    );
+    assert_eq!(
+        env.stats_json()["local_compiles"]["unsupported_compiler"],
+        1
+    );
+}
+
+#[test]
+fn custom_toolchains_path_override_and_no_dist() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let archive = d.join("gcc.tar.zst");
+    let out = run_ok(
+        Command::new(swarmcc())
+            .args(["package-toolchain", "gcc"])
+            .arg(&archive),
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 64, "prints the toolchain id: {id}");
+    let gcc = std::fs::canonicalize("/usr/bin/gcc").unwrap();
+    let env = Env::new(&format!(
+        "[[dist.toolchains]]\ntype = \"path_override\"\ncompiler_executable = \"/usr/bin/gcc\"\n\
+         archive = \"{}\"\narchive_compiler_executable = \"{}\"\n\n\
+         [[dist.toolchains]]\ntype = \"no_dist\"\ncompiler_executable = \"/usr/bin/cc\"\n",
+        archive.display(),
+        gcc.display()
+    ));
+    std::fs::write(d.join("a.c"), "int a(int x) { return x - 7; }\n").unwrap();
+    run_ok(
+        Command::new("gcc")
+            .args(["-c", "a.c", "-o", "ref.o"])
+            .current_dir(d),
+    );
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["/usr/bin/gcc", "-c", "a.c", "-o", "o1.o"])
+            .current_dir(d),
+    );
+    same_file(&d.join("ref.o"), &d.join("o1.o"));
+    let s = env.stats_json();
+    assert_eq!(dist_total(&s), 1, "{s}");
+    assert_eq!(
+        s["toolchains_packaged"], 0,
+        "the archive was used, nothing packaged: {s}"
+    );
+    assert!(env
+        .state()
+        .join(format!("toolchains/archives/{id}.tar.zst"))
+        .exists());
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["/usr/bin/cc", "-c", "a.c", "-o", "o2.o"])
+            .current_dir(d),
+    );
+    same_file(&d.join("ref.o"), &d.join("o2.o"));
+    assert_eq!(
+        env.stats_json()["local_compiles"]["unsupported_compiler"],
+        1
+    );
+}
+
+#[test]
+fn a_node_without_bubblewrap_refuses_to_build_and_the_build_still_works() {
+    let env = Env::new("[sandbox]\nbwrap = \"/nonexistent/bwrap\"\n");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(d.join("a.c"), "int a(void) { return 1; }\n").unwrap();
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["gcc", "-c", "a.c", "-o", "a.o"])
+            .current_dir(d),
+    );
+    assert!(d.join("a.o").exists());
+    let s = env.stats_json();
+    assert_eq!(s["dist_errors"], 1, "{s}");
+    let log = env.node_log();
+    assert!(
+        log.contains("will not build") && log.contains("apt-get install bubblewrap"),
+        "{log}"
+    );
+}

@@ -3,7 +3,7 @@
 # Rust itself comes from rustup (Debian's packaged cargo is too old).
 set -euo pipefail
 need=()
-for pkg in bubblewrap gcc g++ make iproute2 nftables procps ca-certificates; do
+for pkg in bubblewrap gcc g++ clang make iproute2 nftables procps ca-certificates; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

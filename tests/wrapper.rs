@@ -24,7 +24,7 @@ fn same_file(a: &Path, b: &Path) {
 }
 
 #[test]
-fn cxx_with_hundreds_of_headers_and_assembler_are_identical() {
+fn gcc_gxx_clang_clangxx_and_assembler_objects_and_diagnostics_are_identical() {
     let env = Env::new("");
     let work = tempfile::tempdir().unwrap();
     let d = work.path();

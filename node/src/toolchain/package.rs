@@ -72,6 +72,22 @@ pub fn package_compiler(compiler: &Path, out: &Path) -> Result<PackageOutcome> {
             if let Some(p) = find_in_path("as") {
                 wanted.push(p);
             }
+            // clang finds libstdc++'s headers only after it detects a GCC
+            // installation, by its crtbegin.o: carry those markers.
+            if let Some(dir) = selected_gcc_installation(compiler) {
+                for marker in [
+                    "crtbegin.o",
+                    "crtbeginS.o",
+                    "crtbeginT.o",
+                    "crtend.o",
+                    "crtendS.o",
+                ] {
+                    let p = dir.join(marker);
+                    if p.is_file() {
+                        wanted.push(p);
+                    }
+                }
+            }
         }
     }
     // The C.UTF-8 locale, so that diagnostics quote with the same characters
@@ -128,6 +144,16 @@ fn print_path(compiler: &Path, flag: &str) -> Option<PathBuf> {
     } else {
         None
     }
+}
+
+/// The GCC installation a clang driver selected (`clang -v` says so).
+fn selected_gcc_installation(compiler: &Path) -> Option<PathBuf> {
+    let out = Command::new(compiler).arg("-v").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Selected GCC installation: "))
+        .map(|p| PathBuf::from(p.trim()))
+        .filter(|p| p.is_dir())
 }
 
 /// Look a program up on PATH.

@@ -6,7 +6,7 @@
 //! shows them at the same paths.
 
 use std::collections::BTreeSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// The distinct file names in the line markers of preprocessed text, in
 /// first-seen order, skipping `<built-in>`-style pseudo files.
@@ -77,22 +77,8 @@ fn unescape_until_quote(s: &[u8]) -> Option<String> {
 
 /// `cwd.join(p)`, lexically normalized (the way the builder will see it).
 pub fn absolute(cwd: &Path, p: &str) -> PathBuf {
-    let joined = if Path::new(p).is_absolute() {
-        PathBuf::from(p)
-    } else {
-        cwd.join(p)
-    };
-    let mut out = PathBuf::from("/");
-    for c in joined.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
+    // `join` keeps an absolute `p` as it is.
+    swarmcc_node::toolchain::package::normalize(&cwd.join(p))
 }
 
 #[cfg(test)]

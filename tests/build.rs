@@ -4,25 +4,30 @@ mod common;
 use common::*;
 use std::process::Command;
 
-#[test]
-fn lua_through_the_node_is_identical_runs_and_hits_the_cache() {
-    let mut env = Env::new("");
-    env.start_node();
-    let work = tempfile::tempdir().unwrap();
-    let proj = make_lua_project(work.path());
-
-    // Reference: plain gcc.
+/// The Lua project, built once with plain gcc: its objects and dependency
+/// files are the reference, and the tree is left clean for the next build.
+fn lua_reference(dir: &std::path::Path) -> (std::path::PathBuf, Vec<(String, Vec<u8>)>) {
+    let proj = make_lua_project(dir);
     run_ok(
         Command::new("make")
             .args(["-j2", "CC=gcc"])
             .current_dir(&proj),
     );
     let reference = objects(&proj);
+    run_ok(Command::new("make").arg("clean").current_dir(&proj));
+    (proj, reference)
+}
+
+#[test]
+fn lua_through_the_node_is_identical_runs_and_hits_the_cache() {
+    let mut env = Env::new("");
+    env.start_node();
+    let work = tempfile::tempdir().unwrap();
+    let (proj, reference) = lua_reference(work.path());
     assert_eq!(
         reference.iter().filter(|(n, _)| n.ends_with(".o")).count(),
         33
     );
-    run_ok(Command::new("make").arg("clean").current_dir(&proj));
 
     // Through swarmcc: every object and dependency file byte-identical.
     let cc = format!("CC={} gcc", swarmcc().display());
@@ -60,14 +65,7 @@ fn killing_the_node_mid_build_still_builds_correctly() {
     let mut env = Env::new("");
     env.start_node();
     let work = tempfile::tempdir().unwrap();
-    let proj = make_lua_project(work.path());
-    run_ok(
-        Command::new("make")
-            .args(["-j2", "CC=gcc"])
-            .current_dir(&proj),
-    );
-    let reference = objects(&proj);
-    run_ok(Command::new("make").arg("clean").current_dir(&proj));
+    let (proj, reference) = lua_reference(work.path());
 
     let cc = format!("CC={} gcc", swarmcc().display());
     let mut make = env

@@ -83,6 +83,15 @@ fn assert_clean(env: &Env) {
     );
 }
 
+/// Run a job that the sandbox must stop, with `why` in the error.
+fn expect_error(env: &Env, tc: ToolchainId, script: &str, why: &str) {
+    match run_job(env, tc, script) {
+        Response::Error(e) => assert!(e.contains(why), "{script}: {e}"),
+        other => panic!("{script}: {other:?}"),
+    }
+    assert_clean(env);
+}
+
 fn stdout_of(r: &Response) -> String {
     match r {
         Response::Compiled { result, .. } => String::from_utf8_lossy(&result.stdout).into_owned(),
@@ -197,31 +206,21 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
     assert_clean(&env);
 
     // Runs forever.
-    let r = run_job(&env, tc, "while :; do :; done");
-    match &r {
-        Response::Error(e) => assert!(e.contains("time limit"), "{e}"),
-        other => panic!("{other:?}"),
-    }
-    assert_clean(&env);
+    expect_error(&env, tc, "while :; do :; done", "time limit");
 
     // Writes a huge stdout, then a huge file.
-    let r = run_job(
+    expect_error(
         &env,
         tc,
-        "while :; do echo aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; done",
+        "while :; do echo aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; done",
+        "output limit",
     );
-    match &r {
-        Response::Error(e) => assert!(e.contains("output limit"), "{e}"),
-        other => panic!("{other:?}"),
-    }
-    assert_clean(&env);
-    let r = run_job(
+    expect_error(
         &env,
         tc,
         "while :; do echo aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; done > out.o",
+        "signal",
     );
-    assert!(matches!(r, Response::Error(_)), "{r:?}");
-    assert_clean(&env);
 
     // Allocates without end.
     let r = run_job(&env, tc, "x=a; while :; do x=$x$x; done");

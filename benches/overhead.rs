@@ -50,27 +50,49 @@ fn main() {
         c.args(["-O2", "-c", "tiny.c", "-o", out]).current_dir(d);
         c
     };
-    let plain = median((0..RUNS).map(|_| time_once(gcc("plain.o"))).collect());
-
-    // Distributed compile, cache off: every run goes through the node and sandbox.
-    let mut nocache = Env::new("[cache]\nenabled = false\n");
-    nocache.start_node();
     let through = |env: &Env| {
         let mut c = env.cmd(swarmcc());
         c.args(["gcc", "-O2", "-c", "tiny.c", "-o", "s.o"])
             .current_dir(d);
         c
     };
+    // The "always missing" series compiles a different source every run.
+    let edit = |i: usize| {
+        let src =
+            format!("#include <stdio.h>\nint f(int x) {{ printf(\"%d\", x); return x + {i}; }}\n");
+        std::fs::write(d.join("tiny.c"), src).unwrap();
+    };
+    let series =
+        |mut one: Box<dyn FnMut(usize) -> Duration + '_>| median((0..RUNS).map(&mut one).collect());
+
+    let plain = series(Box::new(|_| time_once(gcc("plain.o"))));
+    let plain_edit = series(Box::new(|i| {
+        edit(i);
+        time_once(gcc("plain.o"))
+    }));
+
+    // Cache off: every run preprocesses locally and compiles in the sandbox.
+    let mut nocache = Env::new("[cache]\nenabled = false\n");
+    nocache.start_node();
     time_once(through(&nocache)); // packages the toolchain
-    let dist = median((0..RUNS).map(|_| time_once(through(&nocache))).collect());
+    let dist = series(Box::new(|_| time_once(through(&nocache))));
     drop(nocache);
 
-    // Cache hits.
-    let mut cached = Env::new("");
-    cached.start_node();
-    time_once(through(&cached));
-    let hit = median((0..RUNS).map(|_| time_once(through(&cached))).collect());
-    drop(cached);
+    // Cache always missing (the edit-compile loop): after the first compile
+    // the unit's file list is known, so the client skips preprocessing and
+    // the builder proves the guess.
+    let mut env = Env::new("");
+    env.start_node();
+    edit(RUNS);
+    time_once(through(&env));
+    let miss = series(Box::new(|i| {
+        edit(1000 + i);
+        time_once(through(&env))
+    }));
+    // Cache hits (direct mode).
+    time_once(through(&env));
+    let hit = series(Box::new(|_| time_once(through(&env))));
+    drop(env);
 
     // Whole build of Lua 5.4 (33 units): plain, through swarmcc cold (toolchain
     // already packaged, empty cache), and warm (every unit cached).
@@ -91,8 +113,7 @@ fn main() {
         plain_build.push(time_once(make(None, "gcc")));
     }
     let swarm_cc = format!("{} gcc", swarmcc().display());
-    let mut cold = Vec::new();
-    let mut warm = Vec::new();
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let mut env = Env::new("");
         env.start_node();
@@ -107,33 +128,43 @@ fn main() {
         warm.push(time_once(make(Some(&env), &swarm_cc)));
     }
     let (pb, cb, wb) = (median(plain_build), median(cold), median(warm));
+    let x = |a: Duration| a.as_secs_f64() / pb.as_secs_f64();
     println!("| measurement | median |");
     println!("|---|---|");
     println!(
-        "| `gcc -O2 -c tiny.c` (plain, {RUNS} runs) | {} |",
+        "| `gcc -O2 -c tiny.c`, plain ({RUNS} runs) | {} |",
         ms(plain)
     );
     println!(
-        "| `swarmcc gcc -O2 -c tiny.c`, through node + sandbox, cache off ({RUNS} runs) | {} |",
+        "| `gcc -O2 -c tiny.c`, plain, source edited every run ({RUNS} runs) | {} |",
+        ms(plain_edit)
+    );
+    println!(
+        "| `swarmcc gcc ...`, cache always missing (source edited every run) ({RUNS} runs) | {} |",
+        ms(miss)
+    );
+    println!(
+        "| **added overhead per distributed compile, cache always missing** | {} |",
+        ms(miss.saturating_sub(plain_edit))
+    );
+    println!(
+        "| `swarmcc gcc ...`, cache off: local preprocessing every run ({RUNS} runs) | {} |",
         ms(dist)
     );
     println!(
-        "| added overhead per distributed compile | {} |",
+        "| added overhead per distributed compile, cache off | {} |",
         ms(dist.saturating_sub(plain))
     );
-    println!(
-        "| `swarmcc gcc ...` cache hit ({RUNS} runs) | {} |",
-        ms(hit)
-    );
+    println!("| **cache hit**, end to end ({RUNS} runs) | {} |", ms(hit));
     println!("| Lua 5.4, `make -j2`, plain gcc (3 runs) | {} |", ms(pb));
     println!(
         "| Lua 5.4, `make -j2`, swarmcc cold (3 runs) | {} ({:.2}x plain) |",
         ms(cb),
-        cb.as_secs_f64() / pb.as_secs_f64()
+        x(cb)
     );
     println!(
         "| Lua 5.4, `make -j2`, swarmcc warm (3 runs) | {} ({:.2}x plain) |",
         ms(wb),
-        wb.as_secs_f64() / pb.as_secs_f64()
+        x(wb)
     );
 }

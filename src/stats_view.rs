@@ -23,6 +23,11 @@ pub fn human(s: &Stats) -> String {
             line(&format!("  {}", r.label()), *n);
         }
     }
+    line(
+        "Compiles without local preprocessing",
+        s.speculative_compiles,
+    );
+    line("  guesses redone with preprocessing", s.speculation_misses);
     line("Toolchains packaged", s.toolchains_packaged);
     line("Jobs stopped by sandbox limits", s.sandbox_limit_hits);
     out

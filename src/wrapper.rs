@@ -219,6 +219,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
             compiler: compiler.to_string_lossy().into_owned(),
         },
     };
+    let spec_is_local = matches!(spec, ToolchainSpec::Local { .. });
     let tc = match node.call(&Request::Toolchain(spec)) {
         Ok(Response::Toolchain(info)) => info,
         Ok(Response::Error(e)) => {
@@ -239,16 +240,14 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
     // 2. Direct mode: answer from what an earlier identical compile read,
     //    hashing those files instead of running the preprocessor.
     let started = std::time::SystemTime::now();
-    let dkey = if cfg.cache.enabled && cfg.cache.direct {
-        direct_key(&tc, &compile, &cwd)
+    let keys = if cfg.cache.enabled && cfg.cache.direct {
+        direct_keys(&tc, &compile, &cwd)
     } else {
         None
     };
-    if let Some(dk) = dkey {
-        if let Ok(Response::DirectHit { manifest, result }) =
-            node.call(&Request::DirectGet { key: dk })
-        {
-            if manifest_still_holds(&manifest) {
+    if let Some((dk, hint)) = keys {
+        match node.call(&Request::DirectGet { key: dk, hint }) {
+            Ok(Response::DirectHit { manifest, result }) if manifest_still_holds(&manifest) => {
                 let dep_ok = match &manifest.dep_file {
                     Some((path, bytes)) => write_atomic(&cwd.join(path), bytes).is_ok(),
                     None => true,
@@ -260,6 +259,24 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
                     }
                 }
             }
+            // What this unit read last time is a good guess of what it reads
+            // now: send that, skip local preprocessing, and let the builder
+            // prove the guess (only for toolchains packaged from this machine,
+            // whose files the client has as well).
+            Ok(Response::Hint(guess)) if spec_is_local => {
+                let spec = Speculation {
+                    tc: &tc,
+                    compile: &compile,
+                    cwd: &cwd,
+                    guess,
+                    keys: (dk, hint),
+                    started,
+                };
+                if let Some(code) = speculate(&mut node, spec) {
+                    return Ok(code);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -302,9 +319,13 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
     let key = cache_key(&job);
     let want = job_output(&compile, &cwd);
     let remember = |node: &mut NodeClient| {
-        if let Some(dk) = dkey {
+        if let Some((dk, hint)) = keys {
             if let Some(manifest) = manifest_for(&compile, &cwd, &job, &blobs, key, started) {
-                let _ = node.call(&Request::PutManifest { key: dk, manifest });
+                let _ = node.call(&Request::PutManifest {
+                    key: dk,
+                    hint,
+                    manifest,
+                });
             }
         }
     };
@@ -318,10 +339,11 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         Ok(_) => {}
         Err(e) => return Err(on_node(LocalReason::SwarmFailure)(e)),
     }
+    let to_send = unsent(&mut node, &blobs);
     let resp = node.call(&Request::Compile {
         key: Some(key),
         job: Box::new(job.clone()),
-        blobs: blobs.clone(),
+        blobs: to_send,
     });
     match resp {
         Ok(Response::Compiled { result, .. }) => match deliver(&compile, &cwd, &want, &result) {
@@ -422,6 +444,22 @@ fn build_job(
     }
 }
 
+/// Only the blobs the node does not hold yet (all of them if it cannot say).
+fn unsent(node: &mut NodeClient, blobs: &[Blob]) -> Vec<Blob> {
+    let hashes = blobs.iter().map(|b| b.hash).collect();
+    match node.call(&Request::MissingBlobs { hashes }) {
+        Ok(Response::Missing(missing)) => {
+            let missing: std::collections::HashSet<Hash32> = missing.into_iter().collect();
+            blobs
+                .iter()
+                .filter(|b| missing.contains(&b.hash))
+                .cloned()
+                .collect()
+        }
+        _ => blobs.to_vec(),
+    }
+}
+
 /// Where the builder writes the object (inside the job's own directory).
 fn job_output(c: &Compile, cwd: &Path) -> String {
     let stem = Path::new(&c.input)
@@ -431,11 +469,10 @@ fn job_output(c: &Compile, cwd: &Path) -> String {
     format!("{}/{JOB_DIR}/{stem}.o", cwd.to_string_lossy())
 }
 
-/// Direct mode's key: everything but the headers (which the manifest lists).
-fn direct_key(tc: &ToolchainInfo, c: &Compile, cwd: &Path) -> Option<Hash32> {
+/// Direct mode's keys: everything but the headers (which the manifest
+/// lists), and the same without the source's content (the unit's "hint").
+fn direct_keys(tc: &ToolchainInfo, c: &Compile, cwd: &Path) -> Option<(Hash32, Hash32)> {
     let source = std::fs::read(cwd.join(&c.input)).ok()?;
-    let mut h = blake3::Hasher::new();
-    h.update(b"swarmcc-direct-key-v1\0");
     let meta = (
         &tc.id,
         &tc.compiler,
@@ -446,9 +483,124 @@ fn direct_key(tc: &ToolchainInfo, c: &Compile, cwd: &Path) -> Option<Hash32> {
         &c.output,
         &c.input,
     );
-    h.update(&swarmcc_protocol::frame::encode(&meta).ok()?);
-    h.update(Hash32::of(&source).0.as_slice());
-    Some(Hash32::from(h.finalize()))
+    let meta = swarmcc_protocol::frame::encode(&meta).ok()?;
+    let mut hint = blake3::Hasher::new();
+    hint.update(b"swarmcc-hint-key-v1\0");
+    hint.update(&meta);
+    let mut key = blake3::Hasher::new();
+    key.update(b"swarmcc-direct-key-v1\0");
+    key.update(&meta);
+    key.update(Hash32::of(&source).0.as_slice());
+    Some((Hash32::from(key.finalize()), Hash32::from(hint.finalize())))
+}
+
+/// A speculative compile: see [`speculate`].
+struct Speculation<'a> {
+    tc: &'a ToolchainInfo,
+    compile: &'a Compile,
+    cwd: &'a Path,
+    guess: Manifest,
+    keys: (Hash32, Hash32),
+    started: std::time::SystemTime,
+}
+
+/// Compile without local preprocessing, carrying the files the unit read
+/// last time. The builder's own dependency list must prove the guess, so
+/// `None` (an unproven guess, a compile error, any failure) only means "do it
+/// the checked way"; it never reaches the user.
+fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
+    let (c, cwd) = (sp.compile, sp.cwd);
+    let mut sources = Vec::with_capacity(sp.guess.files.len());
+    let mut blobs = Vec::with_capacity(sp.guess.files.len());
+    for f in &sp.guess.files {
+        let data = std::fs::read(&f.path).ok()?;
+        let hash = Hash32::of(&data);
+        sources.push(SourceRef {
+            path: f.path.clone(),
+            hash,
+        });
+        blobs.push(Blob { hash, data });
+    }
+    let cwd_s = cwd.to_string_lossy();
+    let stem = Path::new(&c.input)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("input");
+    let deps_out = format!("{cwd_s}/{JOB_DIR}/{stem}.deps");
+    let output = job_output(c, cwd);
+    let mut args = c.base.clone();
+    args.extend(["-c".into(), "-o".into(), output.clone()]);
+    args.extend(redirect_dep_file(&c.deps, &deps_out));
+    let job = Job {
+        toolchain: sp.tc.id,
+        compiler: sp.tc.compiler.clone(),
+        cwd: cwd_s.into_owned(),
+        env: job_env(&sp.tc.compiler),
+        sources,
+        check: None,
+        deps_file: Some(deps_out.clone()),
+        args,
+        outputs: vec![output.clone(), deps_out.clone()],
+    };
+    let key = cache_key(&job);
+    let result = match node.call(&Request::CacheGet { key }).ok()? {
+        Response::CacheHit(r) => r,
+        _ => {
+            let to_send = unsent(node, &blobs);
+            let req = Request::Compile {
+                key: Some(key),
+                job: Box::new(job.clone()),
+                blobs: to_send,
+            };
+            match node.call(&req).ok()? {
+                Response::Compiled { result, .. } if result.exit_code == 0 => result,
+                _ => return None,
+            }
+        }
+    };
+    if let Some(user_dep) = dep_file_path(&c.deps) {
+        let (_, bytes) = result.outputs.iter().find(|(p, _)| *p == deps_out)?;
+        write_atomic(&cwd.join(user_dep), bytes).ok()?;
+    }
+    let code = deliver(c, cwd, &output, &result).ok()?;
+    if let Some(manifest) = manifest_for(c, cwd, &job, &blobs, key, sp.started) {
+        let _ = node.call(&Request::PutManifest {
+            key: sp.keys.0,
+            hint: sp.keys.1,
+            manifest,
+        });
+    }
+    Some(code)
+}
+
+/// The user's dependency flags writing to `dest` instead (or `-MD -MF dest`
+/// when there are none), so the builder's compile writes the very file a
+/// local compile would, and its list of what was read.
+fn redirect_dep_file(deps: &[String], dest: &str) -> Vec<String> {
+    if deps.is_empty() {
+        return vec!["-MD".into(), "-MF".into(), dest.into()];
+    }
+    let mut out = Vec::with_capacity(deps.len());
+    let mut it = deps.iter();
+    while let Some(a) = it.next() {
+        if a == "-MF" {
+            it.next();
+            out.extend(["-MF".to_string(), dest.to_string()]);
+        } else if a.starts_with("-MF") {
+            out.extend(["-MF".to_string(), dest.to_string()]);
+        } else if let Some(rest) = a.strip_prefix("-Wp,") {
+            // Keep the preprocessor-level form: it names its target itself.
+            let flag = if rest.starts_with("-MMD,") {
+                "-MMD"
+            } else {
+                "-MD"
+            };
+            out.push(format!("-Wp,{flag},{dest}"));
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
 }
 
 /// Whether every file a manifest lists still has the content it had.

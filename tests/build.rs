@@ -400,6 +400,11 @@ fn direct_mode_hits_restore_deps_and_never_serve_a_changed_header() {
 
     // __TIME__ keeps a unit out of direct mode: every compile preprocesses
     // (a cache hit needs the same preprocessed text, which changes each second).
+    let before = walk_files(&env.state().join("cache/manifests"));
+    assert_eq!(
+        before, 2,
+        "a.c's manifest, under its key and its unit's hint"
+    );
     for _ in 0..2 {
         run_ok(
             env.cmd(swarmcc())
@@ -407,10 +412,10 @@ fn direct_mode_hits_restore_deps_and_never_serve_a_changed_header() {
                 .current_dir(d),
         );
     }
-    let manifests = walk_files(&env.state().join("cache/manifests"));
     assert_eq!(
-        manifests, 1,
-        "a.c's (the newer replaced the older); none for b.c"
+        walk_files(&env.state().join("cache/manifests")),
+        before,
+        "none for b.c"
     );
 }
 
@@ -423,4 +428,98 @@ fn walk_files(dir: &std::path::Path) -> usize {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+#[test]
+fn edited_sources_compile_without_preprocessing_and_new_includes_are_caught() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::create_dir_all(d.join("inc")).unwrap();
+    std::fs::write(d.join("inc/a.h"), "#define A 1\n").unwrap();
+    std::fs::write(d.join("inc/b.h"), "#define B 2\n").unwrap();
+    let both = |src: &str, tag: &str| {
+        std::fs::write(d.join("u.c"), src).unwrap();
+        let args = [
+            "-O2", "-g", "-Iinc", "-c", "u.c", "-o", "obj/u.o", "-MMD", "-MP",
+        ];
+        std::fs::create_dir_all(d.join("obj")).unwrap();
+        run_ok(Command::new("gcc").args(args).current_dir(d));
+        let (lo, ld) = (
+            std::fs::read(d.join("obj/u.o")).unwrap(),
+            std::fs::read(d.join("obj/u.d")).unwrap(),
+        );
+        std::fs::remove_dir_all(d.join("obj")).unwrap();
+        std::fs::create_dir_all(d.join("obj")).unwrap();
+        run_ok(env.cmd(swarmcc()).arg("gcc").args(args).current_dir(d));
+        assert!(
+            lo == std::fs::read(d.join("obj/u.o")).unwrap(),
+            "{tag}: object differs"
+        );
+        assert_eq!(
+            ld,
+            std::fs::read(d.join("obj/u.d")).unwrap(),
+            "{tag}: dependency file differs"
+        );
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    both("#include \"a.h\"\nint u(void) { return A; }\n", "first");
+    let s = env.stats_json();
+    assert_eq!(s["speculative_compiles"], 0, "{s}");
+    // Edited, same includes: no local preprocessing, proven by the builder.
+    both(
+        "#include \"a.h\"\nint u(void) { return A + 40; }\n",
+        "edited",
+    );
+    let s = env.stats_json();
+    assert_eq!(
+        (
+            s["speculative_compiles"].as_u64(),
+            s["speculation_misses"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    // A new include the guess lacks: caught, redone with preprocessing, right.
+    both(
+        "#include \"a.h\"\n#include \"b.h\"\nint u(void) { return A + B; }\n",
+        "new include",
+    );
+    let s = env.stats_json();
+    assert_eq!(s["speculation_misses"], 1, "{s}");
+    assert_eq!(s["dist_errors"], 0, "never a failure: {s}");
+    // A compile error under speculation is redone the checked way and is
+    // then the user's error, exactly as gcc reports it.
+    std::fs::write(
+        d.join("u.c"),
+        "#include \"a.h\"\n#include \"b.h\"\nint u(void) { return A + B + C; }\n",
+    )
+    .unwrap();
+    let args = [
+        "-O2", "-g", "-Iinc", "-c", "u.c", "-o", "obj/u.o", "-MMD", "-MP",
+    ];
+    let l = Command::new("gcc")
+        .args(args)
+        .current_dir(d)
+        .env("LANG", "C.UTF-8")
+        .output()
+        .unwrap();
+    let r = env
+        .cmd(swarmcc())
+        .arg("gcc")
+        .args(args)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(l.status.code(), r.status.code());
+    assert_eq!(
+        String::from_utf8_lossy(&l.stderr),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let s = env.stats_json();
+    assert_eq!(
+        s["speculation_misses"], 2,
+        "the failed guess was redone: {s}"
+    );
+    assert_eq!(s["compile_errors"], 1, "{s}");
 }

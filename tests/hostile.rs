@@ -62,21 +62,33 @@ fn run_job(env: &Env, tc: ToolchainId, script: &str) -> Response {
 }
 
 fn assert_clean(env: &Env) {
-    // No job directory and no sandbox process survives a job.
-    let jobs: Vec<_> = std::fs::read_dir(env.state().join("jobs"))
-        .unwrap()
-        .flatten()
-        .collect();
-    assert!(jobs.is_empty(), "job directories left behind: {jobs:?}");
-    let mut procs = sandbox_processes(UID_BASE);
+    // No job directory and no sandbox process survives a job (the node
+    // removes job directories in the background, right after answering).
+    let jobs = || -> Vec<_> {
+        std::fs::read_dir(env.state().join("jobs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    let mut left = (jobs(), sandbox_processes(UID_BASE));
     for _ in 0..50 {
-        if procs.is_empty() {
+        if left.0.is_empty() && left.1.is_empty() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
-        procs = sandbox_processes(UID_BASE);
+        left = (jobs(), sandbox_processes(UID_BASE));
     }
-    assert!(procs.is_empty(), "sandbox processes left behind: {procs:?}");
+    assert!(
+        left.0.is_empty(),
+        "job directories left behind: {:?}",
+        left.0
+    );
+    assert!(
+        left.1.is_empty(),
+        "sandbox processes left behind: {:?}",
+        left.1
+    );
     assert!(
         matches!(call(env, &Request::Stats), Response::Stats(_)),
         "node stopped serving"

@@ -55,6 +55,10 @@ pub struct Builder {
     limits: Limits,
     uid_base: Option<u32>,
     seq: AtomicU64,
+    /// Source blobs whose content this process has hashed (written or
+    /// checked): the store does not fsync, so a blob from before a restart
+    /// is re-hashed once before a job trusts it.
+    verified: Mutex<std::collections::HashSet<Hash32>>,
     pub max_jobs: usize,
 }
 
@@ -83,6 +87,7 @@ impl Builder {
             },
             uid_base: root.then_some(cfg.sandbox.uid_base),
             seq: AtomicU64::new(0),
+            verified: Mutex::new(std::collections::HashSet::new()),
             max_jobs,
         })
     }
@@ -97,20 +102,54 @@ impl Builder {
                 )));
             }
             let k = b.hash.to_hex();
-            if !self.blobs.contains(&k) {
+            if !self.blobs.contains(&k) || !self.is_verified(&b.hash) {
                 self.blobs
                     .put(&k, &b.data)
                     .map_err(|e| JobError::Internal(format!("storing source: {e}")))?;
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(b.hash);
             }
         }
         Ok(())
+    }
+
+    fn is_verified(&self, h: &Hash32) -> bool {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(h)
+    }
+
+    /// A stored blob's path, after checking its content once per process.
+    fn trusted_blob(&self, h: &Hash32) -> Option<PathBuf> {
+        let k = h.to_hex();
+        if !self.blobs.contains(&k) {
+            return None;
+        }
+        let path = self.blobs.path_of(&k);
+        if !self.is_verified(h) {
+            let ok = std::fs::read(&path).is_ok_and(|d| Hash32::of(&d) == *h);
+            if !ok {
+                tracing::warn!("source blob {k} is damaged; dropped");
+                self.blobs.remove(&k);
+                return None;
+            }
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(*h);
+        }
+        self.blobs.touch(&k);
+        Some(path)
     }
 
     /// Which of these source hashes this builder lacks.
     pub fn missing_blobs(&self, hashes: &[Hash32]) -> Vec<Hash32> {
         hashes
             .iter()
-            .filter(|h| !self.blobs.contains(&h.to_hex()))
+            .filter(|h| self.trusted_blob(h).is_none())
             .copied()
             .collect()
     }
@@ -138,6 +177,7 @@ impl Builder {
     }
 
     async fn run_in_slot(&self, job: &Job, slot: usize) -> Result<JobResult, JobError> {
+        let t0 = std::time::Instant::now();
         let root = self
             .toolchains
             .root(&job.toolchain)
@@ -145,15 +185,10 @@ impl Builder {
             .map_err(|e| JobError::Toolchain(format!("{e:#}")))?;
         let mut blob_paths = Vec::with_capacity(job.sources.len());
         for src in &job.sources {
-            let k = src.hash.to_hex();
-            if !self.blobs.contains(&k) {
-                return Err(JobError::Invalid(format!(
-                    "source {} ({k}) was not sent",
-                    src.path
-                )));
-            }
-            self.blobs.touch(&k);
-            blob_paths.push(self.blobs.path_of(&k));
+            let path = self.trusted_blob(&src.hash).ok_or_else(|| {
+                JobError::Invalid(format!("source {} ({}) was not sent", src.path, src.hash))
+            })?;
+            blob_paths.push(path);
         }
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let jobdir = self.jobs_dir.join(format!("job-{n}"));
@@ -166,6 +201,11 @@ impl Builder {
             uid,
             ..self.limits.clone()
         };
+        tracing::debug!(
+            micros = t0.elapsed().as_micros() as u64,
+            sources = job.sources.len(),
+            "job prepared"
+        );
         let run = |argv: Vec<String>| {
             let tree = &tree;
             let root = &root.root;
@@ -217,13 +257,21 @@ impl Builder {
             checked = true;
         }
         let out: RunOutput = run(job.args.clone()).await?;
-        if !checked && job.check.is_some() {
+        if !checked && (job.check.is_some() || job.deps_file.is_some()) {
             let covered = out.exit_code == 0
                 && job
                     .deps_file
                     .as_ref()
                     .is_some_and(|d| deps_covered(&workdir, job, d));
             if !covered {
+                if job.check.is_none() {
+                    // A speculative job (the client sent what the unit read
+                    // last time, without preprocessing): unproven, so the
+                    // client redoes it the checked way.
+                    return Err(JobError::Mismatch(
+                        "the carried files do not cover what the compile read".into(),
+                    ));
+                }
                 run_check().await?;
             }
         }
@@ -424,13 +472,21 @@ fn chown_dirs(p: &Path, uid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Removes a job directory on every exit path.
+/// Removes a job directory on every exit path: in the background when a
+/// runtime is at hand (the answer need not wait for it), else right away.
 struct DirGuard(PathBuf);
 
 impl Drop for DirGuard {
     fn drop(&mut self) {
-        if let Err(e) = crate::toolchain::store::remove_tree(&self.0) {
-            tracing::warn!("removing {}: {e}", self.0.display());
+        let path = std::mem::take(&mut self.0);
+        let remove = move || {
+            if let Err(e) = crate::toolchain::store::remove_tree(&path) {
+                tracing::warn!("removing {}: {e}", path.display());
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! A directory of immutable files with a total size bound, evicting the least
 //! recently used. Writes go to a temporary file and are renamed into place, so
 //! a reader never sees a half-written file and a killed process leaves at most
-//! a stray temporary (swept at start-up).
+//! a stray temporary (swept at start-up). Readers that must trust content
+//! after a power loss verify it (checksums, content hashes).
 
 use std::collections::HashMap;
 use std::fs;
@@ -25,6 +26,7 @@ struct Index {
 }
 
 /// Files named by a key (hex string) under `dir/<first two chars>/<key>`.
+/// Writes are atomic (temporary file, then rename) but not fsynced.
 pub struct LruDir {
     dir: PathBuf,
     max_bytes: u64,
@@ -130,7 +132,10 @@ impl LruDir {
         let result = (|| {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(data)?;
-            f.sync_data()?;
+            // No fsync: the rename publishes only complete files, so a killed
+            // process never leaves a partial entry; cache entries carry their
+            // own checksum, and source blobs are re-hashed on first use after
+            // a restart (see the builder), which covers a power loss.
             let dest = self.path_of(key);
             if let Some(parent) = dest.parent() {
                 fs::create_dir_all(parent)?;

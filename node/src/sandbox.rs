@@ -283,6 +283,7 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
     .map_err(|e| SandboxError::Setup(e.to_string()))?;
     args.extend(mounts);
     args.extend(["--chdir".into(), spec.cwd.into(), "--".into()]);
+    let t0 = std::time::Instant::now();
     args.extend(spec.argv.iter().map(OsString::from));
 
     let mut cmd = tokio::process::Command::new(spec.bwrap);
@@ -334,6 +335,11 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
         return Err(SandboxError::Signal(sig));
     }
     let code = status.code().unwrap_or(-1);
+    tracing::debug!(
+        micros = t0.elapsed().as_micros() as u64,
+        args = args.len(),
+        "sandbox run"
+    );
     // bwrap reports a child killed by a signal as 128+n.
     if code > 128 && code < 128 + 65 {
         return Err(SandboxError::Signal(code - 128));

@@ -170,10 +170,34 @@ async fn write_msg(s: &mut UnixStream, r: &Response) -> Result<()> {
 
 async fn serve(node: Arc<Node>, mut s: UnixStream) -> Result<()> {
     while let Some(req) = read_msg(&mut s).await? {
+        let t = std::time::Instant::now();
+        let what = request_name(&req);
         let resp = handle(&node, req).await;
+        tracing::debug!(
+            request = what,
+            micros = t.elapsed().as_micros() as u64,
+            "handled"
+        );
         write_msg(&mut s, &resp).await?;
     }
     Ok(())
+}
+
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Hello { .. } => "hello",
+        Request::Toolchain(_) => "toolchain",
+        Request::CacheGet { .. } => "cache_get",
+        Request::DirectGet { .. } => "direct_get",
+        Request::MissingBlobs { .. } => "missing_blobs",
+        Request::PutManifest { .. } => "put_manifest",
+        Request::Compile { .. } => "compile",
+        Request::RecordLocal { .. } => "record_local",
+        Request::RecordRequest => "record_request",
+        Request::Stats => "stats",
+        Request::ZeroStats => "zero_stats",
+        Request::Shutdown => "shutdown",
+    }
 }
 
 async fn handle(node: &Node, req: Request) -> Response {
@@ -216,12 +240,15 @@ async fn handle(node: &Node, req: Request) -> Response {
                 _ => Response::CacheMiss,
             }
         }
-        Request::DirectGet { key } => {
+        Request::DirectGet { key, hint } => {
             let Some(cache) = &node.cache else {
                 return Response::CacheMiss;
             };
             let Some(manifest) = cache.get_manifest(&key) else {
-                return Response::CacheMiss;
+                return match cache.get_manifest(&hint) {
+                    Some(m) => Response::Hint(m),
+                    None => Response::CacheMiss,
+                };
             };
             match cache.get(&manifest.result_key) {
                 Lookup::Hit(result) => {
@@ -238,10 +265,17 @@ async fn handle(node: &Node, req: Request) -> Response {
                 Lookup::Miss => Response::CacheMiss,
             }
         }
-        Request::PutManifest { key, manifest } => {
+        Request::MissingBlobs { hashes } => Response::Missing(node.builder.missing_blobs(&hashes)),
+        Request::PutManifest {
+            key,
+            hint,
+            manifest,
+        } => {
             if let Some(cache) = &node.cache {
-                if let Err(e) = cache.put_manifest(&key, &manifest) {
-                    tracing::warn!("manifest put: {e:#}");
+                for k in [key, hint] {
+                    if let Err(e) = cache.put_manifest(&k, &manifest) {
+                        tracing::warn!("manifest put: {e:#}");
+                    }
                 }
             }
             Response::Ok
@@ -253,8 +287,12 @@ async fn handle(node: &Node, req: Request) -> Response {
             if let Err(e) = node.builder.add_blobs(&blobs) {
                 return Response::Error(e.to_string());
             }
+            let speculative = job.check.is_none() && job.deps_file.is_some();
             match node.builder.run(&job).await {
                 Ok(result) => {
+                    if speculative {
+                        node.stats.update(|s| s.speculative_compiles += 1);
+                    }
                     if result.exit_code == 0 {
                         if let (Some(cache), Some(key)) = (&node.cache, key) {
                             if let Err(e) = cache.put(&key, &result) {
@@ -273,6 +311,11 @@ async fn handle(node: &Node, req: Request) -> Response {
                         result,
                         builder: node.name.clone(),
                     }
+                }
+                Err(e @ crate::builder::JobError::Mismatch(_)) if speculative => {
+                    tracing::debug!("speculative job not proven: {e}");
+                    node.stats.update(|s| s.speculation_misses += 1);
+                    Response::Error(e.to_string())
                 }
                 Err(e) => {
                     tracing::warn!("job failed: {e}");

@@ -47,6 +47,9 @@ pub struct Job {
     pub env: Vec<(String, String)>,
     pub sources: Vec<SourceRef>,
     /// See [`PreprocessCheck`]: run when `deps_file` does not settle it.
+    /// A job with a `deps_file` but no check is speculative: unless the
+    /// dependency list proves it (and the compile succeeds), the builder
+    /// answers with a mismatch instead of a result.
     pub check: Option<PreprocessCheck>,
     /// Where the compile writes its make-style dependency list (the job's
     /// args say so). If every file listed was carried, the compile read

@@ -52,13 +52,21 @@ pub enum Request {
         key: Hash32,
     },
     /// Direct mode: the manifest stored under `key` and the result it names.
+    /// Failing that, the latest manifest under `hint` (the same unit with
+    /// other source content), a guess of what the compile will read.
     DirectGet {
         key: Hash32,
+        hint: Hash32,
     },
-    /// Direct mode: remember what a compile read.
+    /// Direct mode: remember what a compile read, under its key and hint.
     PutManifest {
         key: Hash32,
+        hint: Hash32,
         manifest: Manifest,
+    },
+    /// Which of these source blobs the node lacks (so only those are sent).
+    MissingBlobs {
+        hashes: Vec<Hash32>,
     },
     /// Run a job; on success (exit code 0) store the result under `key`.
     Compile {
@@ -90,6 +98,9 @@ pub enum Response {
         manifest: Manifest,
         result: JobResult,
     },
+    /// No direct hit, but what the same unit read last time.
+    Hint(Manifest),
+    Missing(Vec<Hash32>),
     /// A job ran; `builder` names who ran it.
     Compiled {
         result: JobResult,

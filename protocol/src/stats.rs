@@ -94,4 +94,11 @@ pub struct Stats {
     pub toolchains_packaged: u64,
     /// Jobs refused or killed by sandbox limits (time, memory, output).
     pub sandbox_limit_hits: u64,
+    /// Compiles run without local preprocessing (carrying what the unit read
+    /// last time), proven by the builder's dependency list.
+    #[serde(default)]
+    pub speculative_compiles: u64,
+    /// Such guesses the builder could not prove; redone with preprocessing.
+    #[serde(default)]
+    pub speculation_misses: u64,
 }

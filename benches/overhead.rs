@@ -89,6 +89,11 @@ fn main() {
         edit(1000 + i);
         time_once(through(&env))
     }));
+    let st = env.stats_json();
+    eprintln!(
+        "always-missing series: {} compiles without local preprocessing, {} guesses redone",
+        st["speculative_compiles"], st["speculation_misses"]
+    );
     // Cache hits (direct mode).
     time_once(through(&env));
     let hit = series(Box::new(|_| time_once(through(&env))));

@@ -622,14 +622,12 @@ fn manifest_for(
     result_key: Hash32,
     started: std::time::SystemTime,
 ) -> Option<Manifest> {
-    const VOLATILE: [&[u8]; 3] = [b"__DATE__", b"__TIME__", b"__TIMESTAMP__"];
-    for b in blobs {
-        if VOLATILE
-            .iter()
-            .any(|v| b.data.windows(v.len()).any(|w| w == *v))
-        {
-            return None;
-        }
+    let finders = ["__DATE__", "__TIME__", "__TIMESTAMP__"].map(memchr::memmem::Finder::new);
+    if blobs
+        .iter()
+        .any(|b| finders.iter().any(|f| f.find(&b.data).is_some()))
+    {
+        return None;
     }
     for f in &job.sources {
         let m = std::fs::metadata(&f.path).ok()?;

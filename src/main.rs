@@ -43,6 +43,60 @@ struct Cli {
     cmd: Option<Cmd>,
 }
 
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Print this node's peer id (its key lives in the state dir).
+    Id,
+}
+
+#[derive(Subcommand)]
+enum OfficeCmd {
+    /// Create the office key pair in DIR (office.key, mode 0600, and
+    /// office.pub) and print the office public key.
+    Init {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Print a signed revocation list naming these token ids.
+    Revoke {
+        #[arg(long = "office-key")]
+        office_key: PathBuf,
+        /// Token ids, as `swarmcc token inspect` prints them.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// A builder token for one machine (bound to its peer id).
+    Builder {
+        #[arg(long = "office-key")]
+        office_key: PathBuf,
+        /// The machine's peer id (`swarmcc node id` on it).
+        #[arg(long)]
+        peer: String,
+        #[arg(long = "valid-for", default_value = "90d")]
+        valid_for: String,
+        /// May also be elected coordinator.
+        #[arg(long)]
+        coordinator: bool,
+    },
+    /// A client token for one user.
+    Client {
+        #[arg(long = "office-key")]
+        office_key: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long = "valid-for", default_value = "30d")]
+        valid_for: String,
+    },
+    /// Decode a token and print its fields (does not check its signature).
+    Inspect { token: String },
+}
+
 #[derive(Copy, Clone, ValueEnum)]
 enum StatsFormat {
     Text,
@@ -52,7 +106,20 @@ enum StatsFormat {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node in the foreground (systemd-friendly; logs via RUST_LOG).
-    Node,
+    Node {
+        #[command(subcommand)]
+        cmd: Option<NodeCmd>,
+    },
+    /// Office administration: the office key, revocation lists.
+    Office {
+        #[command(subcommand)]
+        cmd: OfficeCmd,
+    },
+    /// Issue and inspect office tokens (signed by the office key).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// Package a compiler and its closure into a deterministic .tar.zst and
     /// print its toolchain id.
     PackageToolchain {
@@ -86,7 +153,7 @@ fn main() {
     // `swarmcc <compiler> ...`: the first argument is not an option or subcommand.
     if let Some(first) = argv.get(1) {
         let is_cli = first.starts_with('-')
-            || ["node", "package-toolchain", "help"].contains(&first.as_str());
+            || ["node", "office", "token", "package-toolchain", "help"].contains(&first.as_str());
         if !is_cli {
             init_tracing("warn");
             wrapper::main(first, argv[2..].to_vec());
@@ -103,9 +170,107 @@ fn main() {
     std::process::exit(code);
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn office(cmd: OfficeCmd) -> Result<()> {
+    use swarmcc_node::identity;
+    match cmd {
+        OfficeCmd::Init { name, dir } => {
+            let key = identity::create_office(&name, &dir)?;
+            eprintln!(
+                "office {name:?}: secret key in {} (keep it safe)",
+                dir.join("office.key").display()
+            );
+            println!("{}", key.public());
+        }
+        OfficeCmd::Revoke { office_key, ids } => {
+            let key = identity::read_office_key(&office_key)?;
+            let mut set = std::collections::BTreeSet::new();
+            for id in &ids {
+                set.insert(
+                    swarmcc_protocol::token::parse_token_id(id)
+                        .with_context(|| format!("bad token id {id:?}"))?,
+                );
+            }
+            println!("{}", key.revoke(set, now_secs()));
+        }
+    }
+    Ok(())
+}
+
+fn token(cmd: TokenCmd) -> Result<()> {
+    use swarmcc_node::identity;
+    use swarmcc_protocol::token::{Subject, Token};
+    let (key_file, subject, valid_for) = match cmd {
+        TokenCmd::Builder {
+            office_key,
+            peer,
+            valid_for,
+            coordinator,
+        } => {
+            let peer: libp2p_identity::PeerId = peer
+                .parse()
+                .with_context(|| format!("{peer:?} is not a peer id"))?;
+            (
+                office_key,
+                Subject::Builder {
+                    peer: peer.to_string(),
+                    coordinator,
+                },
+                valid_for,
+            )
+        }
+        TokenCmd::Client {
+            office_key,
+            user,
+            valid_for,
+        } => (office_key, Subject::Client { user }, valid_for),
+        TokenCmd::Inspect { token } => {
+            let t: Token = token.parse()?;
+            let b = &t.body;
+            println!("office:     {}", b.office);
+            println!("id:         {}", t.id_hex());
+            match &b.subject {
+                Subject::Builder { peer, coordinator } => {
+                    println!(
+                        "builder:    {peer}{}",
+                        if *coordinator {
+                            " (may coordinate)"
+                        } else {
+                            ""
+                        }
+                    )
+                }
+                Subject::Client { user } => println!("client:     {user}"),
+            }
+            println!("issued at:  {} (unix)", b.issued_at);
+            println!("expires at: {} (unix)", b.expires_at);
+            return Ok(());
+        }
+    };
+    let key = identity::read_office_key(&key_file)?;
+    let secs = identity::parse_duration_secs(&valid_for)?;
+    println!("{}", key.issue(subject, now_secs(), secs));
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Some(Cmd::Node) => {
+        Some(Cmd::Node {
+            cmd: Some(NodeCmd::Id),
+        }) => {
+            let key = swarmcc_node::config::state_dir().join("node.key");
+            println!("{}", swarmcc_node::identity::node_peer_id(&key)?);
+            return Ok(());
+        }
+        Some(Cmd::Office { cmd }) => return office(cmd),
+        Some(Cmd::Token { cmd }) => return token(cmd),
+        Some(Cmd::Node { cmd: None }) => {
             init_tracing("info");
             let cfg = Config::load()?;
             let rt = tokio::runtime::Runtime::new()?;

@@ -260,34 +260,26 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
     }
 
     // A job that names paths outside its directory is refused before running.
+    let refused = |bad: Job| {
+        let r = call(
+            &env,
+            &Request::Compile {
+                key: None,
+                job: Box::new(bad),
+                blobs: vec![],
+            },
+        );
+        assert!(
+            matches!(&r, Response::Error(e) if e.contains("invalid job")),
+            "{r:?}"
+        );
+    };
     let mut bad = job(tc, "true");
     bad.outputs = vec!["/etc/shadow".into()];
-    let r = call(
-        &env,
-        &Request::Compile {
-            key: None,
-            job: Box::new(bad),
-            blobs: vec![],
-        },
-    );
-    assert!(
-        matches!(&r, Response::Error(e) if e.contains("invalid job")),
-        "{r:?}"
-    );
+    refused(bad);
     let mut bad = job(tc, "true");
     bad.cwd = "/home/../etc".into();
-    let r = call(
-        &env,
-        &Request::Compile {
-            key: None,
-            job: Box::new(bad),
-            blobs: vec![],
-        },
-    );
-    assert!(
-        matches!(&r, Response::Error(e) if e.contains("invalid job")),
-        "{r:?}"
-    );
+    refused(bad);
 
     // After all that, still serving real work, and the node never crashed.
     match run_job(&env, tc, "echo fine") {

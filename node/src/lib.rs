@@ -5,6 +5,7 @@
 pub mod builder;
 pub mod cache;
 pub mod config;
+pub mod identity;
 pub mod lru;
 pub mod sandbox;
 pub mod server;

@@ -115,6 +115,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: OfficeCmd,
     },
+    /// This node's view of its office: members, roles, load.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Issue and inspect office tokens (signed by the office key).
     Token {
         #[command(subcommand)]
@@ -153,7 +158,15 @@ fn main() {
     // `swarmcc <compiler> ...`: the first argument is not an option or subcommand.
     if let Some(first) = argv.get(1) {
         let is_cli = first.starts_with('-')
-            || ["node", "office", "token", "package-toolchain", "help"].contains(&first.as_str());
+            || [
+                "node",
+                "office",
+                "status",
+                "token",
+                "package-toolchain",
+                "help",
+            ]
+            .contains(&first.as_str());
         if !is_cli {
             init_tracing("warn");
             wrapper::main(first, argv[2..].to_vec());
@@ -269,6 +282,36 @@ fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Some(Cmd::Office { cmd }) => return office(cmd),
+        Some(Cmd::Status { json }) => {
+            let cfg = Config::load()?;
+            let mut c = client::NodeClient::connect_or_start(&cfg)?;
+            let Response::Status(v) = c.call(&Request::Status)? else {
+                bail!("unexpected answer from the node")
+            };
+            if json {
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!(
+                    "office: {}   me: {}",
+                    v.office.as_deref().unwrap_or("(none configured)"),
+                    v.me
+                );
+                println!(
+                    "{:<24} {:<22} {:>5} {:>5} {:>9}  peer",
+                    "name", "role", "cores", "jobs", "seen(ms)"
+                );
+                for m in &v.members {
+                    println!(
+                        "{:<24} {:<22} {:>5} {:>5} {:>9}  {}",
+                        m.name, m.role, m.cores, m.running_jobs, m.last_seen_ms, m.peer
+                    );
+                }
+                for (why, n) in &v.rejections {
+                    println!("rejected: {n} × {why}");
+                }
+            }
+            return Ok(());
+        }
         Some(Cmd::Token { cmd }) => return token(cmd),
         Some(Cmd::Node { cmd: None }) => {
             init_tracing("info");

@@ -112,3 +112,132 @@ fn office_tokens_from_the_cli_verify_and_bind_to_peer_ids() {
     );
     assert!(client.verify(&pk, "acme", now, Some(&list)).is_ok());
 }
+
+/// A node of a test office: its own state dir, config and process.
+fn office_node(
+    office_key: &std::path::Path,
+    pk: &str,
+    boot: Option<&str>,
+    token: Option<String>,
+) -> (Env, String) {
+    let mut env = Env::new("");
+    let peer = out(env.cmd(swarmcc()).args(["node", "id"]));
+    let token = token.unwrap_or_else(|| {
+        out(Command::new(swarmcc())
+            .args([
+                "token",
+                "builder",
+                "--coordinator",
+                "--peer",
+                &peer,
+                "--office-key",
+            ])
+            .arg(office_key))
+    });
+    let boot = boot.map(|b| format!("\"{b}\"")).unwrap_or_default();
+    std::fs::write(
+        env.state().join("config.toml"),
+        format!(
+            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
+             [office]\nname = \"acme\"\npublic_key = \"{pk}\"\nbuilder_token = \"{token}\"\n"
+        ),
+    )
+    .unwrap();
+    env.start_node();
+    (env, peer)
+}
+
+fn view(env: &Env) -> serde_json::Value {
+    serde_json::from_str(&out(env.cmd(swarmcc()).args(["status", "--json"]))).unwrap()
+}
+
+fn members(env: &Env) -> Vec<String> {
+    let mut m: Vec<String> = view(env)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["peer"].as_str().unwrap().to_string())
+        .collect();
+    m.sort();
+    m
+}
+
+/// Wait (bounded) until `cond` holds; the bound only keeps a broken build from hanging.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("never happened: {what}");
+}
+
+#[test]
+fn real_nodes_form_an_office_reject_intruders_and_notice_loss() {
+    let t = tempfile::tempdir().unwrap();
+    let pk = out(Command::new(swarmcc())
+        .args(["office", "init", "--name", "acme", "--dir"])
+        .arg(t.path().join("office")));
+    out(Command::new(swarmcc())
+        .args(["office", "init", "--name", "acme", "--dir"])
+        .arg(t.path().join("forger")));
+    let key = t.path().join("office/office.key");
+    let (n1, p1) = office_node(&key, &pk, None, None);
+    let addr = view(&n1)["listen"][0].as_str().unwrap().to_string();
+    let boot = format!("{addr}/p2p/{p1}");
+    let (mut n2, p2) = office_node(&key, &pk, Some(&boot), None);
+    let (n3, p3) = office_node(&key, &pk, Some(&boot), None);
+    // Intruders: a token signed by another key, and node 1's token presented by another peer.
+    let forged_key = t.path().join("forger/office.key");
+    let forger_env = Env::new("");
+    let forger_peer = out(forger_env.cmd(swarmcc()).args(["node", "id"]));
+    drop(forger_env);
+    let forged = out(Command::new(swarmcc())
+        .args(["token", "builder", "--peer", &forger_peer, "--office-key"])
+        .arg(&forged_key));
+    let (n4, p4) = office_node(&forged_key, &pk, Some(&boot), Some(forged));
+    let stolen = out(Command::new(swarmcc())
+        .args(["token", "builder", "--peer", &p1, "--office-key"])
+        .arg(&key));
+    let (n5, p5) = office_node(&key, &pk, Some(&boot), Some(stolen));
+    let _ = &n4;
+    let _ = &n5;
+
+    let want = |a: &str, b: &str| {
+        let mut v = vec![a.to_string(), b.to_string()];
+        v.sort();
+        v
+    };
+    eventually("nodes 1-3 see exactly each other", || {
+        members(&n1) == want(&p2, &p3)
+            && members(&n2) == want(&p1, &p3)
+            && members(&n3) == want(&p1, &p2)
+    });
+    let v1 = view(&n1);
+    let rej = &v1["rejections"];
+    assert!(rej["forged token"].as_u64().unwrap_or(0) >= 1, "{v1}");
+    assert!(
+        rej["token of another peer"].as_u64().unwrap_or(0) >= 1,
+        "{v1}"
+    );
+    for n in [&n1, &n2, &n3] {
+        let m = members(n);
+        assert!(
+            !m.contains(&p4) && !m.contains(&p5),
+            "an intruder became a member: {m:?}"
+        );
+    }
+
+    // Node 2 dies: the others notice (liveness is the application's job).
+    n2.kill_node();
+    eventually("node 2 is noticed lost", || {
+        members(&n1) == vec![p3.clone()] && members(&n3) == vec![p1.clone()]
+    });
+    // It comes back with the same identity and rejoins, no operator action.
+    n2.start_node();
+    eventually("node 2 rejoins", || {
+        members(&n1) == want(&p2, &p3) && members(&n3) == want(&p1, &p2)
+    });
+}

@@ -60,6 +60,8 @@ pub struct Builder {
     /// is re-hashed once before a job trusts it.
     verified: Mutex<std::collections::HashSet<Hash32>>,
     pub max_jobs: usize,
+    /// Jobs running now (reported to the office).
+    pub running: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Builder {
@@ -89,6 +91,7 @@ impl Builder {
             seq: AtomicU64::new(0),
             verified: Mutex::new(std::collections::HashSet::new()),
             max_jobs,
+            running: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         })
     }
 
@@ -168,7 +171,9 @@ impl Builder {
             .unwrap_or_else(|p| p.into_inner())
             .pop()
             .ok_or_else(|| JobError::Internal("no free slot".into()))?;
+        self.running.fetch_add(1, Ordering::Relaxed);
         let res = self.run_in_slot(job, slot).await;
+        self.running.fetch_sub(1, Ordering::Relaxed);
         self.free_slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -49,6 +49,76 @@ pub struct Config {
     pub node: NodeConfig,
     pub sandbox: SandboxConfig,
     pub dist: DistConfig,
+    pub network: NetworkConfig,
+    /// Office membership; without it the node works alone (no network).
+    pub office: Option<OfficeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// libp2p listen multiaddrs.
+    pub listen: Vec<String>,
+    /// Peers to dial at start and keep dialing (multiaddrs ending in /p2p/<id>),
+    /// for offices spanning subnets or runs without mDNS.
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// A member not heard from for this long is lost.
+    pub liveness_timeout_ms: u64,
+    /// How often a node reports to its peers.
+    pub report_interval_ms: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: vec!["/ip4/0.0.0.0/tcp/10601".into()],
+            bootstrap: Vec::new(),
+            mdns: true,
+            liveness_timeout_ms: 3000,
+            report_interval_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfficeConfig {
+    pub name: String,
+    /// `swcc-office:...` as `swarmcc office init` printed it.
+    pub public_key: String,
+    /// This machine's builder token, or a file holding it.
+    pub builder_token: Option<String>,
+    pub builder_token_file: Option<PathBuf>,
+    /// A client token (for machines that only submit), or a file holding it.
+    pub client_token: Option<String>,
+    pub client_token_file: Option<PathBuf>,
+    /// An office-signed revocation list (`swarmcc office revoke`).
+    pub revocations: Option<String>,
+}
+
+impl OfficeConfig {
+    /// The token this node presents: its builder token, else its client token.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let read =
+            |inline: &Option<String>, file: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+                match (inline, file) {
+                    (Some(t), _) => Ok(Some(t.trim().to_string())),
+                    (None, Some(f)) => Ok(Some(
+                        std::fs::read_to_string(f)
+                            .map_err(|e| anyhow::anyhow!("token file {}: {e}", f.display()))?
+                            .trim()
+                            .to_string(),
+                    )),
+                    (None, None) => Ok(None),
+                }
+            };
+        Ok(match read(&self.builder_token, &self.builder_token_file)? {
+            Some(t) => Some(t),
+            None => read(&self.client_token, &self.client_token_file)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

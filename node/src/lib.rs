@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod identity;
 pub mod lru;
+pub mod net;
 pub mod sandbox;
 pub mod server;
 pub mod stats;

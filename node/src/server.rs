@@ -30,6 +30,7 @@ pub struct Node {
     stats: Arc<StatsStore>,
     name: String,
     shutdown: watch::Sender<bool>,
+    office: Option<Arc<std::sync::Mutex<swarmcc_protocol::swarm::OfficeView>>>,
 }
 
 /// Concurrent client connections served at once.
@@ -69,6 +70,22 @@ pub async fn run(cfg: Config) -> Result<()> {
     let builder = Builder::new(&cfg, &visible, store.clone())?;
     let stats = StatsStore::open(state.join("stats.json"));
     stats.spawn_saver(Duration::from_secs(1));
+    let office = match &cfg.office {
+        Some(oc) => {
+            let keypair = crate::identity::node_keypair(&state.join("node.key"))?;
+            tracing::info!(peer = %keypair.public().to_peer_id(), office = %oc.name, "joining office");
+            let params = crate::net::NetParams {
+                keypair,
+                office: oc.clone(),
+                network: cfg.network.clone(),
+                name: hostname(),
+                cores: builder.max_jobs as u32,
+                builds: cannot_build.is_none(),
+            };
+            Some(crate::net::spawn(params, builder.running.clone())?)
+        }
+        None => None,
+    };
     let (tx, mut rx) = watch::channel(false);
     let node = Arc::new(Node {
         cache,
@@ -78,6 +95,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         stats: stats.clone(),
         name: hostname(),
         shutdown: tx,
+        office,
     });
 
     let sock = cfg.socket_path();
@@ -195,6 +213,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::RecordLocal { .. } => "record_local",
         Request::RecordRequest => "record_request",
         Request::Stats => "stats",
+        Request::Status => "status",
         Request::ZeroStats => "zero_stats",
         Request::Shutdown => "shutdown",
     }
@@ -335,6 +354,10 @@ async fn handle(node: &Node, req: Request) -> Response {
             Response::Ok
         }
         Request::Stats => Response::Stats(node.stats.snapshot()),
+        Request::Status => Response::Status(match &node.office {
+            Some(v) => v.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            None => swarmcc_protocol::swarm::OfficeView::default(),
+        }),
         Request::ZeroStats => {
             node.stats.zero();
             Response::Ok

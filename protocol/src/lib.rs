@@ -9,6 +9,7 @@ pub mod hash;
 pub mod job;
 pub mod local;
 pub mod stats;
+pub mod swarm;
 pub mod token;
 
 pub use hash::{Hash32, ToolchainId};

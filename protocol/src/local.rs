@@ -81,6 +81,8 @@ pub enum Request {
     /// Count a compile answered by the cache or the swarm.
     RecordRequest,
     Stats,
+    /// This node's view of its office.
+    Status,
     ZeroStats,
     Shutdown,
 }
@@ -107,6 +109,7 @@ pub enum Response {
         builder: String,
     },
     Stats(Stats),
+    Status(crate::swarm::OfficeView),
     Ok,
     /// The node could not do what was asked; the wrapper compiles locally.
     Error(String),

@@ -1,0 +1,520 @@
+//! The node's place in its office: libp2p (TCP + noise + yamux), discovery by
+//! mDNS, Kademlia and configured bootstrap peers, token-checked membership,
+//! and liveness.
+//!
+//! Every connection starts with a `Hello` each way carrying the sender's
+//! office token; a peer becomes a member only when its token verifies for
+//! this office and (for a builder token) names the peer id that noise
+//! authenticated. Anything else is answered `Rejected`, logged, counted and
+//! disconnected. libp2p notices neither dead TCP peers nor healed
+//! partitions, so liveness is ours: members report every
+//! `report_interval_ms`, one not heard from for `liveness_timeout_ms` is
+//! lost, and wanted peers are redialled with backoff.
+
+use crate::config::{NetworkConfig, OfficeConfig};
+use anyhow::{Context, Result};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    identify, kad, mdns, noise, request_response, tcp, yamux, Multiaddr, PeerId, StreamProtocol,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use swarmcc_protocol::swarm::{
+    CtlRequest, CtlResponse, Hello, MemberInfo, OfficeView, Report, CTL_MAX, CTL_PROTOCOL,
+    KAD_PROTOCOL,
+};
+use swarmcc_protocol::token::{OfficePublicKey, RevocationList, Subject, Token, TokenError};
+
+const VERSION: u32 = 1;
+
+/// Length-prefixed bincode for the control protocol, bounded by [`CTL_MAX`].
+#[derive(Clone, Default)]
+pub struct CtlCodec;
+
+async fn read_msg<T: AsyncRead + Unpin + Send, M: serde::de::DeserializeOwned>(
+    io: &mut T,
+) -> io::Result<M> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let n = u32::from_be_bytes(len);
+    if n > CTL_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {n} bytes exceeds the bound"),
+        ));
+    }
+    let mut buf = vec![0u8; n as usize];
+    io.read_exact(&mut buf).await?;
+    swarmcc_protocol::frame::decode(&buf)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+async fn write_msg<T: AsyncWrite + Unpin + Send, M: serde::Serialize>(
+    io: &mut T,
+    m: &M,
+) -> io::Result<()> {
+    let body = swarmcc_protocol::frame::encode(m)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    if body.len() > CTL_MAX as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message too large",
+        ));
+    }
+    io.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    io.write_all(&body).await?;
+    io.flush().await
+}
+
+impl request_response::Codec for CtlCodec {
+    type Protocol = StreamProtocol;
+    type Request = CtlRequest;
+    type Response = CtlResponse;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<CtlRequest> {
+        read_msg(io).await
+    }
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<CtlResponse> {
+        read_msg(io).await
+    }
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: CtlRequest,
+    ) -> io::Result<()> {
+        write_msg(io, &r).await
+    }
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: CtlResponse,
+    ) -> io::Result<()> {
+        write_msg(io, &r).await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    ctl: request_response::Behaviour<CtlCodec>,
+}
+
+/// What this node brings to its office.
+pub struct NetParams {
+    pub keypair: libp2p_identity::Keypair,
+    pub office: OfficeConfig,
+    pub network: NetworkConfig,
+    pub name: String,
+    pub cores: u32,
+    pub builds: bool,
+}
+
+struct Member {
+    name: String,
+    role: String,
+    cores: u32,
+    running_jobs: u32,
+    last_seen: Instant,
+}
+
+struct Wanted {
+    addr: Multiaddr,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+struct State {
+    office: String,
+    key: OfficePublicKey,
+    revoked: Option<RevocationList>,
+    hello: Hello,
+    members: HashMap<PeerId, Member>,
+    wanted: HashMap<PeerId, Wanted>,
+    to_drop: HashSet<PeerId>,
+    loopback_peers: HashSet<PeerId>,
+    rejections: BTreeMap<String, u64>,
+    listen: Vec<String>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn reason_key(e: &TokenError) -> &'static str {
+    match e {
+        TokenError::Malformed(_) => "malformed token",
+        TokenError::BadSignature => "forged token",
+        TokenError::WrongOffice { .. } => "wrong office",
+        TokenError::Expired => "expired token",
+        TokenError::NotYetValid => "token not yet valid",
+        TokenError::Revoked => "revoked token",
+        TokenError::WrongPeer { .. } => "token of another peer",
+        TokenError::WrongKind { .. } => "wrong token kind",
+    }
+}
+
+impl State {
+    /// Check a peer's Hello: its role, or the reason (key, detail) it is refused.
+    fn verify(&self, h: &Hello, peer: &PeerId) -> Result<String, (&'static str, String)> {
+        if h.office != self.office {
+            return Err(("wrong office", format!("office {:?}", h.office)));
+        }
+        let token: Token = h
+            .token
+            .parse()
+            .map_err(|e: TokenError| (reason_key(&e), e.to_string()))?;
+        let rev = self.revoked.as_ref();
+        let now = now_secs();
+        let role = match &token.body.subject {
+            Subject::Builder { coordinator, .. } => {
+                token
+                    .verify_builder(&self.key, &self.office, now, rev, &peer.to_string())
+                    .map_err(|e| (reason_key(&e), e.to_string()))?;
+                if *coordinator {
+                    "builder+coordinator"
+                } else {
+                    "builder"
+                }
+            }
+            Subject::Client { .. } => {
+                token
+                    .verify_client(&self.key, &self.office, now, rev)
+                    .map_err(|e| (reason_key(&e), e.to_string()))?;
+                "client"
+            }
+        };
+        Ok(role.to_string())
+    }
+
+    fn admit(&mut self, peer: PeerId, h: &Hello) -> Result<(), String> {
+        match self.verify(h, &peer) {
+            Ok(role) => {
+                let new = !self.members.contains_key(&peer);
+                let entry = self.members.entry(peer).or_insert(Member {
+                    name: h.name.clone(),
+                    role: role.clone(),
+                    cores: h.cores,
+                    running_jobs: 0,
+                    last_seen: Instant::now(),
+                });
+                entry.last_seen = Instant::now();
+                if new {
+                    tracing::info!(%peer, name = %h.name, role, "member joined");
+                }
+                Ok(())
+            }
+            Err((key, detail)) => {
+                tracing::warn!(%peer, reason = key, detail, "peer rejected");
+                *self.rejections.entry(key.to_string()).or_default() += 1;
+                self.members.remove(&peer);
+                self.to_drop.insert(peer);
+                Err(format!("{key}: {detail}"))
+            }
+        }
+    }
+
+    fn view(&self, me: &PeerId) -> OfficeView {
+        let mut members: Vec<MemberInfo> = self
+            .members
+            .iter()
+            .map(|(p, m)| MemberInfo {
+                peer: p.to_string(),
+                name: m.name.clone(),
+                role: m.role.clone(),
+                cores: m.cores,
+                running_jobs: m.running_jobs,
+                last_seen_ms: m.last_seen.elapsed().as_millis() as u64,
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name).then(a.peer.cmp(&b.peer)));
+        OfficeView {
+            office: Some(self.office.clone()),
+            me: me.to_string(),
+            listen: self.listen.clone(),
+            members,
+            rejections: self.rejections.clone(),
+        }
+    }
+}
+
+/// Start the network task; the returned view is kept current for `status`.
+pub fn spawn(
+    p: NetParams,
+    running_jobs: Arc<std::sync::atomic::AtomicU32>,
+) -> Result<Arc<Mutex<OfficeView>>> {
+    let key: OfficePublicKey = p.office.public_key.parse().context("[office] public_key")?;
+    let revoked = match &p.office.revocations {
+        Some(text) => {
+            let list: RevocationList = text.parse().context("[office] revocations")?;
+            list.verify(&key, &p.office.name)
+                .context("[office] revocations")?;
+            Some(list)
+        }
+        None => None,
+    };
+    let token = p
+        .office
+        .token()?
+        .context("[office] needs a builder_token or client_token")?;
+    let me = p.keypair.public().to_peer_id();
+    let mdns_on = p.network.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(p.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|k| {
+            let id = k.public().to_peer_id();
+            let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            kcfg.set_query_timeout(Duration::from_secs(30));
+            let mdns = if mdns_on {
+                let cfg = mdns::Config {
+                    query_interval: Duration::from_secs(5),
+                    ..Default::default()
+                };
+                Some(mdns::tokio::Behaviour::new(cfg, id)?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/swarmcc/id/1".into(), k.public())
+                        .with_push_listen_addr_updates(true),
+                ),
+                mdns: mdns.into(),
+                kad: kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kcfg),
+                ctl: request_response::Behaviour::new(
+                    [(
+                        StreamProtocol::new(CTL_PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(5)),
+                ),
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("network set-up: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+    for a in &p.network.listen {
+        let addr: Multiaddr = a
+            .parse()
+            .with_context(|| format!("[network] listen {a:?}"))?;
+        swarm
+            .listen_on(addr)
+            .with_context(|| format!("listening on {a}"))?;
+    }
+    let mut state = State {
+        office: p.office.name.clone(),
+        key,
+        revoked,
+        hello: Hello {
+            version: VERSION,
+            office: p.office.name.clone(),
+            token,
+            name: p.name,
+            cores: p.cores,
+            builds: p.builds,
+        },
+        members: HashMap::new(),
+        wanted: HashMap::new(),
+        to_drop: HashSet::new(),
+        loopback_peers: HashSet::new(),
+        rejections: BTreeMap::new(),
+        listen: Vec::new(),
+    };
+    for b in &p.network.bootstrap {
+        let addr: Multiaddr = b
+            .parse()
+            .with_context(|| format!("[network] bootstrap {b:?}"))?;
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+            anyhow::bail!("[network] bootstrap {b:?} must end in /p2p/<peer id>");
+        };
+        if peer != me {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            state.wanted.insert(
+                peer,
+                Wanted {
+                    addr,
+                    next_try: Instant::now(),
+                    backoff: Duration::from_millis(250),
+                },
+            );
+        }
+    }
+    let view = Arc::new(Mutex::new(state.view(&me)));
+    let view2 = view.clone();
+    let period = Duration::from_millis(p.network.report_interval_ms.max(50));
+    let timeout = Duration::from_millis(p.network.liveness_timeout_ms.max(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                ev = swarm.select_next_some() => handle(&mut swarm, &mut state, ev),
+                _ = tick.tick() => {
+                    let report = Report { running_jobs: running_jobs.load(std::sync::atomic::Ordering::Relaxed), cores: state.hello.cores };
+                    let now = Instant::now();
+                    let lost: Vec<PeerId> = state.members.iter().filter(|(_, m)| now.duration_since(m.last_seen) > timeout).map(|(p, _)| *p).collect();
+                    for peer in lost {
+                        tracing::warn!(%peer, "member lost (silent for {timeout:?})");
+                        state.members.remove(&peer);
+                        // Its connection may look alive (TCP notices nothing):
+                        // drop it, so that the redial starts from scratch.
+                        let _ = swarm.disconnect_peer_id(peer);
+                    }
+                    for peer in state.members.keys().copied().collect::<Vec<_>>() {
+                        swarm.behaviour_mut().ctl.send_request(&peer, CtlRequest::Report(report.clone()));
+                    }
+                    for peer in state.to_drop.drain().collect::<Vec<_>>() {
+                        let _ = swarm.disconnect_peer_id(peer);
+                    }
+                    for (peer, w) in state.wanted.iter_mut() {
+                        if !swarm.is_connected(peer) && w.next_try <= now {
+                            let opts = DialOpts::peer_id(*peer).condition(PeerCondition::DisconnectedAndNotDialing).addresses(vec![w.addr.clone()]).build();
+                            let _ = swarm.dial(opts);
+                            w.next_try = now + w.backoff;
+                            w.backoff = (w.backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = state.view(&me);
+                }
+            }
+        }
+    });
+    Ok(view)
+}
+
+fn is_loopback(a: &Multiaddr) -> bool {
+    a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+fn handle(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, ev: SwarmEvent<BehaviourEvent>) {
+    match ev {
+        SwarmEvent::NewListenAddr { address, .. } => {
+            tracing::info!(%address, "listening");
+            state.listen.push(address.to_string());
+        }
+        SwarmEvent::ConnectionEstablished {
+            peer_id, endpoint, ..
+        } => {
+            if is_loopback(endpoint.get_remote_address()) {
+                state.loopback_peers.insert(peer_id);
+            }
+            if let Some(w) = state.wanted.get_mut(&peer_id) {
+                w.backoff = Duration::from_millis(250);
+            }
+            if !state.members.contains_key(&peer_id) {
+                swarm
+                    .behaviour_mut()
+                    .ctl
+                    .send_request(&peer_id, CtlRequest::Hello(state.hello.clone()));
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+            for (peer, addr) in list {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                state.wanted.entry(peer).or_insert(Wanted {
+                    addr,
+                    next_try: Instant::now(),
+                    backoff: Duration::from_millis(250),
+                });
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            peer_id,
+            info,
+            ..
+        })) => {
+            let local = state.loopback_peers.contains(&peer_id);
+            for a in info.listen_addrs {
+                if local || !is_loopback(&a) {
+                    swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                }
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message {
+            peer,
+            message,
+            ..
+        })) => {
+            match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let resp = match request {
+                        CtlRequest::Hello(h) => match state.admit(peer, &h) {
+                            Ok(()) => CtlResponse::Hello(state.hello.clone()),
+                            Err(why) => CtlResponse::Rejected(why),
+                        },
+                        CtlRequest::Report(r) => match state.members.get_mut(&peer) {
+                            Some(m) => {
+                                m.last_seen = Instant::now();
+                                m.running_jobs = r.running_jobs;
+                                m.cores = r.cores;
+                                CtlResponse::Ack
+                            }
+                            None => {
+                                // Not (or no longer) a member: ask for a Hello again.
+                                swarm
+                                    .behaviour_mut()
+                                    .ctl
+                                    .send_request(&peer, CtlRequest::Hello(state.hello.clone()));
+                                CtlResponse::Rejected("not a member; send Hello".into())
+                            }
+                        },
+                    };
+                    let _ = swarm.behaviour_mut().ctl.send_response(channel, resp);
+                }
+                request_response::Message::Response { response, .. } => match response {
+                    CtlResponse::Hello(h) => {
+                        let _ = state.admit(peer, &h);
+                    }
+                    CtlResponse::Ack => {
+                        if let Some(m) = state.members.get_mut(&peer) {
+                            m.last_seen = Instant::now();
+                        }
+                    }
+                    CtlResponse::Rejected(why) => {
+                        tracing::debug!(%peer, why, "peer refused our request")
+                    }
+                },
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::OutboundFailure {
+            peer,
+            error,
+            ..
+        })) => {
+            tracing::debug!(%peer, %error, "control request failed");
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,69 @@
+//! Messages between nodes of an office (libp2p request-response on
+//! [`CTL_PROTOCOL`]), bincode-encoded with a size bound.
+
+use serde::{Deserialize, Serialize};
+
+/// The control protocol's name; a new incompatible version gets a new name.
+pub const CTL_PROTOCOL: &str = "/swarmcc/ctl/1";
+/// Kademlia protocol name of swarmcc offices (not the public IPFS DHT).
+pub const KAD_PROTOCOL: &str = "/swarmcc/kad/1";
+/// Bound on one control message, checked before allocating.
+pub const CTL_MAX: u32 = 64 << 10;
+
+/// What a node says about itself when it meets a peer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u32,
+    pub office: String,
+    /// A builder token (for this peer id) or a client token, in text form.
+    pub token: String,
+    /// Human name (host name) for status displays.
+    pub name: String,
+    pub cores: u32,
+    /// Whether it runs jobs (bubblewrap works and `builder = true`).
+    pub builds: bool,
+}
+
+/// A node's periodic report: also its liveness signal.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Report {
+    pub running_jobs: u32,
+    pub cores: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CtlRequest {
+    Hello(Hello),
+    Report(Report),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CtlResponse {
+    Hello(Hello),
+    Ack,
+    /// The request's sender is not accepted; the reason is for its logs.
+    Rejected(String),
+}
+
+/// A member of the office as a node sees it (for `swarmcc status`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub peer: String,
+    pub name: String,
+    /// "builder", "builder+coordinator" or "client".
+    pub role: String,
+    pub cores: u32,
+    pub running_jobs: u32,
+    pub last_seen_ms: u64,
+}
+
+/// A node's view of its office.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OfficeView {
+    pub office: Option<String>,
+    pub me: String,
+    pub listen: Vec<String>,
+    pub members: Vec<MemberInfo>,
+    /// Peers refused since start, by reason.
+    pub rejections: std::collections::BTreeMap<String, u64>,
+}

@@ -144,6 +144,15 @@ fn office_node(
     )
     .unwrap();
     env.start_node();
+    // Keep the port it got, so that a restart comes back where peers look.
+    eventually("the node listens", || view(&env)["listen"][0].is_string());
+    let addr = view(&env)["listen"][0].as_str().unwrap().to_string();
+    let cfg = std::fs::read_to_string(env.state().join("config.toml")).unwrap();
+    std::fs::write(
+        env.state().join("config.toml"),
+        cfg.replace("/ip4/127.0.0.1/tcp/0", &addr),
+    )
+    .unwrap();
     (env, peer)
 }
 
@@ -230,6 +239,18 @@ fn real_nodes_form_an_office_reject_intruders_and_notice_loss() {
         );
     }
 
+    // Exactly one coordinator, the same for all.
+    let coord = |n: &Env| view(n)["coordinator"].as_str().map(String::from);
+    eventually("one coordinator agreed by all", || {
+        let c = coord(&n1);
+        c.is_some() && c == coord(&n2) && c == coord(&n3)
+    });
+    let first = coord(&n1).unwrap();
+    assert!(
+        [&p1, &p2, &p3].contains(&&first),
+        "an intruder coordinates: {first}"
+    );
+
     // Node 2 dies: the others notice (liveness is the application's job).
     n2.kill_node();
     eventually("node 2 is noticed lost", || {
@@ -240,4 +261,33 @@ fn real_nodes_form_an_office_reject_intruders_and_notice_loss() {
     eventually("node 2 rejoins", || {
         members(&n1) == want(&p2, &p3) && members(&n3) == want(&p1, &p2)
     });
+
+    // The coordinator dies: the others agree on another one.
+    let mut nodes = vec![(n1, p1), (n2, p2), (n3, p3)];
+    let idx = nodes.iter().position(|(_, p)| *p == first).unwrap();
+    let (mut dead, dead_peer) = nodes.remove(idx);
+    dead.kill_node();
+    eventually("a new coordinator after the old one died", || {
+        let a = coord(&nodes[0].0);
+        a.is_some() && a.as_deref() != Some(first.as_str()) && a == coord(&nodes[1].0)
+    });
+    let second = coord(&nodes[0].0).unwrap();
+    // The old coordinator comes back and does not take over (no flapping).
+    dead.start_node();
+    eventually("the old coordinator rejoins as a member", || {
+        members(&nodes[0].0).contains(&dead_peer)
+    });
+    eventually("and follows the new coordinator", || {
+        coord(&dead).as_deref() == Some(second.as_str())
+    });
+    for _ in 0..10 {
+        for (n, _) in &nodes {
+            assert_eq!(
+                coord(n).as_deref(),
+                Some(second.as_str()),
+                "the coordinator changed after a rejoin"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

@@ -76,8 +76,8 @@ impl Default for NetworkConfig {
             listen: vec!["/ip4/0.0.0.0/tcp/10601".into()],
             bootstrap: Vec::new(),
             mdns: true,
-            liveness_timeout_ms: 3000,
-            report_interval_ms: 1000,
+            liveness_timeout_ms: 2000,
+            report_interval_ms: 500,
         }
     }
 }

@@ -130,6 +130,8 @@ pub struct NetParams {
 struct Member {
     name: String,
     role: String,
+    /// Its token lets it coordinate.
+    eligible: bool,
     cores: u32,
     running_jobs: u32,
     last_seen: Instant,
@@ -152,6 +154,15 @@ struct State {
     loopback_peers: HashSet<PeerId>,
     rejections: BTreeMap<String, u64>,
     listen: Vec<String>,
+    me: PeerId,
+    /// Coordinator election: the highest term seen and its leader.
+    term: u64,
+    leader: Option<PeerId>,
+    /// Whether this node's own token lets it coordinate.
+    eligible: bool,
+    /// A joiner listens this long before it may start an election, so it
+    /// learns (and keeps) a healthy coordinator instead of taking over.
+    quiet_until: Instant,
 }
 
 fn now_secs() -> u64 {
@@ -213,6 +224,7 @@ impl State {
                 let new = !self.members.contains_key(&peer);
                 let entry = self.members.entry(peer).or_insert(Member {
                     name: h.name.clone(),
+                    eligible: role.ends_with("coordinator"),
                     role: role.clone(),
                     cores: h.cores,
                     running_jobs: 0,
@@ -222,6 +234,7 @@ impl State {
                 if new {
                     tracing::info!(%peer, name = %h.name, role, "member joined");
                 }
+                self.consider(h.term, h.leader.as_deref());
                 Ok(())
             }
             Err((key, detail)) => {
@@ -231,6 +244,58 @@ impl State {
                 self.to_drop.insert(peer);
                 Err(format!("{key}: {detail}"))
             }
+        }
+    }
+
+    /// Take in a peer's election state: a higher term wins; at equal terms
+    /// (two sides of a healed partition), the lower peer id. Only a leader
+    /// whose token allows coordinating is accepted.
+    fn consider(&mut self, term: u64, leader: Option<&str>) {
+        let Some(leader) = leader.and_then(|l| l.parse::<PeerId>().ok()) else {
+            return;
+        };
+        let allowed = if leader == self.me {
+            self.eligible
+        } else {
+            self.members.get(&leader).is_some_and(|m| m.eligible)
+        };
+        if !allowed {
+            return;
+        }
+        let better =
+            term > self.term || (term == self.term && self.leader.is_none_or(|cur| leader < cur));
+        if better {
+            if self.leader != Some(leader) {
+                tracing::info!(%leader, term, "coordinator");
+            }
+            self.term = term;
+            self.leader = Some(leader);
+        }
+    }
+
+    /// On every tick: forget a lost leader; with none, the lowest live
+    /// eligible peer id (this node included) starts a new term.
+    fn elect(&mut self, now: Instant) {
+        if let Some(l) = self.leader {
+            if l != self.me && !self.members.contains_key(&l) {
+                tracing::warn!(leader = %l, term = self.term, "coordinator lost");
+                self.leader = None;
+            }
+        }
+        if self.leader.is_some() || now < self.quiet_until {
+            return;
+        }
+        let candidate = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.eligible)
+            .map(|(p, _)| *p)
+            .chain(self.eligible.then_some(self.me))
+            .min();
+        if candidate == Some(self.me) {
+            self.term += 1;
+            self.leader = Some(self.me);
+            tracing::info!(term = self.term, "became coordinator");
         }
     }
 
@@ -254,6 +319,8 @@ impl State {
             listen: self.listen.clone(),
             members,
             rejections: self.rejections.clone(),
+            coordinator: self.leader.map(|l| l.to_string()),
+            term: self.term,
         }
     }
 }
@@ -339,6 +406,8 @@ pub fn spawn(
             name: p.name,
             cores: p.cores,
             builds: p.builds,
+            term: 0,
+            leader: None,
         },
         members: HashMap::new(),
         wanted: HashMap::new(),
@@ -346,7 +415,22 @@ pub fn spawn(
         loopback_peers: HashSet::new(),
         rejections: BTreeMap::new(),
         listen: Vec::new(),
+        me,
+        term: 0,
+        leader: None,
+        eligible: false,
+        quiet_until: Instant::now()
+            + 3 * Duration::from_millis(p.network.report_interval_ms.max(50)),
     };
+    state.eligible = state.hello.token.parse::<Token>().is_ok_and(|t| {
+        matches!(
+            t.body.subject,
+            Subject::Builder {
+                coordinator: true,
+                ..
+            }
+        ) && p.builds
+    });
     for b in &p.network.bootstrap {
         let addr: Multiaddr = b
             .parse()
@@ -376,7 +460,6 @@ pub fn spawn(
             tokio::select! {
                 ev = swarm.select_next_some() => handle(&mut swarm, &mut state, ev),
                 _ = tick.tick() => {
-                    let report = Report { running_jobs: running_jobs.load(std::sync::atomic::Ordering::Relaxed), cores: state.hello.cores };
                     let now = Instant::now();
                     let lost: Vec<PeerId> = state.members.iter().filter(|(_, m)| now.duration_since(m.last_seen) > timeout).map(|(p, _)| *p).collect();
                     for peer in lost {
@@ -386,6 +469,15 @@ pub fn spawn(
                         // drop it, so that the redial starts from scratch.
                         let _ = swarm.disconnect_peer_id(peer);
                     }
+                    state.elect(now);
+                    state.hello.term = state.term;
+                    state.hello.leader = state.leader.map(|l| l.to_string());
+                    let report = Report {
+                        running_jobs: running_jobs.load(std::sync::atomic::Ordering::Relaxed),
+                        cores: state.hello.cores,
+                        term: state.term,
+                        leader: state.hello.leader.clone(),
+                    };
                     for peer in state.members.keys().copied().collect::<Vec<_>>() {
                         swarm.behaviour_mut().ctl.send_request(&peer, CtlRequest::Report(report.clone()));
                     }
@@ -456,7 +548,13 @@ fn handle(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, ev: SwarmEven
             let local = state.loopback_peers.contains(&peer_id);
             for a in info.listen_addrs {
                 if local || !is_loopback(&a) {
-                    swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                    swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
+                    // Every peer met is worth redialling after a drop or a partition.
+                    state.wanted.entry(peer_id).or_insert(Wanted {
+                        addr: a,
+                        next_try: Instant::now(),
+                        backoff: Duration::from_millis(250),
+                    });
                 }
             }
         }
@@ -479,6 +577,7 @@ fn handle(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, ev: SwarmEven
                                 m.last_seen = Instant::now();
                                 m.running_jobs = r.running_jobs;
                                 m.cores = r.cores;
+                                state.consider(r.term, r.leader.as_deref());
                                 CtlResponse::Ack
                             }
                             None => {

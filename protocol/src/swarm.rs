@@ -22,6 +22,9 @@ pub struct Hello {
     pub cores: u32,
     /// Whether it runs jobs (bubblewrap works and `builder = true`).
     pub builds: bool,
+    /// Its view of the coordinator, so a joiner learns it at once.
+    pub term: u64,
+    pub leader: Option<String>,
 }
 
 /// A node's periodic report: also its liveness signal.
@@ -29,6 +32,9 @@ pub struct Hello {
 pub struct Report {
     pub running_jobs: u32,
     pub cores: u32,
+    /// The sender's coordinator election state.
+    pub term: u64,
+    pub leader: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,4 +72,7 @@ pub struct OfficeView {
     pub members: Vec<MemberInfo>,
     /// Peers refused since start, by reason.
     pub rejections: std::collections::BTreeMap<String, u64>,
+    /// The office's coordinator as this node sees it, and its term.
+    pub coordinator: Option<String>,
+    pub term: u64,
 }

@@ -119,6 +119,7 @@ fn office_node(
     pk: &str,
     boot: Option<&str>,
     token: Option<String>,
+    extra: &str,
 ) -> (Env, String) {
     let mut env = Env::new("");
     let peer = out(env.cmd(swarmcc()).args(["node", "id"]));
@@ -139,7 +140,7 @@ fn office_node(
         env.state().join("config.toml"),
         format!(
             "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
-             [office]\nname = \"acme\"\npublic_key = \"{pk}\"\nbuilder_token = \"{token}\"\n"
+             [office]\nname = \"acme\"\npublic_key = \"{pk}\"\nbuilder_token = \"{token}\"\n{extra}"
         ),
     )
     .unwrap();
@@ -193,11 +194,11 @@ fn real_nodes_form_an_office_reject_intruders_and_notice_loss() {
         .args(["office", "init", "--name", "acme", "--dir"])
         .arg(t.path().join("forger")));
     let key = t.path().join("office/office.key");
-    let (n1, p1) = office_node(&key, &pk, None, None);
+    let (n1, p1) = office_node(&key, &pk, None, None, "");
     let addr = view(&n1)["listen"][0].as_str().unwrap().to_string();
     let boot = format!("{addr}/p2p/{p1}");
-    let (mut n2, p2) = office_node(&key, &pk, Some(&boot), None);
-    let (n3, p3) = office_node(&key, &pk, Some(&boot), None);
+    let (mut n2, p2) = office_node(&key, &pk, Some(&boot), None, "");
+    let (n3, p3) = office_node(&key, &pk, Some(&boot), None, "");
     // Intruders: a token signed by another key, and node 1's token presented by another peer.
     let forged_key = t.path().join("forger/office.key");
     let forger_env = Env::new("");
@@ -206,11 +207,11 @@ fn real_nodes_form_an_office_reject_intruders_and_notice_loss() {
     let forged = out(Command::new(swarmcc())
         .args(["token", "builder", "--peer", &forger_peer, "--office-key"])
         .arg(&forged_key));
-    let (n4, p4) = office_node(&forged_key, &pk, Some(&boot), Some(forged));
+    let (n4, p4) = office_node(&forged_key, &pk, Some(&boot), Some(forged), "");
     let stolen = out(Command::new(swarmcc())
         .args(["token", "builder", "--peer", &p1, "--office-key"])
         .arg(&key));
-    let (n5, p5) = office_node(&key, &pk, Some(&boot), Some(stolen));
+    let (n5, p5) = office_node(&key, &pk, Some(&boot), Some(stolen), "");
     let _ = &n4;
     let _ = &n5;
 
@@ -290,4 +291,63 @@ fn real_nodes_form_an_office_reject_intruders_and_notice_loss() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_revocation_spreads_and_cuts_the_revoked_node_off() {
+    let t = tempfile::tempdir().unwrap();
+    let pk = out(Command::new(swarmcc())
+        .args(["office", "init", "--name", "acme", "--dir"])
+        .arg(t.path().join("office")));
+    let key = t.path().join("office/office.key");
+    let (n1, p1) = office_node(&key, &pk, None, None, "");
+    let boot = format!("{}/p2p/{p1}", view(&n1)["listen"][0].as_str().unwrap());
+    let (n2, p2) = office_node(&key, &pk, Some(&boot), None, "");
+    let (n3, p3) = office_node(&key, &pk, Some(&boot), None, "");
+    eventually("three members", || {
+        members(&n1).len() == 2 && members(&n2).len() == 2
+    });
+    // The admin revokes node 3's token; a node that joins later carries the list.
+    let cfg3 = std::fs::read_to_string(n3.state().join("config.toml")).unwrap();
+    let tok3 = cfg3
+        .lines()
+        .find_map(|l| l.strip_prefix("builder_token = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let shown = out(Command::new(swarmcc()).args(["token", "inspect", &tok3]));
+    let id = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let list = out(Command::new(swarmcc())
+        .args(["office", "revoke", "--office-key"])
+        .arg(&key)
+        .arg(&id));
+    let (n4, p4) = office_node(
+        &key,
+        &pk,
+        Some(&boot),
+        None,
+        &format!("revocations = \"{list}\"\n"),
+    );
+    eventually("nodes 1, 2 and 4 drop node 3 and keep each other", || {
+        let (m1, m2, m4) = (members(&n1), members(&n2), members(&n4));
+        !m1.contains(&p3)
+            && !m2.contains(&p3)
+            && !m4.contains(&p3)
+            && m1.contains(&p4)
+            && m2.contains(&p4)
+            && m1.contains(&p2)
+    });
+    assert!(
+        view(&n2)["rejections"]["revoked token"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{}",
+        view(&n2)
+    );
 }

@@ -132,6 +132,8 @@ struct Member {
     role: String,
     /// Its token lets it coordinate.
     eligible: bool,
+    /// Its token's id (for revocation).
+    token_id: [u8; 16],
     cores: u32,
     running_jobs: u32,
     last_seen: Instant,
@@ -163,7 +165,14 @@ struct State {
     /// A joiner listens this long before it may start an election, so it
     /// learns (and keeps) a healthy coordinator instead of taking over.
     quiet_until: Instant,
+    /// Peers refused recently: their connections are closed at once.
+    banned: HashMap<PeerId, Instant>,
+    /// Our Hello changed (a newer revocation list): send it to every member.
+    spread: bool,
 }
+
+/// How long a refused peer's connections are closed at once.
+const BAN: Duration = Duration::from_secs(60);
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -186,8 +195,13 @@ fn reason_key(e: &TokenError) -> &'static str {
 }
 
 impl State {
-    /// Check a peer's Hello: its role, or the reason (key, detail) it is refused.
-    fn verify(&self, h: &Hello, peer: &PeerId) -> Result<String, (&'static str, String)> {
+    /// Check a peer's Hello: its role and token id, or the reason (key,
+    /// detail) it is refused.
+    fn verify(
+        &self,
+        h: &Hello,
+        peer: &PeerId,
+    ) -> Result<(String, [u8; 16]), (&'static str, String)> {
         if h.office != self.office {
             return Err(("wrong office", format!("office {:?}", h.office)));
         }
@@ -215,16 +229,70 @@ impl State {
                 "client"
             }
         };
-        Ok(role.to_string())
+        Ok((role.to_string(), token.body.id))
+    }
+
+    /// Adopt a revocation list if it is valid and newer than ours; then drop
+    /// the members it revokes. Returns whether anything changed.
+    fn adopt_revocations(&mut self, text: &str) -> bool {
+        let Ok(list) = text.parse::<RevocationList>() else {
+            return false;
+        };
+        if list.verify(&self.key, &self.office).is_err() {
+            tracing::warn!("ignoring a revocation list that does not verify");
+            return false;
+        }
+        if self
+            .revoked
+            .as_ref()
+            .is_some_and(|cur| cur.body.issued_at >= list.body.issued_at)
+        {
+            return false;
+        }
+        self.spread = true;
+        tracing::info!(
+            revoked = list.body.revoked.len(),
+            "adopted a newer revocation list"
+        );
+        let gone: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| list.body.revoked.contains(&m.token_id))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in gone {
+            tracing::warn!(%peer, reason = "revoked token", "peer rejected");
+            *self.rejections.entry("revoked token".into()).or_default() += 1;
+            self.members.remove(&peer);
+            self.ban(peer);
+        }
+        self.hello.revocations = Some(list.to_string());
+        self.revoked = Some(list);
+        true
+    }
+
+    fn ban(&mut self, peer: PeerId) {
+        self.to_drop.insert(peer);
+        self.banned.insert(peer, Instant::now() + BAN);
+    }
+
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned
+            .get(peer)
+            .is_some_and(|until| Instant::now() < *until)
     }
 
     fn admit(&mut self, peer: PeerId, h: &Hello) -> Result<(), String> {
+        if let Some(text) = &h.revocations {
+            self.adopt_revocations(text);
+        }
         match self.verify(h, &peer) {
-            Ok(role) => {
+            Ok((role, token_id)) => {
                 let new = !self.members.contains_key(&peer);
                 let entry = self.members.entry(peer).or_insert(Member {
                     name: h.name.clone(),
                     eligible: role.ends_with("coordinator"),
+                    token_id,
                     role: role.clone(),
                     cores: h.cores,
                     running_jobs: 0,
@@ -241,7 +309,7 @@ impl State {
                 tracing::warn!(%peer, reason = key, detail, "peer rejected");
                 *self.rejections.entry(key.to_string()).or_default() += 1;
                 self.members.remove(&peer);
-                self.to_drop.insert(peer);
+                self.ban(peer);
                 Err(format!("{key}: {detail}"))
             }
         }
@@ -331,15 +399,12 @@ pub fn spawn(
     running_jobs: Arc<std::sync::atomic::AtomicU32>,
 ) -> Result<Arc<Mutex<OfficeView>>> {
     let key: OfficePublicKey = p.office.public_key.parse().context("[office] public_key")?;
-    let revoked = match &p.office.revocations {
-        Some(text) => {
-            let list: RevocationList = text.parse().context("[office] revocations")?;
-            list.verify(&key, &p.office.name)
-                .context("[office] revocations")?;
-            Some(list)
-        }
-        None => None,
-    };
+    // A bad list in the config is an error at start, not a silent no-op.
+    if let Some(text) = &p.office.revocations {
+        let list: RevocationList = text.parse().context("[office] revocations")?;
+        list.verify(&key, &p.office.name)
+            .context("[office] revocations")?;
+    }
     let token = p
         .office
         .token()?
@@ -398,7 +463,8 @@ pub fn spawn(
     let mut state = State {
         office: p.office.name.clone(),
         key,
-        revoked,
+        // Adopted just below, which also puts it into our Hello.
+        revoked: None,
         hello: Hello {
             version: VERSION,
             office: p.office.name.clone(),
@@ -408,6 +474,7 @@ pub fn spawn(
             builds: p.builds,
             term: 0,
             leader: None,
+            revocations: None,
         },
         members: HashMap::new(),
         wanted: HashMap::new(),
@@ -421,7 +488,12 @@ pub fn spawn(
         eligible: false,
         quiet_until: Instant::now()
             + 3 * Duration::from_millis(p.network.report_interval_ms.max(50)),
+        banned: HashMap::new(),
+        spread: false,
     };
+    if let Some(text) = &p.office.revocations {
+        state.adopt_revocations(text);
+    }
     state.eligible = state.hello.token.parse::<Token>().is_ok_and(|t| {
         matches!(
             t.body.subject,
@@ -478,14 +550,19 @@ pub fn spawn(
                         term: state.term,
                         leader: state.hello.leader.clone(),
                     };
+                    let spread = std::mem::take(&mut state.spread);
                     for peer in state.members.keys().copied().collect::<Vec<_>>() {
                         swarm.behaviour_mut().ctl.send_request(&peer, CtlRequest::Report(report.clone()));
+                        if spread {
+                            swarm.behaviour_mut().ctl.send_request(&peer, CtlRequest::Hello(state.hello.clone()));
+                        }
                     }
                     for peer in state.to_drop.drain().collect::<Vec<_>>() {
                         let _ = swarm.disconnect_peer_id(peer);
                     }
+                    let banned: HashSet<PeerId> = state.banned.iter().filter(|(_, u)| now < **u).map(|(p, _)| *p).collect();
                     for (peer, w) in state.wanted.iter_mut() {
-                        if !swarm.is_connected(peer) && w.next_try <= now {
+                        if !banned.contains(peer) && !swarm.is_connected(peer) && w.next_try <= now {
                             let opts = DialOpts::peer_id(*peer).condition(PeerCondition::DisconnectedAndNotDialing).addresses(vec![w.addr.clone()]).build();
                             let _ = swarm.dial(opts);
                             w.next_try = now + w.backoff;
@@ -517,6 +594,10 @@ fn handle(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, ev: SwarmEven
         SwarmEvent::ConnectionEstablished {
             peer_id, endpoint, ..
         } => {
+            if state.is_banned(&peer_id) {
+                let _ = swarm.disconnect_peer_id(peer_id);
+                return;
+            }
             if is_loopback(endpoint.get_remote_address()) {
                 state.loopback_peers.insert(peer_id);
             }

@@ -25,6 +25,9 @@ pub struct Hello {
     /// Its view of the coordinator, so a joiner learns it at once.
     pub term: u64,
     pub leader: Option<String>,
+    /// The newest office-signed revocation list it knows (text form), so
+    /// that a revocation spreads to every node within seconds.
+    pub revocations: Option<String>,
 }
 
 /// A node's periodic report: also its liveness signal.

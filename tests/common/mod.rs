@@ -90,6 +90,19 @@ impl Env {
         format!("{a}{b}")
     }
 
+    /// The node process's resident memory, in KiB.
+    pub fn node_rss_kib(&self) -> Option<u64> {
+        let pid = self.node.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     pub fn kill_node(&mut self) {
         if let Some(mut c) = self.node.take() {
             let _ = c.kill();

@@ -9,51 +9,21 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn out(c: &mut Command) -> String {
-    String::from_utf8(run_ok(c).stdout)
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-fn view(env: &Env) -> serde_json::Value {
-    serde_json::from_str(&out(env.cmd(swarmcc()).args(["status", "--json"]))).unwrap()
-}
-
 fn main() {
     const NODES: usize = 4;
     const ROUNDS: usize = 5;
     let t = tempfile::tempdir().unwrap();
     let pk = out(Command::new(swarmcc())
-        .args(["office", "init", "--name", "bench", "--dir"])
+        .args(["office", "init", "--name", "acme", "--dir"])
         .arg(t.path().join("o")));
     let key = t.path().join("o/office.key");
     let mut nodes: Vec<(Env, String, String)> = Vec::new();
-    let mut boot = String::new();
-    for i in 0..NODES {
-        let mut env = Env::new("");
-        let peer = out(env.cmd(swarmcc()).args(["node", "id"]));
-        let tok = out(Command::new(swarmcc())
-            .args([
-                "token",
-                "builder",
-                "--coordinator",
-                "--peer",
-                &peer,
-                "--office-key",
-            ])
-            .arg(&key));
-        let port = 23000 + (std::process::id() as usize % 1000) * 8 + i;
-        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
-        std::fs::write(
-            env.state().join("config.toml"),
-            format!("[network]\nlisten = [\"{listen}\"]\nbootstrap = [{boot}]\nmdns = false\n[office]\nname = \"bench\"\npublic_key = \"{pk}\"\nbuilder_token = \"{tok}\"\n"),
-        )
-        .unwrap();
-        env.start_node();
-        if i == 0 {
-            boot = format!("\"{listen}/p2p/{peer}\"");
-        }
+    for _ in 0..NODES {
+        let boot = nodes
+            .first()
+            .map(|n: &(Env, String, String)| format!("{}/p2p/{}", n.2, n.1));
+        let (env, peer) = office_node(&key, &pk, boot.as_deref(), None, "");
+        let listen = view(&env)["listen"][0].as_str().unwrap().to_string();
         nodes.push((env, peer, listen));
     }
     let agreed = |nodes: &[(Env, String, String)], skip: Option<&str>| -> Option<String> {

@@ -242,3 +242,82 @@ pub fn sandbox_processes(uid_base: u32) -> Vec<String> {
     }
     found
 }
+
+/// Run a command that must succeed; its stdout, trimmed.
+pub fn out(c: &mut Command) -> String {
+    String::from_utf8(run_ok(c).stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A node of a test office: its own state dir, config and process.
+pub fn office_node(
+    office_key: &std::path::Path,
+    pk: &str,
+    boot: Option<&str>,
+    token: Option<String>,
+    extra: &str,
+) -> (Env, String) {
+    let mut env = Env::new("");
+    let peer = out(env.cmd(swarmcc()).args(["node", "id"]));
+    let token = token.unwrap_or_else(|| {
+        out(Command::new(swarmcc())
+            .args([
+                "token",
+                "builder",
+                "--coordinator",
+                "--peer",
+                &peer,
+                "--office-key",
+            ])
+            .arg(office_key))
+    });
+    let boot = boot.map(|b| format!("\"{b}\"")).unwrap_or_default();
+    std::fs::write(
+        env.state().join("config.toml"),
+        format!(
+            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
+             [office]\nname = \"acme\"\npublic_key = \"{pk}\"\nbuilder_token = \"{token}\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    env.start_node();
+    // Keep the port it got, so that a restart comes back where peers look.
+    eventually("the node listens", || view(&env)["listen"][0].is_string());
+    let addr = view(&env)["listen"][0].as_str().unwrap().to_string();
+    let cfg = std::fs::read_to_string(env.state().join("config.toml")).unwrap();
+    std::fs::write(
+        env.state().join("config.toml"),
+        cfg.replace("/ip4/127.0.0.1/tcp/0", &addr),
+    )
+    .unwrap();
+    (env, peer)
+}
+
+pub fn view(env: &Env) -> serde_json::Value {
+    serde_json::from_str(&out(env.cmd(swarmcc()).args(["status", "--json"]))).unwrap()
+}
+
+pub fn members(env: &Env) -> Vec<String> {
+    let mut m: Vec<String> = view(env)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["peer"].as_str().unwrap().to_string())
+        .collect();
+    m.sort();
+    m
+}
+
+/// Wait (bounded) until `cond` holds; the bound only keeps a broken build from hanging.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("never happened: {what}");
+}

@@ -291,11 +291,18 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&v)?);
             } else {
+                let coord = v.coordinator.as_deref().unwrap_or("(none yet)");
+                let who = if v.coordinator.as_deref() == Some(v.me.as_str()) {
+                    " (this node)"
+                } else {
+                    ""
+                };
                 println!(
-                    "office: {}   me: {}",
-                    v.office.as_deref().unwrap_or("(none configured)"),
-                    v.me
+                    "office:      {}",
+                    v.office.as_deref().unwrap_or("(none configured)")
                 );
+                println!("this node:   {}", v.me);
+                println!("coordinator: {coord}{who}, term {}", v.term);
                 println!(
                     "{:<24} {:<22} {:>5} {:>5} {:>9}  peer",
                     "name", "role", "cores", "jobs", "seen(ms)"

@@ -290,6 +290,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             if json {
                 println!("{}", serde_json::to_string(&v)?);
+            } else if v.office.is_none() {
+                println!("no [office] configured: this node works alone (see README, \"Office membership\")");
             } else {
                 let coord = v.coordinator.as_deref().unwrap_or("(none yet)");
                 let who = if v.coordinator.as_deref() == Some(v.me.as_str()) {

@@ -5,6 +5,7 @@
 pub mod builder;
 pub mod cache;
 pub mod config;
+pub mod coordinator;
 pub mod identity;
 pub mod lru;
 pub mod net;

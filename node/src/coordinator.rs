@@ -1,0 +1,328 @@
+//! The coordinator's allocation policy and its job grants.
+//!
+//! The coordinator keeps only what builders report (cores, running jobs,
+//! toolchains held) plus the allocations it made since their last report, so
+//! a newly elected coordinator is correct within one report interval. For
+//! each job it picks a builder with a free slot, preferring one that already
+//! holds the toolchain, then the one with the most free capacity, avoiding
+//! builders that just failed; when every slot is taken it says so at once.
+//! A grant is signed by the coordinator's node key and names the job, the
+//! builder and the client, so a builder runs nothing it was not granted.
+
+use libp2p_identity::{Keypair, PublicKey};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use swarmcc_protocol::{Hash32, ToolchainId};
+
+/// How long a builder that failed a job is passed over.
+pub const FAILURE_PENALTY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct Builder {
+    slots: u32,
+    running: u32,
+    /// Allocated since its last report (not yet in `running`).
+    pending: u32,
+    toolchains: HashSet<ToolchainId>,
+    failed_until: Option<Instant>,
+}
+
+impl Builder {
+    fn free(&self) -> u32 {
+        self.slots.saturating_sub(self.running + self.pending)
+    }
+}
+
+/// Allocation state, rebuilt from builders' reports. Builders live in a
+/// vector (a linear scan of it is what allocation costs) with an index by
+/// peer id; ties go to the builder reported first.
+#[derive(Default)]
+pub struct Allocator {
+    builders: Vec<(String, Builder)>,
+    index: HashMap<String, usize>,
+}
+
+impl Allocator {
+    fn get_mut(&mut self, peer: &str) -> Option<&mut Builder> {
+        let i = *self.index.get(peer)?;
+        self.builders.get_mut(i).map(|(_, b)| b)
+    }
+
+    /// A builder's report: replaces what the coordinator knew of it.
+    pub fn report(
+        &mut self,
+        peer: &str,
+        slots: u32,
+        running: u32,
+        toolchains: impl IntoIterator<Item = ToolchainId>,
+    ) {
+        if !self.index.contains_key(peer) {
+            self.index.insert(peer.to_string(), self.builders.len());
+            self.builders.push((peer.to_string(), Builder::default()));
+        }
+        if let Some(b) = self.get_mut(peer) {
+            b.slots = slots;
+            b.running = running;
+            b.pending = 0;
+            b.toolchains = toolchains.into_iter().collect();
+        }
+    }
+
+    pub fn remove(&mut self, peer: &str) {
+        if let Some(i) = self.index.remove(peer) {
+            self.builders.swap_remove(i);
+            if let Some((moved, _)) = self.builders.get(i) {
+                self.index.insert(moved.clone(), i);
+            }
+        }
+    }
+
+    /// Pick a builder for a job, or `None` when the office is full.
+    pub fn allocate(
+        &mut self,
+        toolchain: &ToolchainId,
+        exclude: &[&str],
+        now: Instant,
+    ) -> Option<String> {
+        let mut best: Option<(usize, (bool, u64, u32))> = None;
+        for (i, (peer, b)) in self.builders.iter().enumerate() {
+            let free = b.free();
+            if free == 0 || b.failed_until.is_some_and(|t| now < t) {
+                continue;
+            }
+            // Toolchain first, then the largest free share of its slots, then free slots.
+            let share = u64::from(free) * 1_000_000 / u64::from(b.slots.max(1));
+            let key = (b.toolchains.contains(toolchain), share, free);
+            if best.as_ref().is_none_or(|(_, bk)| key > *bk) && !exclude.contains(&peer.as_str()) {
+                best = Some((i, key));
+            }
+        }
+        let (i, _) = best?;
+        let (peer, b) = &mut self.builders[i];
+        b.pending += 1;
+        Some(peer.clone())
+    }
+
+    /// A granted job ended (either way) before the builder's next report.
+    pub fn release(&mut self, peer: &str) {
+        if let Some(b) = self.get_mut(peer) {
+            b.pending = b.pending.saturating_sub(1);
+        }
+    }
+
+    /// The builder failed (lost mid-job, sandbox trouble): pass it over a while.
+    pub fn failed(&mut self, peer: &str, now: Instant) {
+        if let Some(b) = self.get_mut(peer) {
+            b.failed_until = Some(now + FAILURE_PENALTY);
+            b.pending = b.pending.saturating_sub(1);
+        }
+    }
+
+    /// Builders, total slots and jobs in progress (for status).
+    pub fn totals(&self) -> (usize, u64, u64) {
+        let slots = self.builders.iter().map(|(_, b)| u64::from(b.slots)).sum();
+        let busy = self
+            .builders
+            .iter()
+            .map(|(_, b)| u64::from(b.running + b.pending))
+            .sum();
+        (self.builders.len(), slots, busy)
+    }
+}
+
+/// What a coordinator grants: this builder may run this job for this client.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantBody {
+    pub job: Hash32,
+    pub builder: String,
+    pub client: String,
+    pub toolchain: ToolchainId,
+    pub term: u64,
+    /// Unix milliseconds; grants are short-lived.
+    pub expires_at_ms: u64,
+    /// The coordinator's public key (protobuf encoding); its peer id must be
+    /// the coordinator the builder knows.
+    pub coordinator_key: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Grant {
+    pub body: GrantBody,
+    pub signature: Vec<u8>,
+}
+
+/// Why a builder refuses a grant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("malformed grant")]
+    Malformed,
+    #[error("not signed by the current coordinator")]
+    NotCoordinator,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("expired")]
+    Expired,
+    #[error("granted to another builder")]
+    WrongBuilder,
+    #[error("granted for another job")]
+    WrongJob,
+}
+
+const GRANT_DOMAIN: &[u8] = b"swarmcc job grant v1\0";
+
+fn grant_bytes(body: &GrantBody) -> Vec<u8> {
+    let mut v = GRANT_DOMAIN.to_vec();
+    v.extend(bincode::serialize(body).unwrap_or_default());
+    v
+}
+
+/// Sign a grant with the coordinator's node key.
+pub fn sign_grant(key: &Keypair, mut body: GrantBody) -> Option<Grant> {
+    body.coordinator_key = key.public().encode_protobuf();
+    let signature = key.sign(&grant_bytes(&body)).ok()?;
+    Some(Grant { body, signature })
+}
+
+impl Grant {
+    /// The builder's check before doing any work.
+    pub fn verify(
+        &self,
+        coordinator: &str,
+        me: &str,
+        job: &Hash32,
+        now_ms: u64,
+    ) -> Result<(), GrantError> {
+        let key = PublicKey::try_decode_protobuf(&self.body.coordinator_key)
+            .map_err(|_| GrantError::Malformed)?;
+        if key.to_peer_id().to_string() != coordinator {
+            return Err(GrantError::NotCoordinator);
+        }
+        if !key.verify(&grant_bytes(&self.body), &self.signature) {
+            return Err(GrantError::BadSignature);
+        }
+        if now_ms >= self.body.expires_at_ms {
+            return Err(GrantError::Expired);
+        }
+        if self.body.builder != me {
+            return Err(GrantError::WrongBuilder);
+        }
+        if self.body.job != *job {
+            return Err(GrantError::WrongJob);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tc(n: u8) -> ToolchainId {
+        ToolchainId(Hash32::of(&[n]))
+    }
+
+    #[test]
+    fn allocation_prefers_the_toolchain_then_free_capacity_and_knows_when_full() {
+        let now = Instant::now();
+        let mut a = Allocator::default();
+        a.report("b1", 4, 3, [tc(1)]);
+        a.report("b2", 4, 0, []);
+        a.report("b3", 2, 0, [tc(1)]);
+        // b3 holds the toolchain and is idle: it wins over the emptier b2.
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b3"));
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b3"));
+        // b3 is full now; b1 has the toolchain and one free slot.
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b1"));
+        // No holder left with a slot: the emptiest builder.
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b2"));
+        // Another toolchain, nobody holds it: most free capacity.
+        assert_eq!(a.allocate(&tc(2), &[], now).as_deref(), Some("b2"));
+        for _ in 0..2 {
+            assert!(a.allocate(&tc(2), &[], now).is_some());
+        }
+        assert_eq!(
+            a.allocate(&tc(2), &[], now),
+            None,
+            "the office is full: said at once"
+        );
+        assert_eq!(a.totals(), (3, 10, 10));
+        // A job ends: its slot is free again.
+        a.release("b2");
+        assert_eq!(a.allocate(&tc(2), &[], now).as_deref(), Some("b2"));
+        // A report replaces what was known (a new coordinator is right after one report).
+        a.report("b1", 4, 0, [tc(1)]);
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b1"));
+    }
+
+    #[test]
+    fn failed_and_excluded_builders_are_passed_over() {
+        let now = Instant::now();
+        let mut a = Allocator::default();
+        a.report("b1", 8, 0, [tc(1)]);
+        a.report("b2", 8, 0, []);
+        a.failed("b1", now);
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b2"));
+        assert_eq!(a.allocate(&tc(1), &["b2"], now), None);
+        // After the penalty, b1 is back (and preferred: it holds the toolchain).
+        assert_eq!(
+            a.allocate(&tc(1), &[], now + FAILURE_PENALTY).as_deref(),
+            Some("b1")
+        );
+        a.remove("b1");
+        assert_eq!(
+            a.allocate(&tc(1), &[], now + FAILURE_PENALTY).as_deref(),
+            Some("b2")
+        );
+    }
+
+    #[test]
+    fn grants_verify_only_for_their_builder_job_coordinator_and_time() {
+        let coord = Keypair::generate_ed25519();
+        let other = Keypair::generate_ed25519();
+        let coord_id = coord.public().to_peer_id().to_string();
+        let job = Hash32::of(b"job");
+        let body = GrantBody {
+            job,
+            builder: "b1".into(),
+            client: "c1".into(),
+            toolchain: tc(1),
+            term: 3,
+            expires_at_ms: 10_000,
+            coordinator_key: vec![],
+        };
+        let g = sign_grant(&coord, body.clone()).unwrap();
+        assert_eq!(g.verify(&coord_id, "b1", &job, 5_000), Ok(()));
+        assert_eq!(
+            g.verify(&coord_id, "b1", &job, 10_000),
+            Err(GrantError::Expired)
+        );
+        assert_eq!(
+            g.verify(&coord_id, "b2", &job, 5_000),
+            Err(GrantError::WrongBuilder)
+        );
+        assert_eq!(
+            g.verify(&coord_id, "b1", &Hash32::of(b"x"), 5_000),
+            Err(GrantError::WrongJob)
+        );
+        // Signed by a node that is not the coordinator.
+        let forged = sign_grant(&other, body.clone()).unwrap();
+        assert_eq!(
+            forged.verify(&coord_id, "b1", &job, 5_000),
+            Err(GrantError::NotCoordinator)
+        );
+        // Tampered after signing (longer life).
+        let mut t = g.clone();
+        t.body.expires_at_ms = u64::MAX;
+        assert_eq!(
+            t.verify(&coord_id, "b1", &job, 5_000),
+            Err(GrantError::BadSignature)
+        );
+        let mut m = g;
+        m.body.coordinator_key = vec![1, 2, 3];
+        assert_eq!(
+            m.verify(&coord_id, "b1", &job, 5_000),
+            Err(GrantError::Malformed)
+        );
+    }
+}

@@ -11,7 +11,7 @@
 
 use libp2p_identity::{Keypair, PublicKey};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use swarmcc_protocol::{Hash32, ToolchainId};
 
@@ -24,8 +24,19 @@ struct Builder {
     running: u32,
     /// Allocated since its last report (not yet in `running`).
     pending: u32,
-    toolchains: HashSet<ToolchainId>,
+    /// Toolchains held, as bits indexed by [`Allocator::toolchain_index`].
+    toolchains: Vec<u64>,
     failed_until: Option<Instant>,
+}
+
+impl Builder {
+    fn holds(&self, idx: Option<usize>) -> bool {
+        idx.is_some_and(|i| {
+            self.toolchains
+                .get(i / 64)
+                .is_some_and(|w| w >> (i % 64) & 1 == 1)
+        })
+    }
 }
 
 impl Builder {
@@ -41,6 +52,9 @@ impl Builder {
 pub struct Allocator {
     builders: Vec<(String, Builder)>,
     index: HashMap<String, usize>,
+    /// Every toolchain reported, numbered (so a builder's set is a bitset and
+    /// allocation costs one hash lookup, not one per builder).
+    toolchain_index: HashMap<ToolchainId, usize>,
 }
 
 impl Allocator {
@@ -61,11 +75,20 @@ impl Allocator {
             self.index.insert(peer.to_string(), self.builders.len());
             self.builders.push((peer.to_string(), Builder::default()));
         }
+        let mut bits: Vec<u64> = Vec::new();
+        for tc in toolchains {
+            let next = self.toolchain_index.len();
+            let i = *self.toolchain_index.entry(tc).or_insert(next);
+            if bits.len() <= i / 64 {
+                bits.resize(i / 64 + 1, 0);
+            }
+            bits[i / 64] |= 1 << (i % 64);
+        }
         if let Some(b) = self.get_mut(peer) {
             b.slots = slots;
             b.running = running;
             b.pending = 0;
-            b.toolchains = toolchains.into_iter().collect();
+            b.toolchains = bits;
         }
     }
 
@@ -85,6 +108,7 @@ impl Allocator {
         exclude: &[&str],
         now: Instant,
     ) -> Option<String> {
+        let idx = self.toolchain_index.get(toolchain).copied();
         let mut best: Option<(usize, (bool, u64, u32))> = None;
         for (i, (peer, b)) in self.builders.iter().enumerate() {
             let free = b.free();
@@ -93,7 +117,7 @@ impl Allocator {
             }
             // Toolchain first, then the largest free share of its slots, then free slots.
             let share = u64::from(free) * 1_000_000 / u64::from(b.slots.max(1));
-            let key = (b.toolchains.contains(toolchain), share, free);
+            let key = (b.holds(idx), share, free);
             if best.as_ref().is_none_or(|(_, bk)| key > *bk) && !exclude.contains(&peer.as_str()) {
                 best = Some((i, key));
             }

@@ -162,6 +162,15 @@ fn real_nodes_form_an_office_reject_intruders_and_notice_loss() {
         );
     }
 
+    // Every node knows the office's capacity: three builders of three slots
+    // (the intruders count for nothing).
+    for n in [&n1, &n2, &n3] {
+        eventually("office totals", || {
+            let v = view(n);
+            v["builders"] == 3 && v["cores"] == 9 && v["in_progress"] == 0
+        });
+    }
+
     // Exactly one coordinator, the same for all.
     let coord = |n: &Env| view(n)["coordinator"].as_str().map(String::from);
     eventually("one coordinator agreed by all", || {

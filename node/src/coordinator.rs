@@ -101,6 +101,19 @@ impl Allocator {
         }
     }
 
+    /// Keep only the builders `keep` says (members that are still there).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self
+            .builders
+            .iter()
+            .filter(|(p, _)| !keep(p))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in gone {
+            self.remove(&p);
+        }
+    }
+
     /// Pick a builder for a job, or `None` when the office is full.
     pub fn allocate(
         &mut self,

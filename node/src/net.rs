@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmcc_protocol::swarm::{
     CtlRequest, CtlResponse, Hello, MemberInfo, OfficeView, Report, CTL_MAX, CTL_PROTOCOL,
-    KAD_PROTOCOL,
+    KAD_PROTOCOL, MAX_REPORTED_TOOLCHAINS,
 };
 use swarmcc_protocol::token::{OfficePublicKey, RevocationList, Subject, Token, TokenError};
 
@@ -125,6 +125,8 @@ pub struct NetParams {
     pub name: String,
     pub cores: u32,
     pub builds: bool,
+    /// Whose ids go into reports.
+    pub toolchains: Arc<crate::toolchain::ToolchainStore>,
 }
 
 struct Member {
@@ -134,6 +136,8 @@ struct Member {
     eligible: bool,
     /// Its token's id (for revocation).
     token_id: [u8; 16],
+    /// A builder token and a working sandbox: it can be given jobs.
+    builds: bool,
     cores: u32,
     running_jobs: u32,
     last_seen: Instant,
@@ -169,6 +173,8 @@ struct State {
     banned: HashMap<PeerId, Instant>,
     /// Our Hello changed (a newer revocation list): send it to every member.
     spread: bool,
+    /// Allocation state from builders' reports (authoritative on the coordinator).
+    alloc: crate::coordinator::Allocator,
 }
 
 /// How long a refused peer's connections are closed at once.
@@ -293,6 +299,7 @@ impl State {
                     name: h.name.clone(),
                     eligible: role.ends_with("coordinator"),
                     token_id,
+                    builds: h.builds && !role.starts_with("client"),
                     role: role.clone(),
                     cores: h.cores,
                     running_jobs: 0,
@@ -389,6 +396,9 @@ impl State {
             rejections: self.rejections.clone(),
             coordinator: self.leader.map(|l| l.to_string()),
             term: self.term,
+            builders: self.alloc.totals().0 as u64,
+            cores: self.alloc.totals().1,
+            in_progress: self.alloc.totals().2,
         }
     }
 }
@@ -411,6 +421,7 @@ pub fn spawn(
         .context("[office] needs a builder_token or client_token")?;
     let me = p.keypair.public().to_peer_id();
     let mdns_on = p.network.mdns;
+    let toolchains = p.toolchains.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(p.keypair.clone())
         .with_tokio()
         .with_tcp(
@@ -490,6 +501,7 @@ pub fn spawn(
             + 3 * Duration::from_millis(p.network.report_interval_ms.max(50)),
         banned: HashMap::new(),
         spread: false,
+        alloc: crate::coordinator::Allocator::default(),
     };
     if let Some(text) = &p.office.revocations {
         state.adopt_revocations(text);
@@ -549,7 +561,16 @@ pub fn spawn(
                         cores: state.hello.cores,
                         term: state.term,
                         leader: state.hello.leader.clone(),
+                        toolchains: toolchains.ids(MAX_REPORTED_TOOLCHAINS),
                     };
+                    // The allocator holds the live builders: members that build, and us.
+                    let me_str = me.to_string();
+                    let live: HashSet<String> =
+                        state.members.iter().filter(|(_, m)| m.builds).map(|(p, _)| p.to_string()).collect();
+                    state.alloc.retain(|p| p == me_str || live.contains(p));
+                    if state.hello.builds {
+                        state.alloc.report(&me_str, report.cores, report.running_jobs, report.toolchains.iter().copied());
+                    }
                     let spread = std::mem::take(&mut state.spread);
                     for peer in state.members.keys().copied().collect::<Vec<_>>() {
                         swarm.behaviour_mut().ctl.send_request(&peer, CtlRequest::Report(report.clone()));
@@ -658,6 +679,16 @@ fn handle(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, ev: SwarmEven
                                 m.last_seen = Instant::now();
                                 m.running_jobs = r.running_jobs;
                                 m.cores = r.cores;
+                                if m.builds {
+                                    let held =
+                                        r.toolchains.iter().take(MAX_REPORTED_TOOLCHAINS).copied();
+                                    state.alloc.report(
+                                        &peer.to_string(),
+                                        r.cores,
+                                        r.running_jobs,
+                                        held,
+                                    );
+                                }
                                 state.consider(r.term, r.leader.as_deref());
                                 CtlResponse::Ack
                             }

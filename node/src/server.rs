@@ -81,6 +81,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 name: hostname(),
                 cores: builder.max_jobs as u32,
                 builds: cannot_build.is_none(),
+                toolchains: store.clone(),
             };
             Some(crate::net::spawn(params, builder.running.clone())?)
         }

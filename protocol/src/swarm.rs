@@ -38,7 +38,13 @@ pub struct Report {
     /// The sender's coordinator election state.
     pub term: u64,
     pub leader: Option<String>,
+    /// Toolchains it holds (at most [`MAX_REPORTED_TOOLCHAINS`]), so the
+    /// coordinator can prefer builders that need not fetch one.
+    pub toolchains: Vec<crate::ToolchainId>,
 }
+
+/// Bound on the toolchains one report lists.
+pub const MAX_REPORTED_TOOLCHAINS: usize = 256;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum CtlRequest {
@@ -78,4 +84,9 @@ pub struct OfficeView {
     /// The office's coordinator as this node sees it, and its term.
     pub coordinator: Option<String>,
     pub term: u64,
+    /// Builders this node knows (itself included), their job slots, and the
+    /// jobs running or granted on them: the allocator's totals.
+    pub builders: u64,
+    pub cores: u64,
+    pub in_progress: u64,
 }

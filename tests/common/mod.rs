@@ -277,7 +277,7 @@ pub fn office_node(
     std::fs::write(
         env.state().join("config.toml"),
         format!(
-            "[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
+            "[node]\nmax_jobs = 3\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
              [office]\nname = \"acme\"\npublic_key = \"{pk}\"\nbuilder_token = \"{token}\"\n{extra}"
         ),
     )

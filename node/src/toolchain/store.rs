@@ -98,6 +98,14 @@ impl ToolchainStore {
         self.roots.join(id.to_string())
     }
 
+    /// The ids held, most recently used first, at most `max` (for reports).
+    pub fn ids(&self, max: usize) -> Vec<ToolchainId> {
+        let m = self.lock();
+        let mut v: Vec<(u64, ToolchainId)> = m.0.iter().map(|(id, e)| (e.last_use, *id)).collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.into_iter().take(max).map(|(_, id)| id).collect()
+    }
+
     pub fn has(&self, id: &ToolchainId) -> bool {
         self.lock().0.contains_key(id)
     }

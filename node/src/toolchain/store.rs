@@ -102,7 +102,7 @@ impl ToolchainStore {
     pub fn ids(&self, max: usize) -> Vec<ToolchainId> {
         let m = self.lock();
         let mut v: Vec<(u64, ToolchainId)> = m.0.iter().map(|(id, e)| (e.last_use, *id)).collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|e| std::cmp::Reverse(e.0));
         v.into_iter().take(max).map(|(_, id)| id).collect()
     }
 

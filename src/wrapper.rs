@@ -315,7 +315,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         expect: Hash32::of(&pp.stdout),
         always: cfg.dist.strict_inputs,
     };
-    let job = build_job(&tc, &compile, &cwd, check, srcs);
+    let job = build_job(&tc, &compile, &cwd, Some(check), srcs, &[]);
     let key = cache_key(&job);
     let want = job_output(&compile, &cwd);
     let remember = |node: &mut NodeClient| {
@@ -407,40 +407,43 @@ fn preprocess(compiler: &Path, args: &[String], deps: &[String]) -> Result<Prepr
 /// The directory inside the job's cwd that receives the job's object.
 const JOB_DIR: &str = ".swarmcc-job";
 
+/// The job for a compile: the user's arguments, writing the object and a
+/// dependency list (the builder's proof of what was read) into the job's
+/// directory. `dep_flags` are the user's dependency flags, redirected there:
+/// none for a checked job (the client's preprocessing wrote the user's file),
+/// the user's own for a speculative one, whose dependency file then comes back
+/// as a second output.
 fn build_job(
     tc: &ToolchainInfo,
     c: &Compile,
     cwd: &Path,
-    check: PreprocessCheck,
+    check: Option<PreprocessCheck>,
     sources: Vec<SourceRef>,
+    dep_flags: &[String],
 ) -> Job {
-    let cwd_s = cwd.to_string_lossy().into_owned();
     let stem = Path::new(&c.input)
         .file_stem()
         .and_then(|s| s.to_str())
-        .unwrap_or("input")
-        .to_string();
+        .unwrap_or("input");
+    let deps = format!("{}/{JOB_DIR}/{stem}.deps", cwd.to_string_lossy());
     let output = job_output(c, cwd);
-    let deps = format!("{cwd_s}/{JOB_DIR}/{stem}.deps");
     let mut args = c.base.clone();
-    args.extend([
-        "-c".into(),
-        "-o".into(),
-        output.clone(),
-        "-MD".into(),
-        "-MF".into(),
-        deps.clone(),
-    ]);
+    args.extend(["-c".into(), "-o".into(), output.clone()]);
+    args.extend(redirect_dep_file(dep_flags, &deps));
+    let mut outputs = vec![output];
+    if !dep_flags.is_empty() {
+        outputs.push(deps.clone());
+    }
     Job {
         toolchain: tc.id,
         compiler: tc.compiler.clone(),
-        cwd: cwd_s,
+        cwd: cwd.to_string_lossy().into_owned(),
         env: job_env(&tc.compiler),
         sources,
-        check: Some(check),
+        check,
         deps_file: Some(deps),
         args,
-        outputs: vec![output],
+        outputs,
     }
 }
 
@@ -521,27 +524,8 @@ fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
         });
         blobs.push(Blob { hash, data });
     }
-    let cwd_s = cwd.to_string_lossy();
-    let stem = Path::new(&c.input)
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("input");
-    let deps_out = format!("{cwd_s}/{JOB_DIR}/{stem}.deps");
+    let job = build_job(sp.tc, c, cwd, None, sources, &c.deps);
     let output = job_output(c, cwd);
-    let mut args = c.base.clone();
-    args.extend(["-c".into(), "-o".into(), output.clone()]);
-    args.extend(redirect_dep_file(&c.deps, &deps_out));
-    let job = Job {
-        toolchain: sp.tc.id,
-        compiler: sp.tc.compiler.clone(),
-        cwd: cwd_s.into_owned(),
-        env: job_env(&sp.tc.compiler),
-        sources,
-        check: None,
-        deps_file: Some(deps_out.clone()),
-        args,
-        outputs: vec![output.clone(), deps_out.clone()],
-    };
     let key = cache_key(&job);
     let result = match node.call(&Request::CacheGet { key }).ok()? {
         Response::CacheHit(r) => r,
@@ -559,7 +543,8 @@ fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
         }
     };
     if let Some(user_dep) = dep_file_path(&c.deps) {
-        let (_, bytes) = result.outputs.iter().find(|(p, _)| *p == deps_out)?;
+        let deps_out = job.deps_file.as_ref()?;
+        let (_, bytes) = result.outputs.iter().find(|(p, _)| p == deps_out)?;
         write_atomic(&cwd.join(user_dep), bytes).ok()?;
     }
     let code = deliver(c, cwd, &output, &result).ok()?;

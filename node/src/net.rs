@@ -375,6 +375,7 @@ impl State {
     }
 
     fn view(&self, me: &PeerId) -> OfficeView {
+        let (builders, cores, in_progress) = self.alloc.totals();
         let mut members: Vec<MemberInfo> = self
             .members
             .iter()
@@ -396,9 +397,9 @@ impl State {
             rejections: self.rejections.clone(),
             coordinator: self.leader.map(|l| l.to_string()),
             term: self.term,
-            builders: self.alloc.totals().0 as u64,
-            cores: self.alloc.totals().1,
-            in_progress: self.alloc.totals().2,
+            builders: builders as u64,
+            cores,
+            in_progress,
         }
     }
 }

@@ -42,6 +42,7 @@ fn main() {
     let key = libp2p_identity::Keypair::generate_ed25519();
     let signed = run(dur, |peer, tc, n| {
         let body = GrantBody {
+            id: n,
             job: Hash32::of(&n.to_le_bytes()),
             builder: peer.to_string(),
             client: "client".into(),

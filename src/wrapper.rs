@@ -364,6 +364,11 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
             why: Some(anyhow!(e)),
             node: Some(node),
         }),
+        Ok(Response::Full) => Err(Fallback {
+            reason: LocalReason::OfficeFull,
+            why: None,
+            node: Some(node),
+        }),
         Ok(other) => Err(Fallback {
             reason: LocalReason::SwarmFailure,
             why: Some(anyhow!("unexpected {other:?}")),

@@ -148,6 +148,12 @@ impl Builder {
         Some(path)
     }
 
+    /// A stored source blob's bytes (checked), to send to a remote builder.
+    pub fn blob(&self, h: &Hash32) -> Option<Vec<u8>> {
+        let path = self.trusted_blob(h)?;
+        std::fs::read(path).ok().filter(|d| Hash32::of(d) == *h)
+    }
+
     /// Which of these source hashes this builder lacks.
     pub fn missing_blobs(&self, hashes: &[Hash32]) -> Vec<Hash32> {
         hashes

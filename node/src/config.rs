@@ -158,6 +158,8 @@ pub struct NodeConfig {
     pub builder: bool,
     /// Seconds the wrapper waits for a freshly started node's socket.
     pub start_timeout_secs: u64,
+    /// The name shown for this node in status and stats. Default: the host name.
+    pub name: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -167,6 +169,7 @@ impl Default for NodeConfig {
             max_jobs: None,
             builder: true,
             start_timeout_secs: 10,
+            name: None,
         }
     }
 }
@@ -227,6 +230,20 @@ pub struct DistConfig {
     /// only this catches: `__has_include` of a file that exists on the client
     /// but is never included.
     pub strict_inputs: bool,
+    /// When every builder slot of the office is taken: `"local"` (compile
+    /// on this machine at once, as sccache does) or `"wait"` (ask again
+    /// until a slot frees, up to the sandbox timeout).
+    pub when_full: WhenFull,
+    /// Builders a job is offered to (after a builder is lost or refuses it)
+    /// before the client compiles it locally.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    Local,
+    Wait,
 }
 
 impl Default for DistConfig {
@@ -237,6 +254,8 @@ impl Default for DistConfig {
             cache_dir: None,
             rewrite_includes_only: true,
             strict_inputs: false,
+            when_full: WhenFull::Local,
+            max_attempts: 3,
         }
     }
 }

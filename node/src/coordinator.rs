@@ -10,7 +10,6 @@
 //! builder and the client, so a builder runs nothing it was not granted.
 
 use libp2p_identity::{Keypair, PublicKey};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use swarmcc_protocol::{Hash32, ToolchainId};
@@ -22,8 +21,10 @@ pub const FAILURE_PENALTY: Duration = Duration::from_secs(10);
 struct Builder {
     slots: u32,
     running: u32,
-    /// Allocated since its last report (not yet in `running`).
+    /// Granted since its last report (not in `running`).
     pending: u32,
+    /// Granted jobs that ended since its last report.
+    released: u32,
     /// Toolchains held, as bits indexed by [`Allocator::toolchain_index`].
     toolchains: Vec<u64>,
     failed_until: Option<Instant>,
@@ -40,8 +41,21 @@ impl Builder {
 }
 
 impl Builder {
+    /// Jobs on it now: what it reported, plus grants since, minus the jobs
+    /// that ended since (a release arrives long before the next report, so
+    /// a slot is reused at once).
+    fn busy(&self) -> u32 {
+        (self.running + self.pending).saturating_sub(self.released)
+    }
+
     fn free(&self) -> u32 {
-        self.slots.saturating_sub(self.running + self.pending)
+        self.slots.saturating_sub(self.busy())
+    }
+
+    fn release_one(&mut self) {
+        if self.busy() > 0 {
+            self.released += 1;
+        }
     }
 }
 
@@ -88,6 +102,7 @@ impl Allocator {
             b.slots = slots;
             b.running = running;
             b.pending = 0;
+            b.released = 0;
             b.toolchains = bits;
         }
     }
@@ -144,57 +159,47 @@ impl Allocator {
     /// A granted job ended (either way) before the builder's next report.
     pub fn release(&mut self, peer: &str) {
         if let Some(b) = self.get_mut(peer) {
-            b.pending = b.pending.saturating_sub(1);
+            b.release_one();
         }
+    }
+
+    /// Up to `n` builders that hold `toolchain`, other than `except`.
+    pub fn holders(&self, toolchain: &ToolchainId, except: &str, n: usize) -> Vec<String> {
+        let Some(idx) = self.toolchain_index.get(toolchain).copied() else {
+            return Vec::new();
+        };
+        self.builders
+            .iter()
+            .filter(|(p, b)| p != except && b.holds(Some(idx)))
+            .take(n)
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
     /// The builder failed (lost mid-job, sandbox trouble): pass it over a while.
     pub fn failed(&mut self, peer: &str, now: Instant) {
         if let Some(b) = self.get_mut(peer) {
             b.failed_until = Some(now + FAILURE_PENALTY);
-            b.pending = b.pending.saturating_sub(1);
+            b.release_one();
         }
     }
 
     /// Builders, total slots and jobs in progress (for status).
     pub fn totals(&self) -> (usize, u64, u64) {
         let slots = self.builders.iter().map(|(_, b)| u64::from(b.slots)).sum();
-        let busy = self
-            .builders
-            .iter()
-            .map(|(_, b)| u64::from(b.running + b.pending))
-            .sum();
+        let busy = self.builders.iter().map(|(_, b)| u64::from(b.busy())).sum();
         (self.builders.len(), slots, busy)
     }
 }
 
-/// What a coordinator grants: this builder may run this job for this client.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct GrantBody {
-    pub job: Hash32,
-    pub builder: String,
-    pub client: String,
-    pub toolchain: ToolchainId,
-    pub term: u64,
-    /// Unix milliseconds; grants are short-lived.
-    pub expires_at_ms: u64,
-    /// The coordinator's public key (protobuf encoding); its peer id must be
-    /// the coordinator the builder knows.
-    pub coordinator_key: Vec<u8>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Grant {
-    pub body: GrantBody,
-    pub signature: Vec<u8>,
-}
+pub use swarmcc_protocol::transfer::{Grant, GrantBody};
 
 /// Why a builder refuses a grant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrantError {
     #[error("malformed grant")]
     Malformed,
-    #[error("not signed by the current coordinator")]
+    #[error("not signed by a coordinator of this office")]
     NotCoordinator,
     #[error("signature does not verify")]
     BadSignature,
@@ -221,33 +226,38 @@ pub fn sign_grant(key: &Keypair, mut body: GrantBody) -> Option<Grant> {
     Some(Grant { body, signature })
 }
 
-impl Grant {
-    /// The builder's check before doing any work.
-    pub fn verify(
-        &self,
-        coordinator: &str,
-        me: &str,
-        job: &Hash32,
-        now_ms: u64,
-    ) -> Result<(), GrantError> {
-        let key = PublicKey::try_decode_protobuf(&self.body.coordinator_key)
+/// The builder's check before doing any work: the grant is signed by the
+/// key it names, unexpired, for this builder and this job. Returns the
+/// signer's peer id; whether that peer may coordinate is the caller's check
+/// (its office token), see `is_coordinator`.
+pub fn verify_grant(
+    g: &Grant,
+    me: &str,
+    job: &Hash32,
+    now_ms: u64,
+    is_coordinator: impl Fn(&str) -> bool,
+) -> Result<String, GrantError> {
+    let this = g;
+    {
+        let key = PublicKey::try_decode_protobuf(&this.body.coordinator_key)
             .map_err(|_| GrantError::Malformed)?;
-        if key.to_peer_id().to_string() != coordinator {
+        let signer = key.to_peer_id().to_string();
+        if !is_coordinator(&signer) {
             return Err(GrantError::NotCoordinator);
         }
-        if !key.verify(&grant_bytes(&self.body), &self.signature) {
+        if !key.verify(&grant_bytes(&this.body), &this.signature) {
             return Err(GrantError::BadSignature);
         }
-        if now_ms >= self.body.expires_at_ms {
+        if now_ms >= this.body.expires_at_ms {
             return Err(GrantError::Expired);
         }
-        if self.body.builder != me {
+        if this.body.builder != me {
             return Err(GrantError::WrongBuilder);
         }
-        if self.body.job != *job {
+        if this.body.job != *job {
             return Err(GrantError::WrongJob);
         }
-        Ok(())
+        Ok(signer)
     }
 }
 
@@ -293,6 +303,31 @@ mod tests {
     }
 
     #[test]
+    fn a_released_slot_is_reused_before_the_next_report() {
+        let now = Instant::now();
+        let mut a = Allocator::default();
+        a.report("b1", 2, 1, [tc(1)]);
+        // One running (reported) plus one granted: full.
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b1"));
+        assert_eq!(a.allocate(&tc(1), &[], now), None);
+        // Its job ends; the slot is free at once, not at the next report.
+        a.release("b1");
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b1"));
+        assert_eq!(a.totals(), (1, 2, 2));
+        // Releases never free more than was busy.
+        for _ in 0..5 {
+            a.release("b1");
+        }
+        assert_eq!(a.totals(), (1, 2, 0));
+        // The next report is the truth again.
+        a.report("b1", 2, 2, [tc(1)]);
+        assert_eq!(a.allocate(&tc(1), &[], now), None);
+        assert_eq!(a.holders(&tc(1), "x", 4), vec!["b1".to_string()]);
+        assert!(a.holders(&tc(1), "b1", 4).is_empty());
+        assert!(a.holders(&tc(2), "x", 4).is_empty());
+    }
+
+    #[test]
     fn failed_and_excluded_builders_are_passed_over() {
         let now = Instant::now();
         let mut a = Allocator::default();
@@ -320,6 +355,7 @@ mod tests {
         let coord_id = coord.public().to_peer_id().to_string();
         let job = Hash32::of(b"job");
         let body = GrantBody {
+            id: 1,
             job,
             builder: "b1".into(),
             client: "c1".into(),
@@ -329,37 +365,32 @@ mod tests {
             coordinator_key: vec![],
         };
         let g = sign_grant(&coord, body.clone()).unwrap();
-        assert_eq!(g.verify(&coord_id, "b1", &job, 5_000), Ok(()));
+        let is_coord = |p: &str| p == coord_id;
+        let verify = |g: &Grant, me: &str, job: &Hash32, now: u64| {
+            verify_grant(g, me, job, now, is_coord).map(|_| ())
+        };
         assert_eq!(
-            g.verify(&coord_id, "b1", &job, 10_000),
-            Err(GrantError::Expired)
+            verify_grant(&g, "b1", &job, 5_000, is_coord),
+            Ok(coord_id.clone())
         );
+        assert_eq!(verify(&g, "b1", &job, 10_000), Err(GrantError::Expired));
+        assert_eq!(verify(&g, "b2", &job, 5_000), Err(GrantError::WrongBuilder));
         assert_eq!(
-            g.verify(&coord_id, "b2", &job, 5_000),
-            Err(GrantError::WrongBuilder)
-        );
-        assert_eq!(
-            g.verify(&coord_id, "b1", &Hash32::of(b"x"), 5_000),
+            verify(&g, "b1", &Hash32::of(b"x"), 5_000),
             Err(GrantError::WrongJob)
         );
         // Signed by a node that is not the coordinator.
         let forged = sign_grant(&other, body.clone()).unwrap();
         assert_eq!(
-            forged.verify(&coord_id, "b1", &job, 5_000),
+            verify(&forged, "b1", &job, 5_000),
             Err(GrantError::NotCoordinator)
         );
         // Tampered after signing (longer life).
         let mut t = g.clone();
         t.body.expires_at_ms = u64::MAX;
-        assert_eq!(
-            t.verify(&coord_id, "b1", &job, 5_000),
-            Err(GrantError::BadSignature)
-        );
+        assert_eq!(verify(&t, "b1", &job, 5_000), Err(GrantError::BadSignature));
         let mut m = g;
         m.body.coordinator_key = vec![1, 2, 3];
-        assert_eq!(
-            m.verify(&coord_id, "b1", &job, 5_000),
-            Err(GrantError::Malformed)
-        );
+        assert_eq!(verify(&m, "b1", &job, 5_000), Err(GrantError::Malformed));
     }
 }

@@ -13,7 +13,7 @@
 
 use crate::config::{NetworkConfig, OfficeConfig};
 use anyhow::{Context, Result};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -26,10 +26,13 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmcc_protocol::swarm::{
-    CtlRequest, CtlResponse, Hello, MemberInfo, OfficeView, Report, CTL_MAX, CTL_PROTOCOL,
-    KAD_PROTOCOL, MAX_REPORTED_TOOLCHAINS,
+    AllocRequest, CtlRequest, CtlResponse, Hello, MemberInfo, OfficeView, Report, CTL_MAX,
+    CTL_PROTOCOL, KAD_PROTOCOL, MAX_EXCLUDE, MAX_REPORTED_TOOLCHAINS,
 };
 use swarmcc_protocol::token::{OfficePublicKey, RevocationList, Subject, Token, TokenError};
+use swarmcc_protocol::transfer::{Grant, GrantBody};
+use swarmcc_protocol::{Hash32, ToolchainId};
+use tokio::sync::{mpsc, oneshot};
 
 const VERSION: u32 = 1;
 
@@ -40,36 +43,14 @@ pub struct CtlCodec;
 async fn read_msg<T: AsyncRead + Unpin + Send, M: serde::de::DeserializeOwned>(
     io: &mut T,
 ) -> io::Result<M> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let n = u32::from_be_bytes(len);
-    if n > CTL_MAX {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("message of {n} bytes exceeds the bound"),
-        ));
-    }
-    let mut buf = vec![0u8; n as usize];
-    io.read_exact(&mut buf).await?;
-    swarmcc_protocol::frame::decode(&buf)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    crate::wire::read_frame(io, CTL_MAX).await
 }
 
 async fn write_msg<T: AsyncWrite + Unpin + Send, M: serde::Serialize>(
     io: &mut T,
     m: &M,
 ) -> io::Result<()> {
-    let body = swarmcc_protocol::frame::encode(m)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    if body.len() > CTL_MAX as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "message too large",
-        ));
-    }
-    io.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    io.write_all(&body).await?;
-    io.flush().await
+    crate::wire::write_frame(io, m, CTL_MAX).await
 }
 
 impl request_response::Codec for CtlCodec {
@@ -115,6 +96,7 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     ctl: request_response::Behaviour<CtlCodec>,
+    stream: libp2p_stream::Behaviour,
 }
 
 /// What this node brings to its office.
@@ -140,6 +122,7 @@ struct Member {
     builds: bool,
     cores: u32,
     running_jobs: u32,
+    toolchains: u32,
     last_seen: Instant,
 }
 
@@ -175,10 +158,34 @@ struct State {
     spread: bool,
     /// Allocation state from builders' reports (authoritative on the coordinator).
     alloc: crate::coordinator::Allocator,
+    /// This node's key: it signs job grants when it coordinates.
+    keypair: libp2p_identity::Keypair,
+    /// Grants this node issued as coordinator and not yet released:
+    /// id → (client, builder, when).
+    grants: HashMap<u64, (PeerId, String, Instant)>,
+    next_grant: u64,
+    /// Event counters (allocations, elections, ...), for status and metrics.
+    pub counters: BTreeMap<String, u64>,
+    /// This node's running jobs at the last tick.
+    running_now: u32,
 }
+
+/// How long a job grant is valid: it only has to reach the builder.
+const GRANT_LIFE_MS: u64 = 30_000;
+/// How long a grant the client never released is kept.
+const GRANT_FORGET: Duration = Duration::from_secs(600);
+/// Holders of a toolchain named in a grant.
+const MAX_HOLDERS: usize = 4;
 
 /// How long a refused peer's connections are closed at once.
 const BAN: Duration = Duration::from_secs(60);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -303,6 +310,7 @@ impl State {
                     role: role.clone(),
                     cores: h.cores,
                     running_jobs: 0,
+                    toolchains: 0,
                     last_seen: Instant::now(),
                 });
                 entry.last_seen = Instant::now();
@@ -342,6 +350,7 @@ impl State {
         if better {
             if self.leader != Some(leader) {
                 tracing::info!(%leader, term, "coordinator");
+                self.count("coordinator_changes");
             }
             self.term = term;
             self.leader = Some(leader);
@@ -371,6 +380,70 @@ impl State {
             self.term += 1;
             self.leader = Some(self.me);
             tracing::info!(term = self.term, "became coordinator");
+            self.count("elections_won");
+            self.count("coordinator_changes");
+        }
+    }
+
+    fn count(&mut self, what: &str) {
+        *self.counters.entry(what.to_string()).or_default() += 1;
+    }
+
+    /// The coordinator's answer to an allocation request from `client`.
+    fn grant(&mut self, client: &PeerId, req: &AllocRequest) -> CtlResponse {
+        if self.leader != Some(self.me) {
+            return CtlResponse::NotCoordinator(self.leader.map(|l| l.to_string()));
+        }
+        let exclude: Vec<&str> = req
+            .exclude
+            .iter()
+            .take(MAX_EXCLUDE)
+            .map(String::as_str)
+            .collect();
+        let Some(builder) = self
+            .alloc
+            .allocate(&req.toolchain, &exclude, Instant::now())
+        else {
+            self.count("allocations_full");
+            return CtlResponse::Full;
+        };
+        self.next_grant = self.next_grant.wrapping_add(1);
+        let body = GrantBody {
+            id: self.next_grant,
+            job: req.job,
+            builder: builder.clone(),
+            client: client.to_string(),
+            toolchain: req.toolchain,
+            term: self.term,
+            expires_at_ms: now_ms() + GRANT_LIFE_MS,
+            coordinator_key: Vec::new(),
+        };
+        let Some(grant) = crate::coordinator::sign_grant(&self.keypair, body) else {
+            self.alloc.release(&builder);
+            return CtlResponse::Rejected("could not sign a grant".into());
+        };
+        self.count("allocations");
+        self.grants
+            .insert(grant.body.id, (*client, builder.clone(), Instant::now()));
+        let holders = self.alloc.holders(&req.toolchain, &builder, MAX_HOLDERS);
+        CtlResponse::Granted { grant, holders }
+    }
+
+    /// A client says a job this coordinator granted has ended.
+    fn release(&mut self, client: &PeerId, id: u64, failed: bool) {
+        let Some((c, builder, at)) = self.grants.remove(&id) else {
+            return;
+        };
+        if c != *client {
+            // Only the client a grant names may release it.
+            self.grants.insert(id, (c, builder, at));
+            return;
+        }
+        if failed {
+            self.count("builder_failures");
+            self.alloc.failed(&builder, Instant::now());
+        } else {
+            self.alloc.release(&builder);
         }
     }
 
@@ -385,6 +458,7 @@ impl State {
                 role: m.role.clone(),
                 cores: m.cores,
                 running_jobs: m.running_jobs,
+                toolchains: m.toolchains,
                 last_seen_ms: m.last_seen.elapsed().as_millis() as u64,
             })
             .collect();
@@ -392,6 +466,9 @@ impl State {
         OfficeView {
             office: Some(self.office.clone()),
             me: me.to_string(),
+            name: self.hello.name.clone(),
+            builds: self.hello.builds,
+            running_jobs: self.running_now,
             listen: self.listen.clone(),
             members,
             rejections: self.rejections.clone(),
@@ -400,15 +477,185 @@ impl State {
             builders: builders as u64,
             cores,
             in_progress,
+            counters: self.counters.clone(),
         }
     }
 }
 
-/// Start the network task; the returned view is kept current for `status`.
-pub fn spawn(
-    p: NetParams,
-    running_jobs: Arc<std::sync::atomic::AtomicU32>,
-) -> Result<Arc<Mutex<OfficeView>>> {
+/// What a member is, as far as other parts of the node need to know.
+#[derive(Clone, Debug)]
+pub struct MemberAuth {
+    pub name: String,
+    /// It holds a builder token and a working sandbox.
+    pub builds: bool,
+    /// Its token lets it coordinate.
+    pub eligible: bool,
+}
+
+/// The coordinator's answer to a request for a builder.
+#[derive(Debug)]
+pub enum Alloc {
+    Granted {
+        grant: Grant,
+        holders: Vec<String>,
+    },
+    Full,
+    /// No coordinator is known (or reachable) right now.
+    NoCoordinator(String),
+}
+
+enum Cmd {
+    Ctl {
+        peer: PeerId,
+        req: CtlRequest,
+        reply: Option<oneshot::Sender<Result<CtlResponse, String>>>,
+    },
+}
+
+/// The running network part of a node: other parts ask it for builders,
+/// check members, and open streams to peers.
+pub struct Net {
+    state: Arc<Mutex<State>>,
+    cmd: mpsc::Sender<Cmd>,
+    /// Opens job and toolchain streams to peers.
+    pub control: libp2p_stream::Control,
+    pub me: PeerId,
+    /// Kept current for `status`.
+    pub view: Arc<Mutex<OfficeView>>,
+}
+
+/// How long a client waits for the coordinator's answer.
+const ALLOC_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Net {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A builder for a job: from this node itself when it coordinates,
+    /// otherwise from the coordinator it knows.
+    pub async fn allocate(
+        &self,
+        job: Hash32,
+        toolchain: ToolchainId,
+        exclude: Vec<String>,
+    ) -> Alloc {
+        let req = AllocRequest {
+            job,
+            toolchain,
+            exclude,
+        };
+        let leader = {
+            let mut st = self.lock();
+            if st.leader == Some(self.me) {
+                let me = self.me;
+                return alloc_of(st.grant(&me, &req));
+            }
+            st.leader
+        };
+        let Some(leader) = leader else {
+            return Alloc::NoCoordinator("no coordinator elected yet".into());
+        };
+        match self.ctl(leader, CtlRequest::Alloc(req)).await {
+            Ok(resp) => alloc_of(resp),
+            Err(e) => Alloc::NoCoordinator(format!("coordinator {leader}: {e}")),
+        }
+    }
+
+    /// Tell the grant's coordinator that its job ended.
+    pub fn release(&self, grant: &Grant, failed: bool) {
+        let Ok(key) = libp2p_identity::PublicKey::try_decode_protobuf(&grant.body.coordinator_key)
+        else {
+            return;
+        };
+        let signer = key.to_peer_id();
+        if signer == self.me {
+            let me = self.me;
+            self.lock().release(&me, grant.body.id, failed);
+        } else {
+            let req = CtlRequest::Release {
+                grant: grant.body.id,
+                failed,
+            };
+            let _ = self.cmd.try_send(Cmd::Ctl {
+                peer: signer,
+                req,
+                reply: None,
+            });
+        }
+    }
+
+    async fn ctl(&self, peer: PeerId, req: CtlRequest) -> Result<CtlResponse, String> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Ctl {
+                peer,
+                req,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| "network task gone".to_string())?;
+        match tokio::time::timeout(ALLOC_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("no answer".into()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// The member `peer`, if it is one now.
+    pub fn member(&self, peer: &PeerId) -> Option<MemberAuth> {
+        let st = self.lock();
+        st.members.get(peer).map(|m| MemberAuth {
+            name: m.name.clone(),
+            builds: m.builds,
+            eligible: m.eligible,
+        })
+    }
+
+    /// Whether `peer` (a peer id in text form) may sign job grants.
+    pub fn may_coordinate(&self, peer: &str) -> bool {
+        let st = self.lock();
+        if peer == self.me.to_string() {
+            return st.eligible;
+        }
+        peer.parse::<PeerId>()
+            .ok()
+            .and_then(|p| st.members.get(&p).map(|m| m.eligible))
+            .unwrap_or(false)
+    }
+
+    /// A member's display name (its peer id if unknown).
+    pub fn name_of(&self, peer: &str) -> String {
+        let st = self.lock();
+        if peer == self.me.to_string() {
+            return st.hello.name.clone();
+        }
+        peer.parse::<PeerId>()
+            .ok()
+            .and_then(|p| st.members.get(&p).map(|m| m.name.clone()))
+            .unwrap_or_else(|| peer.to_string())
+    }
+
+    /// Count an event (shown in status and metrics).
+    pub fn count(&self, what: &str) {
+        self.lock().count(what);
+    }
+}
+
+fn alloc_of(r: CtlResponse) -> Alloc {
+    match r {
+        CtlResponse::Granted { grant, holders } => Alloc::Granted { grant, holders },
+        CtlResponse::Full => Alloc::Full,
+        CtlResponse::NotCoordinator(l) => {
+            Alloc::NoCoordinator(format!("asked a node that is not the coordinator ({l:?})"))
+        }
+        CtlResponse::Rejected(why) => Alloc::NoCoordinator(format!("refused: {why}")),
+        other => Alloc::NoCoordinator(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// Start the network task.
+pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> Result<Arc<Net>> {
     let key: OfficePublicKey = p.office.public_key.parse().context("[office] public_key")?;
     // A bad list in the config is an error at start, not a silent no-op.
     if let Some(text) = &p.office.revocations {
@@ -458,6 +705,7 @@ pub fn spawn(
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(5)),
                 ),
+                stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| anyhow::anyhow!("network set-up: {e}"))?
@@ -503,6 +751,11 @@ pub fn spawn(
         banned: HashMap::new(),
         spread: false,
         alloc: crate::coordinator::Allocator::default(),
+        keypair: p.keypair.clone(),
+        grants: HashMap::new(),
+        next_grant: rand_u64(),
+        counters: BTreeMap::new(),
+        running_now: 0,
     };
     if let Some(text) = &p.office.revocations {
         state.adopt_revocations(text);
@@ -539,64 +792,147 @@ pub fn spawn(
     let view2 = view.clone();
     let period = Duration::from_millis(p.network.report_interval_ms.max(50));
     let timeout = Duration::from_millis(p.network.liveness_timeout_ms.max(100));
+    let control = swarm.behaviour().stream.new_control();
+    let state = Arc::new(Mutex::new(state));
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(1024);
+    let shared = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
+        let mut waiting: HashMap<
+            request_response::OutboundRequestId,
+            oneshot::Sender<Result<CtlResponse, String>>,
+        > = HashMap::new();
         loop {
             tokio::select! {
-                ev = swarm.select_next_some() => handle(&mut swarm, &mut state, ev),
+                ev = swarm.select_next_some() => {
+                    let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    handle(&mut swarm, &mut st, ev, &mut waiting);
+                }
+                Some(cmd) = cmd_rx.recv() => match cmd {
+                    Cmd::Ctl { peer, req, reply } => {
+                        let id = swarm.behaviour_mut().ctl.send_request(&peer, req);
+                        if let Some(reply) = reply {
+                            waiting.insert(id, reply);
+                        }
+                    }
+                },
                 _ = tick.tick() => {
-                    let now = Instant::now();
-                    let lost: Vec<PeerId> = state.members.iter().filter(|(_, m)| now.duration_since(m.last_seen) > timeout).map(|(p, _)| *p).collect();
-                    for peer in lost {
-                        tracing::warn!(%peer, "member lost (silent for {timeout:?})");
-                        state.members.remove(&peer);
-                        // Its connection may look alive (TCP notices nothing):
-                        // drop it, so that the redial starts from scratch.
-                        let _ = swarm.disconnect_peer_id(peer);
-                    }
-                    state.elect(now);
-                    state.hello.term = state.term;
-                    state.hello.leader = state.leader.map(|l| l.to_string());
-                    let report = Report {
-                        running_jobs: running_jobs.load(std::sync::atomic::Ordering::Relaxed),
-                        cores: state.hello.cores,
-                        term: state.term,
-                        leader: state.hello.leader.clone(),
-                        toolchains: toolchains.ids(MAX_REPORTED_TOOLCHAINS),
-                    };
-                    // The allocator holds the live builders: members that build, and us.
-                    let me_str = me.to_string();
-                    let live: HashSet<String> =
-                        state.members.iter().filter(|(_, m)| m.builds).map(|(p, _)| p.to_string()).collect();
-                    state.alloc.retain(|p| p == me_str || live.contains(p));
-                    if state.hello.builds {
-                        state.alloc.report(&me_str, report.cores, report.running_jobs, report.toolchains.iter().copied());
-                    }
-                    let spread = std::mem::take(&mut state.spread);
-                    for peer in state.members.keys().copied().collect::<Vec<_>>() {
-                        swarm.behaviour_mut().ctl.send_request(&peer, CtlRequest::Report(report.clone()));
-                        if spread {
-                            swarm.behaviour_mut().ctl.send_request(&peer, CtlRequest::Hello(state.hello.clone()));
-                        }
-                    }
-                    for peer in state.to_drop.drain().collect::<Vec<_>>() {
-                        let _ = swarm.disconnect_peer_id(peer);
-                    }
-                    let banned: HashSet<PeerId> = state.banned.iter().filter(|(_, u)| now < **u).map(|(p, _)| *p).collect();
-                    for (peer, w) in state.wanted.iter_mut() {
-                        if !banned.contains(peer) && !swarm.is_connected(peer) && w.next_try <= now {
-                            let opts = DialOpts::peer_id(*peer).condition(PeerCondition::DisconnectedAndNotDialing).addresses(vec![w.addr.clone()]).build();
-                            let _ = swarm.dial(opts);
-                            w.next_try = now + w.backoff;
-                            w.backoff = (w.backoff * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = state.view(&me);
+                    let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    on_tick(&mut swarm, &mut st, &running_jobs, &toolchains, timeout);
+                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(&me);
                 }
             }
         }
     });
-    Ok(view)
+    Ok(Arc::new(Net {
+        state,
+        cmd: cmd_tx,
+        control,
+        me,
+        view,
+    }))
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // Uniqueness across coordinators is all that matters; the clock is a fallback.
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        return now_ms() << 20;
+    }
+    u64::from_le_bytes(b) >> 1
+}
+
+/// Every report interval: liveness, election, reports, redials.
+fn on_tick(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    state: &mut State,
+    running_jobs: &std::sync::atomic::AtomicU32,
+    toolchains: &crate::toolchain::ToolchainStore,
+    timeout: Duration,
+) {
+    let now = Instant::now();
+    let me = state.me;
+    let lost: Vec<PeerId> = state
+        .members
+        .iter()
+        .filter(|(_, m)| now.duration_since(m.last_seen) > timeout)
+        .map(|(p, _)| *p)
+        .collect();
+    for peer in lost {
+        tracing::warn!(%peer, "member lost (silent for {timeout:?})");
+        state.members.remove(&peer);
+        state.count("members_lost");
+        // Its connection may look alive (TCP notices nothing): drop it, so
+        // that the redial starts from scratch.
+        let _ = swarm.disconnect_peer_id(peer);
+    }
+    state.elect(now);
+    state.running_now = running_jobs.load(std::sync::atomic::Ordering::Relaxed);
+    state.hello.term = state.term;
+    state.hello.leader = state.leader.map(|l| l.to_string());
+    state
+        .grants
+        .retain(|_, (_, _, at)| now.duration_since(*at) < GRANT_FORGET);
+    let report = Report {
+        running_jobs: running_jobs.load(std::sync::atomic::Ordering::Relaxed),
+        cores: state.hello.cores,
+        term: state.term,
+        leader: state.hello.leader.clone(),
+        toolchains: toolchains.ids(MAX_REPORTED_TOOLCHAINS),
+    };
+    // The allocator holds the live builders: members that build, and us.
+    let me_str = me.to_string();
+    let live: HashSet<String> = state
+        .members
+        .iter()
+        .filter(|(_, m)| m.builds)
+        .map(|(p, _)| p.to_string())
+        .collect();
+    state.alloc.retain(|p| p == me_str || live.contains(p));
+    if state.hello.builds {
+        state.alloc.report(
+            &me_str,
+            report.cores,
+            report.running_jobs,
+            report.toolchains.iter().copied(),
+        );
+    }
+    let spread = std::mem::take(&mut state.spread);
+    for peer in state.members.keys().copied().collect::<Vec<_>>() {
+        swarm
+            .behaviour_mut()
+            .ctl
+            .send_request(&peer, CtlRequest::Report(report.clone()));
+        if spread {
+            swarm
+                .behaviour_mut()
+                .ctl
+                .send_request(&peer, CtlRequest::Hello(state.hello.clone()));
+        }
+    }
+    for peer in state.to_drop.drain().collect::<Vec<_>>() {
+        let _ = swarm.disconnect_peer_id(peer);
+    }
+    let banned: HashSet<PeerId> = state
+        .banned
+        .iter()
+        .filter(|(_, u)| now < **u)
+        .map(|(p, _)| *p)
+        .collect();
+    for (peer, w) in state.wanted.iter_mut() {
+        if !banned.contains(peer) && !swarm.is_connected(peer) && w.next_try <= now {
+            let opts = DialOpts::peer_id(*peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .addresses(vec![w.addr.clone()])
+                .build();
+            let _ = swarm.dial(opts);
+            w.next_try = now + w.backoff;
+            w.backoff = (w.backoff * 2).min(Duration::from_secs(5));
+        }
+    }
 }
 
 fn is_loopback(a: &Multiaddr) -> bool {
@@ -607,7 +943,15 @@ fn is_loopback(a: &Multiaddr) -> bool {
     })
 }
 
-fn handle(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, ev: SwarmEvent<BehaviourEvent>) {
+type Waiting =
+    HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<CtlResponse, String>>>;
+
+fn handle(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    state: &mut State,
+    ev: SwarmEvent<BehaviourEvent>,
+    waiting: &mut Waiting,
+) {
     match ev {
         SwarmEvent::NewListenAddr { address, .. } => {
             tracing::info!(%address, "listening");
@@ -680,6 +1024,7 @@ fn handle(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, ev: SwarmEven
                                 m.last_seen = Instant::now();
                                 m.running_jobs = r.running_jobs;
                                 m.cores = r.cores;
+                                m.toolchains = r.toolchains.len() as u32;
                                 if m.builds {
                                     let held =
                                         r.toolchains.iter().take(MAX_REPORTED_TOOLCHAINS).copied();
@@ -702,30 +1047,58 @@ fn handle(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, ev: SwarmEven
                                 CtlResponse::Rejected("not a member; send Hello".into())
                             }
                         },
+                        // Only members (their office token verified) get builders:
+                        // the scheduler's client authentication.
+                        CtlRequest::Alloc(req) => {
+                            if state.members.contains_key(&peer) {
+                                state.grant(&peer, &req)
+                            } else {
+                                state.count("allocations_refused");
+                                tracing::warn!(%peer, reason = "not a member", "allocation refused");
+                                CtlResponse::Rejected("not a member of this office".into())
+                            }
+                        }
+                        CtlRequest::Release { grant, failed } => {
+                            state.release(&peer, grant, failed);
+                            CtlResponse::Ack
+                        }
                     };
                     let _ = swarm.behaviour_mut().ctl.send_response(channel, resp);
                 }
-                request_response::Message::Response { response, .. } => match response {
-                    CtlResponse::Hello(h) => {
-                        let _ = state.admit(peer, &h);
+                request_response::Message::Response {
+                    response,
+                    request_id,
+                } => {
+                    if let Some(w) = waiting.remove(&request_id) {
+                        let _ = w.send(Ok(response.clone()));
                     }
-                    CtlResponse::Ack => {
-                        if let Some(m) = state.members.get_mut(&peer) {
-                            m.last_seen = Instant::now();
+                    match response {
+                        CtlResponse::Hello(h) => {
+                            let _ = state.admit(peer, &h);
                         }
+                        CtlResponse::Ack => {
+                            if let Some(m) = state.members.get_mut(&peer) {
+                                m.last_seen = Instant::now();
+                            }
+                        }
+                        CtlResponse::Rejected(why) => {
+                            tracing::debug!(%peer, why, "peer refused our request")
+                        }
+                        _ => {}
                     }
-                    CtlResponse::Rejected(why) => {
-                        tracing::debug!(%peer, why, "peer refused our request")
-                    }
-                },
+                }
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::OutboundFailure {
             peer,
             error,
+            request_id,
             ..
         })) => {
             tracing::debug!(%peer, %error, "control request failed");
+            if let Some(w) = waiting.remove(&request_id) {
+                let _ = w.send(Err(error.to_string()));
+            }
         }
         _ => {}
     }

@@ -5,6 +5,7 @@
 use crate::builder::Builder;
 use crate::cache::{Cache, Lookup};
 use crate::config::{state_dir, Config};
+use crate::remote::Outcome;
 use crate::stats::StatsStore;
 use crate::toolchain::local::LocalToolchains;
 use crate::toolchain::ToolchainStore;
@@ -22,7 +23,7 @@ use tokio::sync::{watch, Semaphore};
 /// Shared state of a running node.
 pub struct Node {
     cache: Option<Cache>,
-    builder: Builder,
+    builder: Arc<Builder>,
     /// Why this node cannot build, if it cannot (no usable bubblewrap, or
     /// `builder = false`).
     cannot_build: Option<String>,
@@ -30,7 +31,9 @@ pub struct Node {
     stats: Arc<StatsStore>,
     name: String,
     shutdown: watch::Sender<bool>,
-    office: Option<Arc<std::sync::Mutex<swarmcc_protocol::swarm::OfficeView>>>,
+    /// The office this node is part of, if configured: jobs go where its
+    /// coordinator says.
+    remote: Option<Arc<crate::remote::Remote>>,
 }
 
 /// Concurrent client connections served at once.
@@ -67,10 +70,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     } else {
         None
     };
-    let builder = Builder::new(&cfg, &visible, store.clone())?;
+    let builder = Arc::new(Builder::new(&cfg, &visible, store.clone())?);
     let stats = StatsStore::open(state.join("stats.json"));
     stats.spawn_saver(Duration::from_secs(1));
-    let office = match &cfg.office {
+    let name = cfg.node.name.clone().unwrap_or_else(hostname);
+    let remote = match &cfg.office {
         Some(oc) => {
             let keypair = crate::identity::node_keypair(&state.join("node.key"))?;
             tracing::info!(peer = %keypair.public().to_peer_id(), office = %oc.name, "joining office");
@@ -78,12 +82,24 @@ pub async fn run(cfg: Config) -> Result<()> {
                 keypair,
                 office: oc.clone(),
                 network: cfg.network.clone(),
-                name: hostname(),
+                name: name.clone(),
                 cores: builder.max_jobs as u32,
                 builds: cannot_build.is_none(),
                 toolchains: store.clone(),
             };
-            Some(crate::net::spawn(params, builder.running.clone())?)
+            let net = crate::net::spawn(params, builder.running.clone())?;
+            Some(crate::remote::Remote::start(crate::remote::RemoteParams {
+                net,
+                builder: builder.clone(),
+                store: store.clone(),
+                stats: stats.clone(),
+                cannot_build: cannot_build.clone(),
+                name: name.clone(),
+                when_full: cfg.dist.when_full,
+                max_attempts: cfg.dist.max_attempts,
+                sandbox_timeout: Duration::from_secs(cfg.sandbox.timeout_secs.max(1)),
+                max_toolchain: cfg.dist.toolchain_cache_size,
+            })?)
         }
         None => None,
     };
@@ -94,9 +110,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         cannot_build,
         local_toolchains: LocalToolchains::new(store, &tc_dir),
         stats: stats.clone(),
-        name: hostname(),
+        name: name.clone(),
         shutdown: tx,
-        office,
+        remote,
     });
 
     let sock = cfg.socket_path();
@@ -301,15 +317,24 @@ async fn handle(node: &Node, req: Request) -> Response {
             Response::Ok
         }
         Request::Compile { key, job, blobs } => {
-            if let Some(why) = &node.cannot_build {
-                return Response::Error(why.clone());
-            }
             if let Err(e) = node.builder.add_blobs(&blobs) {
                 return Response::Error(e.to_string());
             }
             let speculative = job.check.is_none() && job.deps_file.is_some();
-            match node.builder.run(&job).await {
-                Ok(result) => {
+            let outcome = match &node.remote {
+                Some(remote) => remote.dispatch(&job).await,
+                None => {
+                    crate::remote::run_on(
+                        &node.builder,
+                        node.cannot_build.as_deref(),
+                        &node.name,
+                        &job,
+                    )
+                    .await
+                }
+            };
+            match outcome {
+                Outcome::Done { result, builder } => {
                     if speculative {
                         node.stats.update(|s| s.speculative_compiles += 1);
                     }
@@ -322,28 +347,30 @@ async fn handle(node: &Node, req: Request) -> Response {
                     }
                     node.stats.update(|s| {
                         if result.exit_code == 0 {
-                            *s.dist_compiles.entry(node.name.clone()).or_default() += 1;
+                            *s.dist_compiles.entry(builder.clone()).or_default() += 1;
                         } else {
                             s.compile_errors += 1;
                         }
                     });
-                    Response::Compiled {
-                        result,
-                        builder: node.name.clone(),
-                    }
+                    Response::Compiled { result, builder }
                 }
-                Err(e @ crate::builder::JobError::Mismatch(_)) if speculative => {
+                Outcome::Mismatch(e) if speculative => {
                     tracing::debug!("speculative job not proven: {e}");
                     node.stats.update(|s| s.speculation_misses += 1);
-                    Response::Error(e.to_string())
+                    Response::Error(e)
                 }
-                Err(e) => {
+                Outcome::Mismatch(e) => {
                     tracing::warn!("job failed: {e}");
-                    if e.is_limit() {
+                    Response::Error(e)
+                }
+                Outcome::Failed { error, limit } => {
+                    tracing::warn!("job failed: {error}");
+                    if limit {
                         node.stats.update(|s| s.sandbox_limit_hits += 1);
                     }
-                    Response::Error(e.to_string())
+                    Response::Error(error)
                 }
+                Outcome::Full => Response::Full,
             }
         }
         Request::RecordLocal { reason } => {
@@ -355,8 +382,8 @@ async fn handle(node: &Node, req: Request) -> Response {
             Response::Ok
         }
         Request::Stats => Response::Stats(node.stats.snapshot()),
-        Request::Status => Response::Status(match &node.office {
-            Some(v) => v.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        Request::Status => Response::Status(match &node.remote {
+            Some(r) => r.net.view.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             None => swarmcc_protocol::swarm::OfficeView::default(),
         }),
         Request::ZeroStats => {

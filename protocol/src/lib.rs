@@ -11,6 +11,7 @@ pub mod local;
 pub mod stats;
 pub mod swarm;
 pub mod token;
+pub mod transfer;
 
 pub use hash::{Hash32, ToolchainId};
 pub use job::{Job, JobResult, PreprocessCheck, SourceRef};

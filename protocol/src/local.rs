@@ -113,4 +113,6 @@ pub enum Response {
     Ok,
     /// The node could not do what was asked; the wrapper compiles locally.
     Error(String),
+    /// Every builder of the office is busy: the wrapper compiles locally.
+    Full,
 }

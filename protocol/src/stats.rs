@@ -25,10 +25,12 @@ pub enum LocalReason {
     NodeUnavailable,
     /// The node or sandbox failed; the client compiled locally instead.
     SwarmFailure,
+    /// Every builder slot of the office was taken.
+    OfficeFull,
 }
 
 impl LocalReason {
-    pub const ALL: [LocalReason; 10] = [
+    pub const ALL: [LocalReason; 11] = [
         LocalReason::NotCompile,
         LocalReason::PreprocessOnly,
         LocalReason::MultipleInputs,
@@ -39,6 +41,7 @@ impl LocalReason {
         LocalReason::PreprocessorFailed,
         LocalReason::NodeUnavailable,
         LocalReason::SwarmFailure,
+        LocalReason::OfficeFull,
     ];
 
     /// Human label for `--show-stats`.
@@ -54,6 +57,7 @@ impl LocalReason {
             LocalReason::PreprocessorFailed => "preprocessor failed",
             LocalReason::NodeUnavailable => "node unavailable",
             LocalReason::SwarmFailure => "swarm failure (fell back)",
+            LocalReason::OfficeFull => "office full",
         }
     }
 
@@ -70,6 +74,7 @@ impl LocalReason {
             LocalReason::PreprocessorFailed => "preprocessor_failed",
             LocalReason::NodeUnavailable => "node_unavailable",
             LocalReason::SwarmFailure => "swarm_failure",
+            LocalReason::OfficeFull => "office_full",
         }
     }
 }
@@ -101,4 +106,16 @@ pub struct Stats {
     /// Such guesses the builder could not prove; redone with preprocessing.
     #[serde(default)]
     pub speculation_misses: u64,
+    /// Jobs this node ran for other nodes of its office.
+    #[serde(default)]
+    pub jobs_run_for_peers: u64,
+    /// Jobs given to another builder after one was lost or refused them.
+    #[serde(default)]
+    pub jobs_reallocated: u64,
+    /// Toolchains this node fetched from peers, by the peer's name.
+    #[serde(default)]
+    pub toolchains_fetched: BTreeMap<String, u64>,
+    /// Job offers, toolchain requests and grants this node refused.
+    #[serde(default)]
+    pub refused_requests: BTreeMap<String, u64>,
 }

@@ -46,10 +46,29 @@ pub struct Report {
 /// Bound on the toolchains one report lists.
 pub const MAX_REPORTED_TOOLCHAINS: usize = 256;
 
+/// A client node asks the coordinator for a builder.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AllocRequest {
+    /// [`crate::transfer::job_hash`] of the job.
+    pub job: crate::Hash32,
+    pub toolchain: crate::ToolchainId,
+    /// Builders that just failed this job (bounded by [`MAX_EXCLUDE`]).
+    pub exclude: Vec<String>,
+}
+
+/// Bound on [`AllocRequest::exclude`].
+pub const MAX_EXCLUDE: usize = 16;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum CtlRequest {
     Hello(Hello),
     Report(Report),
+    Alloc(AllocRequest),
+    /// A granted job ended; `failed` when the builder was lost or broke.
+    Release {
+        grant: u64,
+        failed: bool,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,6 +77,15 @@ pub enum CtlResponse {
     Ack,
     /// The request's sender is not accepted; the reason is for its logs.
     Rejected(String),
+    /// A builder for the job, and peers that hold its toolchain.
+    Granted {
+        grant: crate::transfer::Grant,
+        holders: Vec<String>,
+    },
+    /// Every builder slot of the office is taken.
+    Full,
+    /// This node is not the coordinator; the one it knows, if any.
+    NotCoordinator(Option<String>),
 }
 
 /// A member of the office as a node sees it (for `swarmcc status`).
@@ -69,6 +97,8 @@ pub struct MemberInfo {
     pub role: String,
     pub cores: u32,
     pub running_jobs: u32,
+    /// Toolchains it holds (as its last report said).
+    pub toolchains: u32,
     pub last_seen_ms: u64,
 }
 
@@ -77,6 +107,10 @@ pub struct MemberInfo {
 pub struct OfficeView {
     pub office: Option<String>,
     pub me: String,
+    /// This node's name, whether it builds, and its jobs running now.
+    pub name: String,
+    pub builds: bool,
+    pub running_jobs: u32,
     pub listen: Vec<String>,
     pub members: Vec<MemberInfo>,
     /// Peers refused since start, by reason.
@@ -89,4 +123,6 @@ pub struct OfficeView {
     pub builders: u64,
     pub cores: u64,
     pub in_progress: u64,
+    /// Event counters (allocations, elections, members lost, ...).
+    pub counters: std::collections::BTreeMap<String, u64>,
 }

@@ -259,6 +259,18 @@ pub fn office_node(
     token: Option<String>,
     extra: &str,
 ) -> (Env, String) {
+    office_node_with(office_key, pk, boot, token, "max_jobs = 3", extra)
+}
+
+/// [`office_node`] with the lines of its `[node]` section given.
+pub fn office_node_with(
+    office_key: &std::path::Path,
+    pk: &str,
+    boot: Option<&str>,
+    token: Option<String>,
+    node_section: &str,
+    extra: &str,
+) -> (Env, String) {
     let mut env = Env::new("");
     let peer = out(env.cmd(swarmcc()).args(["node", "id"]));
     let token = token.unwrap_or_else(|| {
@@ -277,7 +289,7 @@ pub fn office_node(
     std::fs::write(
         env.state().join("config.toml"),
         format!(
-            "[node]\nmax_jobs = 3\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
+            "[node]\n{node_section}\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
              [office]\nname = \"acme\"\npublic_key = \"{pk}\"\nbuilder_token = \"{token}\"\n{extra}"
         ),
     )

@@ -160,6 +160,22 @@ impl ToolchainStore {
         }
     }
 
+    /// Adopt a file under [`Self::tmp_path`] whose blake3 the caller has
+    /// computed while writing it and found equal to `id` (a fetch from a
+    /// peer hashes as it receives, so the archive is not read twice).
+    pub fn adopt_verified(&self, id: &ToolchainId, tmp: &Path, size: u64) -> Result<()> {
+        if self.has(id) {
+            let _ = fs::remove_file(tmp);
+            return Ok(());
+        }
+        if let Err(e) = fs::rename(tmp, self.archive_path(id)) {
+            let _ = fs::remove_file(tmp);
+            return Err(e.into());
+        }
+        self.register(id, size);
+        Ok(())
+    }
+
     /// Insert an archive file already on this machine (moved if `owned`).
     pub fn insert_file(&self, id: &ToolchainId, path: &Path) -> Result<()> {
         let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;

@@ -1,0 +1,566 @@
+//! Jobs and toolchains between the nodes of an office.
+//!
+//! Client side ([`Remote::dispatch`]): ask the coordinator for a builder,
+//! open a job stream to it, send the job with its grant and only the source
+//! blobs it lacks, and read back the result. A builder that is lost (its
+//! stream breaks, or it drops out of the office) or refuses the job is
+//! reported to the coordinator and the job goes to another one, up to
+//! `[dist] max_attempts`; after that the wrapper compiles locally.
+//!
+//! Builder side ([`Remote::start`]): accept job streams only from members,
+//! check the grant (signed by a coordinator of this office, for this
+//! builder, this client and this very job, unexpired) before reading any
+//! source, fetch a missing toolchain by id from a holder, and run the job
+//! in the sandbox. Toolchains are served to members only, and a fetched
+//! archive is stored only if it hashes to the id asked for.
+
+use crate::builder::{Builder, JobError};
+use crate::config::WhenFull;
+use crate::net::{Alloc, Net};
+use crate::stats::StatsStore;
+use crate::toolchain::ToolchainStore;
+use crate::wire::{read_frame, write_frame};
+use anyhow::{anyhow, bail, Context, Result};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use swarmcc_protocol::job::Blob;
+use swarmcc_protocol::transfer::{
+    job_hash, Grant, JobOffer, JobReply, OfferAnswer, ToolchainAnswer, ToolchainRequest, BLOB_MAX,
+    JOB_PROTOCOL, OFFER_MAX, REPLY_MAX, SMALL_MAX, TOOLCHAIN_PROTOCOL,
+};
+use swarmcc_protocol::{Hash32, Job, JobResult, ToolchainId};
+use tokio::sync::Semaphore;
+
+/// How a job ended, wherever it ran.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It ran (exit code 0 or the user's compile error) on `builder`.
+    Done { result: JobResult, builder: String },
+    /// The builder could not prove the inputs match (the wrapper redoes it
+    /// the checked way or locally).
+    Mismatch(String),
+    /// It failed on a builder; `limit` when a sandbox limit stopped it.
+    Failed { error: String, limit: bool },
+    /// Every builder slot of the office is taken.
+    Full,
+}
+
+/// Longest wait for one frame of a peer's job or toolchain transfer.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client-only node waits for a coordinator (one failover).
+const COORDINATOR_WAIT: Duration = Duration::from_secs(4);
+/// How often a client checks that its builder is still in the office.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+
+pub struct Remote {
+    pub net: Arc<Net>,
+    builder: Arc<Builder>,
+    store: Arc<ToolchainStore>,
+    stats: Arc<StatsStore>,
+    /// Why this node does not build, if it does not.
+    cannot_build: Option<String>,
+    /// This node's display name.
+    name: String,
+    when_full: WhenFull,
+    max_attempts: u32,
+    /// Longest a job may take from offer to result (sandbox timeout + slack).
+    job_timeout: Duration,
+    max_toolchain: u64,
+    /// One fetch per toolchain id at a time.
+    fetching: Mutex<HashMap<ToolchainId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Job streams served at once (running or queued for a slot).
+    inbound: Arc<Semaphore>,
+}
+
+pub struct RemoteParams {
+    pub net: Arc<Net>,
+    pub builder: Arc<Builder>,
+    pub store: Arc<ToolchainStore>,
+    pub stats: Arc<StatsStore>,
+    pub cannot_build: Option<String>,
+    pub name: String,
+    pub when_full: WhenFull,
+    pub max_attempts: u32,
+    pub sandbox_timeout: Duration,
+    pub max_toolchain: u64,
+}
+
+impl Remote {
+    /// Start serving job and toolchain streams.
+    pub fn start(p: RemoteParams) -> Result<Arc<Remote>> {
+        let inbound = Arc::new(Semaphore::new(p.builder.max_jobs * 4));
+        let r = Arc::new(Remote {
+            net: p.net,
+            builder: p.builder,
+            store: p.store,
+            stats: p.stats,
+            cannot_build: p.cannot_build,
+            name: p.name,
+            when_full: p.when_full,
+            max_attempts: p.max_attempts.max(1),
+            job_timeout: p.sandbox_timeout + Duration::from_secs(60),
+            max_toolchain: p.max_toolchain,
+            fetching: Mutex::new(HashMap::new()),
+            inbound,
+        });
+        let mut control = r.net.control.clone();
+        let mut jobs = control
+            .accept(StreamProtocol::new(JOB_PROTOCOL))
+            .map_err(|e| anyhow!("job protocol: {e}"))?;
+        let mut toolchains = control
+            .accept(StreamProtocol::new(TOOLCHAIN_PROTOCOL))
+            .map_err(|e| anyhow!("toolchain protocol: {e}"))?;
+        let me = r.clone();
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = jobs.next().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.serve_job(peer, stream).await {
+                        tracing::debug!(%peer, "job stream: {e:#}");
+                    }
+                });
+            }
+        });
+        let me = r.clone();
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = toolchains.next().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.serve_toolchain(peer, stream).await {
+                        tracing::debug!(%peer, "toolchain stream: {e:#}");
+                    }
+                });
+            }
+        });
+        Ok(r)
+    }
+
+    fn refused(&self, why: &str) {
+        self.stats.update(|s| {
+            *s.refused_requests.entry(why.to_string()).or_default() += 1;
+        });
+    }
+
+    /// Run a job on this node's own sandbox.
+    pub async fn run_here(&self, job: &Job) -> Outcome {
+        run_on(&self.builder, self.cannot_build.as_deref(), &self.name, job).await
+    }
+
+    /// Run a job wherever the office's coordinator says.
+    pub async fn dispatch(&self, job: &Job) -> Outcome {
+        let hash = job_hash(job);
+        let me = self.net.me.to_string();
+        let started = Instant::now();
+        let mut exclude: Vec<String> = Vec::new();
+        loop {
+            let (grant, holders) = match self
+                .net
+                .allocate(hash, job.toolchain, exclude.clone())
+                .await
+            {
+                Alloc::Granted { grant, holders } => (grant, holders),
+                Alloc::Full => {
+                    if self.when_full == WhenFull::Wait && started.elapsed() < self.job_timeout {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    return Outcome::Full;
+                }
+                Alloc::NoCoordinator(why) => {
+                    // Nobody allocates right now (an election is under way,
+                    // or the office is just this node): build here if we
+                    // can; a client-only node waits out one failover first.
+                    tracing::debug!("no allocation: {why}");
+                    if self.cannot_build.is_none() {
+                        return self.run_here(job).await;
+                    }
+                    if started.elapsed() < COORDINATOR_WAIT {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    return Outcome::Failed {
+                        error: why,
+                        limit: false,
+                    };
+                }
+            };
+            let builder = grant.body.builder.clone();
+            if builder == me {
+                let out = self.run_here(job).await;
+                self.net.release(&grant, false);
+                return out;
+            }
+            let outcome = self.run_remote(&grant, job, holders).await;
+            match outcome {
+                Ok(JobReply::Done(result)) => {
+                    self.net.release(&grant, false);
+                    return Outcome::Done {
+                        result,
+                        builder: self.net.name_of(&builder),
+                    };
+                }
+                Ok(JobReply::Mismatch(m)) => {
+                    self.net.release(&grant, false);
+                    return Outcome::Mismatch(m);
+                }
+                Ok(JobReply::Failed { error, limit }) => {
+                    self.net.release(&grant, false);
+                    return Outcome::Failed { error, limit };
+                }
+                Ok(JobReply::Refused(why)) | Err(why) => {
+                    tracing::warn!(builder = %self.net.name_of(&builder), "job not done there: {why}");
+                    self.net.release(&grant, true);
+                    exclude.push(builder);
+                    if exclude.len() as u32 >= self.max_attempts {
+                        return Outcome::Failed {
+                            error: format!("{} builders failed; last: {why}", exclude.len()),
+                            limit: false,
+                        };
+                    }
+                    self.stats.update(|s| s.jobs_reallocated += 1);
+                }
+            }
+        }
+    }
+
+    /// Send a job to the builder its grant names; `Err` means the builder was
+    /// lost or broke the protocol (another builder should get the job).
+    async fn run_remote(
+        &self,
+        grant: &Grant,
+        job: &Job,
+        holders: Vec<String>,
+    ) -> Result<JobReply, String> {
+        let peer: PeerId = grant
+            .body
+            .builder
+            .parse()
+            .map_err(|_| "grant names a malformed peer id".to_string())?;
+        let transfer = async {
+            let mut s = self
+                .net
+                .control
+                .clone()
+                .open_stream(peer, StreamProtocol::new(JOB_PROTOCOL))
+                .await
+                .map_err(|e| anyhow!("opening a job stream: {e}"))?;
+            let offer = JobOffer {
+                grant: grant.clone(),
+                job: job.clone(),
+                holders,
+            };
+            write_frame(&mut s, &offer, OFFER_MAX).await?;
+            let need = match timed(read_frame(&mut s, SMALL_MAX)).await? {
+                OfferAnswer::Refused(why) => return Ok(JobReply::Refused(why)),
+                OfferAnswer::Need(need) => need,
+            };
+            let ours: HashSet<Hash32> = job.sources.iter().map(|s| s.hash).collect();
+            for h in need {
+                if !ours.contains(&h) {
+                    bail!("builder asked for a blob that is not part of the job");
+                }
+                let data = self
+                    .builder
+                    .blob(&h)
+                    .ok_or_else(|| anyhow!("source blob {h} is no longer here"))?;
+                write_frame(&mut s, &Blob { hash: h, data }, BLOB_MAX).await?;
+            }
+            let reply: JobReply = read_frame(&mut s, REPLY_MAX).await?;
+            let _ = s.close().await;
+            Ok(reply)
+        };
+        let watch = async {
+            loop {
+                tokio::time::sleep(WATCH_EVERY).await;
+                if self.net.member(&peer).is_none() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout(self.job_timeout, transfer) => match r {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(_) => Err("timed out".into()),
+            },
+            _ = watch => Err("the builder left the office".into()),
+        }
+    }
+
+    /// Builder side of a job stream.
+    async fn serve_job(&self, peer: PeerId, mut s: libp2p::Stream) -> Result<()> {
+        let Ok(_permit) = self.inbound.clone().try_acquire_owned() else {
+            self.refused("busy");
+            write_frame(&mut s, &OfferAnswer::Refused("busy".into()), SMALL_MAX).await?;
+            return Ok(());
+        };
+        let offer: JobOffer = timed(read_frame(&mut s, OFFER_MAX)).await?;
+        if let Err(why) = self.admit_job(&peer, &offer) {
+            tracing::warn!(%peer, reason = why, "job refused");
+            self.refused(why);
+            write_frame(&mut s, &OfferAnswer::Refused(why.into()), SMALL_MAX).await?;
+            return Ok(());
+        }
+        let job = offer.job;
+        let mut wanted: Vec<Hash32> = job.sources.iter().map(|s| s.hash).collect();
+        wanted.sort();
+        wanted.dedup();
+        let need = self.builder.missing_blobs(&wanted);
+        write_frame(&mut s, &OfferAnswer::Need(need.clone()), SMALL_MAX).await?;
+        for h in need {
+            let blob: Blob = timed(read_frame(&mut s, BLOB_MAX)).await?;
+            if blob.hash != h {
+                bail!("sent blob {} instead of {h}", blob.hash);
+            }
+            self.builder.add_blobs(&[blob])?;
+        }
+        if !self.store.has(&job.toolchain) {
+            if let Err(e) = self
+                .fetch_toolchain(&job.toolchain, &offer.holders, &peer)
+                .await
+            {
+                let why = format!("toolchain {} unobtainable: {e:#}", job.toolchain);
+                tracing::warn!("{why}");
+                write_frame(&mut s, &JobReply::Refused(why), SMALL_MAX).await?;
+                return Ok(());
+            }
+        }
+        let reply = match self.builder.run(&job).await {
+            Ok(result) => {
+                self.stats.update(|s| s.jobs_run_for_peers += 1);
+                JobReply::Done(result)
+            }
+            Err(e @ JobError::Mismatch(_)) => JobReply::Mismatch(e.to_string()),
+            Err(e) => {
+                if e.is_limit() {
+                    self.stats.update(|s| s.sandbox_limit_hits += 1);
+                }
+                tracing::warn!(%peer, "job failed: {e}");
+                JobReply::Failed {
+                    limit: e.is_limit(),
+                    error: e.to_string(),
+                }
+            }
+        };
+        write_frame(&mut s, &reply, REPLY_MAX).await?;
+        let _ = s.close().await;
+        Ok(())
+    }
+
+    /// Whether this node runs `offer` for `peer`; the reason if not.
+    fn admit_job(&self, peer: &PeerId, offer: &JobOffer) -> Result<(), &'static str> {
+        if self.cannot_build.is_some() {
+            return Err("this node does not build");
+        }
+        if self.net.member(peer).is_none() {
+            return Err("not a member of this office");
+        }
+        if offer.grant.body.client != peer.to_string() {
+            return Err("grant names another client");
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        crate::coordinator::verify_grant(
+            &offer.grant,
+            &self.net.me.to_string(),
+            &job_hash(&offer.job),
+            now,
+            |p| self.net.may_coordinate(p),
+        )
+        .map(|_| ())
+        .map_err(|e| match e {
+            crate::coordinator::GrantError::Malformed => "malformed grant",
+            crate::coordinator::GrantError::NotCoordinator => "grant not from a coordinator",
+            crate::coordinator::GrantError::BadSignature => "forged grant",
+            crate::coordinator::GrantError::Expired => "expired grant",
+            crate::coordinator::GrantError::WrongBuilder => "grant for another builder",
+            crate::coordinator::GrantError::WrongJob => "grant for another job",
+        })
+    }
+
+    /// Get a toolchain from a peer that holds it: the holders the
+    /// coordinator named first, the job's client last. Concurrent jobs
+    /// needing the same id wait for one fetch.
+    async fn fetch_toolchain(
+        &self,
+        id: &ToolchainId,
+        holders: &[String],
+        client: &PeerId,
+    ) -> Result<()> {
+        let lock = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*id)
+            .or_default()
+            .clone();
+        let _once = lock.lock().await;
+        if self.store.has(id) {
+            return Ok(());
+        }
+        let mut sources: Vec<PeerId> = holders
+            .iter()
+            .take(8)
+            .filter_map(|h| h.parse().ok())
+            .filter(|p| p != &self.net.me && p != client && self.net.member(p).is_some())
+            .collect();
+        sources.push(*client);
+        let mut last = anyhow!("no holder known");
+        for src in sources {
+            let t = Instant::now();
+            match self.fetch_from(src, id).await {
+                Ok(size) => {
+                    let name = self.net.name_of(&src.to_string());
+                    tracing::info!(
+                        toolchain = %id,
+                        from = %name,
+                        bytes = size,
+                        millis = t.elapsed().as_millis() as u64,
+                        "toolchain fetched"
+                    );
+                    self.stats
+                        .update(|s| *s.toolchains_fetched.entry(name).or_default() += 1);
+                    self.fetching
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(id);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(toolchain = %id, from = %src, "toolchain fetch failed: {e:#}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Stream an archive from `peer` into the store, hashing as it arrives.
+    async fn fetch_from(&self, peer: PeerId, id: &ToolchainId) -> Result<u64> {
+        let mut s = self
+            .net
+            .control
+            .clone()
+            .open_stream(peer, StreamProtocol::new(TOOLCHAIN_PROTOCOL))
+            .await
+            .map_err(|e| anyhow!("opening a toolchain stream: {e}"))?;
+        write_frame(&mut s, &ToolchainRequest { id: *id }, SMALL_MAX).await?;
+        let size = match timed(read_frame(&mut s, SMALL_MAX)).await? {
+            ToolchainAnswer::Sending { size } => size,
+            ToolchainAnswer::Missing => bail!("the peer does not hold it"),
+            ToolchainAnswer::Refused(why) => bail!("refused: {why}"),
+        };
+        if size > self.max_toolchain {
+            bail!("archive of {size} bytes exceeds the toolchain store");
+        }
+        let tmp = self.store.tmp_path("fetch");
+        let res = async {
+            use tokio::io::AsyncWriteExt as _;
+            let mut f = tokio::fs::File::create(&tmp)
+                .await
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = size;
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = timed(async { s.read(&mut buf[..want]).await }).await?;
+                if n == 0 {
+                    bail!("the peer closed after {} of {size} bytes", size - left);
+                }
+                hasher.update(&buf[..n]);
+                f.write_all(&buf[..n]).await?;
+                left -= n as u64;
+            }
+            f.sync_all().await?;
+            let got = ToolchainId(Hash32::from(hasher.finalize()));
+            if got != *id {
+                bail!("archive hashes to {got}, not {id}; rejected");
+            }
+            self.store.adopt_verified(id, &tmp, size)?;
+            Ok(size)
+        }
+        .await;
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    /// Holder side of a toolchain stream.
+    async fn serve_toolchain(&self, peer: PeerId, mut s: libp2p::Stream) -> Result<()> {
+        let req: ToolchainRequest = timed(read_frame(&mut s, SMALL_MAX)).await?;
+        if self.net.member(&peer).is_none() {
+            tracing::warn!(%peer, reason = "not a member", "toolchain request refused");
+            self.refused("toolchain request from a non-member");
+            let no = ToolchainAnswer::Refused("not a member of this office".into());
+            write_frame(&mut s, &no, SMALL_MAX).await?;
+            return Ok(());
+        }
+        let path = self.store.archive_path(&req.id);
+        let file = match self.store.has(&req.id) {
+            true => tokio::fs::File::open(&path).await.ok(),
+            false => None,
+        };
+        let Some(mut file) = file else {
+            write_frame(&mut s, &ToolchainAnswer::Missing, SMALL_MAX).await?;
+            return Ok(());
+        };
+        let size = file.metadata().await?.len();
+        write_frame(&mut s, &ToolchainAnswer::Sending { size }, SMALL_MAX).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            use tokio::io::AsyncReadExt as _;
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                bail!("archive shrank while being sent");
+            }
+            let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+            timed(async { s.write_all(&buf[..n]).await }).await?;
+            left -= n as u64;
+        }
+        s.flush().await?;
+        let _ = s.close().await;
+        Ok(())
+    }
+}
+
+/// A peer's next frame, or an error if it takes longer than [`FRAME_TIMEOUT`].
+async fn timed<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T> {
+    match tokio::time::timeout(FRAME_TIMEOUT, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => bail!("the peer sent nothing for {FRAME_TIMEOUT:?}"),
+    }
+}
+
+/// Run a job on a local builder (no office, or allocated to this node).
+pub async fn run_on(
+    builder: &Builder,
+    cannot_build: Option<&str>,
+    name: &str,
+    job: &Job,
+) -> Outcome {
+    if let Some(why) = cannot_build {
+        return Outcome::Failed {
+            error: why.to_string(),
+            limit: false,
+        };
+    }
+    match builder.run(job).await {
+        Ok(result) => Outcome::Done {
+            result,
+            builder: name.to_string(),
+        },
+        Err(e @ JobError::Mismatch(_)) => Outcome::Mismatch(e.to_string()),
+        Err(e) => Outcome::Failed {
+            limit: e.is_limit(),
+            error: e.to_string(),
+        },
+    }
+}

@@ -1,0 +1,291 @@
+//! Jobs across an office of real nodes: the coordinator allocates, jobs run
+//! on remote builders, toolchains travel between peers, builders and the
+//! coordinator die mid-build, and a client without a valid token gets nothing.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+struct Office {
+    _dir: tempfile::TempDir,
+    key: std::path::PathBuf,
+    pk: String,
+}
+
+fn office() -> Office {
+    let dir = tempfile::tempdir().unwrap();
+    let pk = out(Command::new(swarmcc())
+        .args(["office", "init", "--name", "acme", "--dir"])
+        .arg(dir.path().join("office")));
+    Office {
+        key: dir.path().join("office/office.key"),
+        _dir: dir,
+        pk,
+    }
+}
+
+/// A builder named `name` (coordinator-eligible), with its own sandbox uids.
+fn builder(o: &Office, name: &str, boot: Option<&str>, uid_base: u32) -> (Env, String) {
+    office_node_with(
+        &o.key,
+        &o.pk,
+        boot,
+        None,
+        &format!("max_jobs = 3\nname = \"{name}\""),
+        &format!("[sandbox]\nuid_base = {uid_base}\n"),
+    )
+}
+
+/// A machine that only submits: `builder = false`, a client token.
+fn client(o: &Office, boot: &str, token: String) -> (Env, String) {
+    office_node_with(
+        &o.key,
+        &o.pk,
+        Some(boot),
+        Some(token),
+        "builder = false\nname = \"client\"",
+        "",
+    )
+}
+
+fn client_token(o: &Office, extra: &[&str]) -> String {
+    out(Command::new(swarmcc())
+        .args(["token", "client", "--user", "ann"])
+        .args(extra)
+        .arg("--office-key")
+        .arg(&o.key))
+}
+
+fn boot_of(n: &Env, peer: &str) -> String {
+    format!("{}/p2p/{peer}", view(n)["listen"][0].as_str().unwrap())
+}
+
+fn lua_reference(dir: &std::path::Path) -> (std::path::PathBuf, Vec<(String, Vec<u8>)>) {
+    let proj = make_lua_project(dir);
+    run_ok(
+        Command::new("make")
+            .args(["-j2", "CC=gcc"])
+            .current_dir(&proj),
+    );
+    let reference = objects(&proj);
+    run_ok(Command::new("make").arg("clean").current_dir(&proj));
+    (proj, reference)
+}
+
+fn assert_identical(proj: &std::path::Path, reference: &[(String, Vec<u8>)]) {
+    let through = objects(proj);
+    assert_eq!(reference.len(), through.len());
+    for ((n1, a), (n2, b)) in reference.iter().zip(&through) {
+        assert_eq!(n1, n2);
+        assert!(a == b, "{n1} differs from the local build");
+    }
+}
+
+fn u(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn sum(v: &serde_json::Value) -> u64 {
+    v.as_object().map(|o| o.values().map(u).sum()).unwrap_or(0)
+}
+
+/// Wait until the client's node sees `n` builders and a coordinator.
+fn wait_office(c: &Env, builders: u64) {
+    eventually("the client sees every builder and a coordinator", || {
+        let v = view(c);
+        v["builders"] == builders && v["coordinator"].is_string()
+    });
+}
+
+/// The coordinator as `n` sees it, once it sees one.
+fn coordinator_of(n: &Env) -> String {
+    eventually("a coordinator", || view(n)["coordinator"].is_string());
+    view(n)["coordinator"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn jobs_run_on_remote_builders_and_toolchains_come_from_peers() {
+    let o = office();
+    let (k, pk) = builder(&o, "k", None, 3_100_000);
+    let boot = boot_of(&k, &pk);
+    let (b1, _) = builder(&o, "b1", Some(&boot), 3_101_000);
+    let (b2, _) = builder(&o, "b2", Some(&boot), 3_102_000);
+    let (c, _) = client(&o, &boot, client_token(&o, &[]));
+    wait_office(&c, 3);
+    let coordinator = coordinator_of(&k);
+    let nodes = [("k", &k), ("b1", &b1), ("b2", &b2)];
+
+    let work = tempfile::tempdir().unwrap();
+    let (proj, reference) = lua_reference(work.path());
+    let cc = format!("CC={} gcc", swarmcc().display());
+
+    // One unit first: one builder gets the toolchain from the client.
+    run_ok(c.cmd("make").args([&cc, "obj/lapi.o"]).current_dir(&proj));
+    let first: Vec<&str> = nodes
+        .iter()
+        .filter(|(_, n)| sum(&n.stats_json()["toolchains_fetched"]) == 1)
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(first.len(), 1, "exactly one builder fetched the toolchain");
+    for (_, n) in &nodes {
+        let f = &n.stats_json()["toolchains_fetched"];
+        assert!(u(&f["client"]) <= 1, "{f}");
+    }
+    // The coordinator learns from reports that it holds the toolchain.
+    eventually("the holder's report reaches the coordinator", || {
+        let v = view(&k);
+        first == ["k"]
+            || v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == first[0] && u(&m["toolchains"]) >= 1)
+    });
+
+    // The rest in parallel: more jobs than the holder has slots, so the
+    // others get jobs too and fetch the toolchain from the holder, not
+    // from the client.
+    run_ok(c.cmd("make").args(["-j8", &cc]).current_dir(&proj));
+    assert_identical(&proj, &reference);
+    let out = run_ok(Command::new(proj.join("luatest")).arg("print(6*7)"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+
+    let s = c.stats_json();
+    assert_eq!(sum(&s["dist_compiles"]), 33, "{s}");
+    assert_eq!(s["dist_errors"], 0, "{s}");
+    assert_eq!(sum(&s["local_compiles"]), 0, "{s}");
+    let mut from_peer = 0;
+    let mut third_party = 0;
+    for (name, n) in &nodes {
+        let st = n.stats_json();
+        let ran = u(&st["jobs_run_for_peers"]);
+        assert_eq!(ran, u(&s["dist_compiles"][name]), "{name}: {st}");
+        if view(n)["me"] != coordinator.as_str() {
+            third_party += ran;
+        }
+        let fetched = st["toolchains_fetched"].as_object().unwrap();
+        assert!(sum(&st["toolchains_fetched"]) <= 1, "fetched once: {st}");
+        from_peer += fetched.iter().filter(|(src, _)| *src != "client").count();
+    }
+    assert!(
+        third_party > 0,
+        "a job reached a builder that is neither the client nor the coordinator"
+    );
+    assert!(
+        from_peer >= 1,
+        "a builder fetched the toolchain from a peer that is not the client"
+    );
+    // Every grant was released: nothing is left in progress.
+    eventually("nothing in progress", || view(&k)["in_progress"] == 0);
+}
+
+#[test]
+fn builds_survive_losing_a_builder_and_the_coordinator() {
+    let o = office();
+    let (k, pk) = builder(&o, "k", None, 3_110_000);
+    let boot = boot_of(&k, &pk);
+    let (b1, p1) = builder(&o, "b1", Some(&boot), 3_111_000);
+    let (b2, p2) = builder(&o, "b2", Some(&boot), 3_112_000);
+    let (c, _) = client(&o, &boot, client_token(&o, &[]));
+    wait_office(&c, 3);
+    let mut nodes = [(k, pk), (b1, p1), (b2, p2)];
+    let coordinator = coordinator_of(&nodes[0].0);
+
+    let work = tempfile::tempdir().unwrap();
+    let (proj, reference) = lua_reference(work.path());
+    // A slower build (each unit twice as much work) so that the kills land mid-build.
+    let mf = std::fs::read_to_string(proj.join("Makefile")).unwrap();
+    std::fs::write(proj.join("Makefile"), mf.replace("-O2 -g", "-O3 -g")).unwrap();
+    run_ok(
+        Command::new("make")
+            .args(["-j2", "CC=gcc"])
+            .current_dir(&proj),
+    );
+    let reference_o3 = objects(&proj);
+    run_ok(Command::new("make").arg("clean").current_dir(&proj));
+    assert_ne!(reference_o3, reference);
+
+    let cc = format!("CC={} gcc", swarmcc().display());
+    let make = c
+        .cmd("make")
+        .args(["-j6", &cc])
+        .current_dir(&proj)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Kill a builder that is not the coordinator while it runs a job.
+    let victim = nodes.iter().position(|(_, p)| *p != coordinator).unwrap();
+    eventually("the victim runs a job", || {
+        u(&view(&nodes[victim].0)["running_jobs"]) > 0
+    });
+    nodes[victim].0.kill_node();
+    // Then the coordinator, once the build has gone on a while.
+    eventually("more units done", || {
+        sum(&c.stats_json()["dist_compiles"]) >= 10
+    });
+    let ci = nodes.iter().position(|(_, p)| *p == coordinator).unwrap();
+    nodes[ci].0.kill_node();
+    let kill_time = std::time::Instant::now();
+    let survivor = nodes.iter().position(|(n, _)| n.node.is_some()).unwrap();
+    eventually("the survivor takes over", || {
+        view(&nodes[survivor].0)["coordinator"] == nodes[survivor].1.as_str()
+    });
+    let takeover = kill_time.elapsed();
+    let out = make.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_identical(&proj, &reference_o3);
+    let s = c.stats_json();
+    let dist = sum(&s["dist_compiles"]);
+    let fell_back = u(&s["local_compiles"]["swarm_failure"]);
+    println!(
+        "builder and coordinator lost: {dist} units distributed, {} re-allocated, {fell_back} compiled locally, new coordinator after {takeover:?}",
+        u(&s["jobs_reallocated"])
+    );
+    assert_eq!(
+        dist + fell_back + u(&s["local_compiles"]["office_full"]),
+        33,
+        "{s}"
+    );
+    assert!(
+        u(&s["jobs_reallocated"]) >= 1,
+        "the lost builder's job ran elsewhere: {s}"
+    );
+    assert!(
+        takeover < std::time::Duration::from_secs(3),
+        "coordinator failover took {takeover:?}"
+    );
+}
+
+#[test]
+fn a_client_without_a_valid_token_gets_no_builder() {
+    let o = office();
+    let (k, pk) = builder(&o, "k", None, 3_120_000);
+    let boot = boot_of(&k, &pk);
+    // Expired a second after issue (valid-for takes whole seconds).
+    let expired = client_token(&o, &["--valid-for", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (c, _) = client(&o, &boot, expired);
+    eventually("the coordinator refused it", || {
+        u(&view(&k)["rejections"]["expired token"]) >= 1
+    });
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("a.c"), "int f(int x) { return x * 2; }\n").unwrap();
+    run_ok(
+        c.cmd(swarmcc())
+            .args(["gcc", "-c", "a.c", "-o", "a.o"])
+            .current_dir(work.path()),
+    );
+    assert!(work.path().join("a.o").exists());
+    let s = c.stats_json();
+    assert_eq!(sum(&s["dist_compiles"]), 0, "{s}");
+    assert_eq!(u(&s["local_compiles"]["swarm_failure"]), 1, "{s}");
+    let ks = k.stats_json();
+    assert_eq!(u(&ks["jobs_run_for_peers"]), 0, "{ks}");
+    assert!(view(&c)["members"].as_array().unwrap().is_empty());
+}

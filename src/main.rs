@@ -303,16 +303,31 @@ fn run(cli: Cli) -> Result<()> {
                     "office:      {}",
                     v.office.as_deref().unwrap_or("(none configured)")
                 );
-                println!("this node:   {}", v.me);
+                println!("this node:   {} ({})", v.name, v.me);
                 println!("coordinator: {coord}{who}, term {}", v.term);
                 println!(
-                    "{:<24} {:<22} {:>5} {:>5} {:>9}  peer",
-                    "name", "role", "cores", "jobs", "seen(ms)"
+                    "capacity:    {} builders, {} job slots, {} jobs in progress",
+                    v.builders, v.cores, v.in_progress
+                );
+                println!(
+                    "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  peer",
+                    "name", "role", "cores", "jobs", "tools", "seen(ms)"
+                );
+                let mine = if v.builds { "(this node)" } else { "(this node, client)" };
+                println!(
+                    "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  {}",
+                    v.name, mine, "", v.running_jobs, "", 0, v.me
                 );
                 for m in &v.members {
                     println!(
-                        "{:<24} {:<22} {:>5} {:>5} {:>9}  {}",
-                        m.name, m.role, m.cores, m.running_jobs, m.last_seen_ms, m.peer
+                        "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  {}",
+                        m.name,
+                        m.role,
+                        m.cores,
+                        m.running_jobs,
+                        m.toolchains,
+                        m.last_seen_ms,
+                        m.peer
                     );
                 }
                 for (why, n) in &v.rejections {

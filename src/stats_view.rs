@@ -30,6 +30,22 @@ pub fn human(s: &Stats) -> String {
     line("  guesses redone with preprocessing", s.speculation_misses);
     line("Toolchains packaged", s.toolchains_packaged);
     line("Jobs stopped by sandbox limits", s.sandbox_limit_hits);
+    line("Jobs run for other nodes", s.jobs_run_for_peers);
+    line("Jobs re-allocated after a builder was lost", s.jobs_reallocated);
+    line(
+        "Toolchains fetched from peers",
+        s.toolchains_fetched.values().sum(),
+    );
+    for (peer, n) in &s.toolchains_fetched {
+        line(&format!("  from {peer}"), *n);
+    }
+    let refused: u64 = s.refused_requests.values().sum();
+    if refused > 0 {
+        line("Requests refused", refused);
+        for (why, n) in &s.refused_requests {
+            line(&format!("  {why}"), *n);
+        }
+    }
     out
 }
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The quickstart: build swarmcc, start a local node in a private state dir and
+# The quickstart: build swarmcc, start a small office of three nodes on this
+# machine (loopback ports, private state dirs, a fresh office key), and
 # compile a real third-party C code base (Lua 5.4, from the lua-src crate)
-# through it, cold and then warm, printing the node's statistics.
+# through it: cold (jobs spread over all nodes, the toolchain fetched by the
+# other nodes) and then warm (every unit from the cache), printing the
+# office's status and each node's statistics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-debian.sh
@@ -11,10 +14,55 @@ cargo fetch --quiet
 BIN="$PWD/target/release/swarmcc"
 LUA=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/lua-src-551.1.0/lua-5.4.9 | head -n 1)
 WORK=$(mktemp -d /tmp/swarmcc-quickstart.XXXXXX)
-chmod 755 "$WORK"   # job uids must reach the sandbox files in the state dir
-export SWARMCC_DIR="$WORK/state"
-cleanup() { "$BIN" --stop-server >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+chmod 755 "$WORK"   # job uids must reach the sandbox files in the state dirs
+NODES=3
+cleanup() {
+  for i in $(seq 1 $NODES); do
+    SWARMCC_DIR="$WORK/node$i" "$BIN" --stop-server >/dev/null 2>&1 || true
+  done
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
+
+# The office: nodes on loopback ports with mDNS off (multicast must not leave
+# the machine); nodes 2 and 3 bootstrap from node 1.
+BASE_PORT=$(( 20000 + RANDOM % 20000 ))
+PK=$("$BIN" office init --name quickstart --dir "$WORK/office")
+FIRST=""
+for i in $(seq 1 $NODES); do
+  D="$WORK/node$i"
+  mkdir -p "$D"
+  PEER=$(SWARMCC_DIR="$D" "$BIN" node id)
+  TOKEN=$("$BIN" token builder --coordinator --peer "$PEER" --office-key "$WORK/office/office.key")
+  PORT=$(( BASE_PORT + i ))
+  BOOT=""
+  if [ -n "$FIRST" ]; then BOOT="\"$FIRST\""; else FIRST="/ip4/127.0.0.1/tcp/$PORT/p2p/$PEER"; fi
+  cat > "$D/config.toml" <<CONF
+[node]
+name = "node$i"
+max_jobs = 2
+[sandbox]
+uid_base = $(( 3900000 + i * 1000 ))
+[network]
+listen = ["/ip4/127.0.0.1/tcp/$PORT"]
+bootstrap = [$BOOT]
+mdns = false
+[office]
+name = "quickstart"
+public_key = "$PK"
+builder_token = "$TOKEN"
+CONF
+  SWARMCC_DIR="$D" "$BIN" --start-server
+done
+# The developer's machine is node 1: the wrapper talks to its own node.
+export SWARMCC_DIR="$WORK/node1"
+echo "== waiting for the office to form =="
+for _ in $(seq 1 100); do
+  S=$("$BIN" status --json); echo "$S" | grep -q "\"builders\":$NODES," && echo "$S" | grep -q "\"coordinator\":\"" && break
+  sleep 0.2
+done
+"$BIN" status
+
 mkdir -p "$WORK/lua/src"
 cp "$LUA"/*.c "$LUA"/*.h "$WORK/lua/src/"
 cat > "$WORK/lua/src/main.c" <<'C'
@@ -47,14 +95,18 @@ clean:
 -include $(OBJS:.o=.d)
 MK
 cd "$WORK/lua"
-"$BIN" --start-server
-echo "== cold build through swarmcc (packages the gcc toolchain once) =="
-time make -s -j"$(nproc)" CC="$BIN gcc"
+echo "== cold build through the office (gcc packaged once by node1, fetched by the others) =="
+time make -s -j6 CC="$BIN gcc"
 ./luatest "print(('swarmcc built lua: %s'):format(_VERSION))"
+echo "-- node1 (the client: 'Successful distributed compiles' by builder) --"
 "$BIN" --show-stats
+for i in $(seq 2 $NODES); do
+  echo "-- node$i --"
+  SWARMCC_DIR="$WORK/node$i" "$BIN" --show-stats | grep -E "Jobs run for other nodes|Toolchains fetched|  from "
+done
 make -s clean
 "$BIN" --zero-stats
 echo "== warm build: every unit from the cache =="
-time make -s -j"$(nproc)" CC="$BIN gcc"
+time make -s -j6 CC="$BIN gcc"
 ./luatest
 "$BIN" --show-stats

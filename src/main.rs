@@ -313,7 +313,11 @@ fn run(cli: Cli) -> Result<()> {
                     "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  peer",
                     "name", "role", "cores", "jobs", "tools", "seen(ms)"
                 );
-                let mine = if v.builds { "(this node)" } else { "(this node, client)" };
+                let mine = if v.builds {
+                    "(this node)"
+                } else {
+                    "(this node, client)"
+                };
                 println!(
                     "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  {}",
                     v.name, mine, "", v.running_jobs, "", 0, v.me

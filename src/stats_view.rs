@@ -31,7 +31,10 @@ pub fn human(s: &Stats) -> String {
     line("Toolchains packaged", s.toolchains_packaged);
     line("Jobs stopped by sandbox limits", s.sandbox_limit_hits);
     line("Jobs run for other nodes", s.jobs_run_for_peers);
-    line("Jobs re-allocated after a builder was lost", s.jobs_reallocated);
+    line(
+        "Jobs re-allocated after a builder was lost",
+        s.jobs_reallocated,
+    );
     line(
         "Toolchains fetched from peers",
         s.toolchains_fetched.values().sum(),

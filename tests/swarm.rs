@@ -289,3 +289,53 @@ fn a_client_without_a_valid_token_gets_no_builder() {
     assert_eq!(u(&ks["jobs_run_for_peers"]), 0, "{ks}");
     assert!(view(&c)["members"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn sccache_shared_secret_clients_are_served_and_wrong_secrets_are_not() {
+    let o = office();
+    let (k, pk) = office_node_with(
+        &o.key,
+        &o.pk,
+        None,
+        None,
+        "max_jobs = 2\nname = \"k\"",
+        "[sandbox]\nuid_base = 3130000\n[dist.auth]\ntype = \"token\"\ntoken = \"s3cret\"\n",
+    );
+    let boot = boot_of(&k, &pk);
+    let shared = |secret: &str, name: &str| {
+        office_node_with(
+            &o.key,
+            &o.pk,
+            Some(&boot),
+            Some(String::new()),
+            &format!("builder = false\nname = \"{name}\""),
+            &format!("[dist.auth]\ntype = \"token\"\ntoken = \"{secret}\"\n"),
+        )
+    };
+    let (good, _) = shared("s3cret", "good");
+    let (bad, _) = shared("guess", "bad");
+    wait_office(&good, 1);
+    eventually("the wrong secret is refused", || {
+        u(&view(&k)["rejections"]["wrong shared token"]) >= 1
+    });
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("a.c"), "int f(int x) { return x * 3; }\n").unwrap();
+    for (env, obj) in [(&good, "good.o"), (&bad, "bad.o")] {
+        run_ok(
+            env.cmd(swarmcc())
+                .args(["gcc", "-c", "a.c", "-o", obj])
+                .current_dir(work.path()),
+        );
+    }
+    assert_eq!(
+        std::fs::read(work.path().join("good.o")).unwrap(),
+        std::fs::read(work.path().join("bad.o")).unwrap()
+    );
+    let sg = good.stats_json();
+    assert_eq!(u(&sg["dist_compiles"]["k"]), 1, "{sg}");
+    let sb = bad.stats_json();
+    assert_eq!(sum(&sb["dist_compiles"]), 0, "{sb}");
+    assert_eq!(u(&sb["local_compiles"]["swarm_failure"]), 1, "{sb}");
+    let role = view(&k)["members"][0]["role"].clone();
+    assert_eq!(role, "client", "a shared secret never makes a builder");
+}

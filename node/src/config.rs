@@ -237,6 +237,16 @@ pub struct DistConfig {
     /// Builders a job is offered to (after a builder is lost or refuses it)
     /// before the client compiles it locally.
     pub max_attempts: u32,
+    /// sccache's client auth. Only `type = "token"` (a shared secret): a
+    /// node with no office token presents it and joins as a client; a node
+    /// with the same secret accepts such clients.
+    pub auth: Option<DistAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DistAuth {
+    Token { token: String },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -256,6 +266,7 @@ impl Default for DistConfig {
             strict_inputs: false,
             when_full: WhenFull::Local,
             max_attempts: 3,
+            auth: None,
         }
     }
 }

@@ -109,6 +109,20 @@ pub struct NetParams {
     pub builds: bool,
     /// Whose ids go into reports.
     pub toolchains: Arc<crate::toolchain::ToolchainStore>,
+    /// sccache's shared client secret (`[dist.auth] type = "token"`):
+    /// presented when the node has no office token, accepted from clients.
+    pub shared_token: Option<String>,
+}
+
+/// How a shared client secret travels in a Hello's token field.
+const SHARED_TOKEN_PREFIX: &str = "sccache-token:";
+
+/// Constant-time comparison (a secret's bytes must not leak by timing).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 struct Member {
@@ -134,6 +148,8 @@ struct Wanted {
 
 struct State {
     office: String,
+    /// sccache's shared client secret (`[dist.auth] type = "token"`), if set.
+    shared_token: Option<String>,
     key: OfficePublicKey,
     revoked: Option<RevocationList>,
     hello: Hello,
@@ -217,6 +233,22 @@ impl State {
     ) -> Result<(String, [u8; 16]), (&'static str, String)> {
         if h.office != self.office {
             return Err(("wrong office", format!("office {:?}", h.office)));
+        }
+        if let Some(secret) = h.token.strip_prefix(SHARED_TOKEN_PREFIX) {
+            // sccache's shared-secret client auth: a client, never a builder.
+            return match &self.shared_token {
+                Some(ours) if ct_eq(ours.as_bytes(), secret.as_bytes()) => {
+                    let id = Hash32::of(secret.as_bytes());
+                    let mut tid = [0u8; 16];
+                    tid.copy_from_slice(&id.0[..16]);
+                    Ok(("client".to_string(), tid))
+                }
+                Some(_) => Err(("wrong shared token", "shared client token mismatch".into())),
+                None => Err((
+                    "shared tokens not accepted",
+                    "this node has no [dist.auth] token".into(),
+                )),
+            };
         }
         let token: Token = h
             .token
@@ -663,10 +695,13 @@ pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> R
         list.verify(&key, &p.office.name)
             .context("[office] revocations")?;
     }
-    let token = p
-        .office
-        .token()?
-        .context("[office] needs a builder_token or client_token")?;
+    let token = match (p.office.token()?, &p.shared_token) {
+        (Some(t), _) => t,
+        (None, Some(secret)) => format!("{SHARED_TOKEN_PREFIX}{secret}"),
+        (None, None) => anyhow::bail!(
+            "[office] needs a builder_token or client_token (or [dist.auth] type = \"token\")"
+        ),
+    };
     let me = p.keypair.public().to_peer_id();
     let mdns_on = p.network.mdns;
     let toolchains = p.toolchains.clone();
@@ -722,6 +757,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> R
     }
     let mut state = State {
         office: p.office.name.clone(),
+        shared_token: p.shared_token.clone(),
         key,
         // Adopted just below, which also puts it into our Hello.
         revoked: None,

@@ -86,6 +86,9 @@ pub async fn run(cfg: Config) -> Result<()> {
                 cores: builder.max_jobs as u32,
                 builds: cannot_build.is_none(),
                 toolchains: store.clone(),
+                shared_token: cfg.dist.auth.as_ref().map(|a| match a {
+                    crate::config::DistAuth::Token { token } => token.clone(),
+                }),
             };
             let net = crate::net::spawn(params, builder.running.clone())?;
             Some(crate::remote::Remote::start(crate::remote::RemoteParams {

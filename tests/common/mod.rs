@@ -286,11 +286,17 @@ pub fn office_node_with(
             .arg(office_key))
     });
     let boot = boot.map(|b| format!("\"{b}\"")).unwrap_or_default();
+    // An empty token: the node presents none (e.g. only `[dist.auth]`).
+    let token_line = if token.is_empty() {
+        String::new()
+    } else {
+        format!("builder_token = \"{token}\"\n")
+    };
     std::fs::write(
         env.state().join("config.toml"),
         format!(
             "[node]\n{node_section}\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
-             [office]\nname = \"acme\"\npublic_key = \"{pk}\"\nbuilder_token = \"{token}\"\n{extra}"
+             [office]\nname = \"acme\"\npublic_key = \"{pk}\"\n{token_line}{extra}"
         ),
     )
     .unwrap();

@@ -339,3 +339,60 @@ fn sccache_shared_secret_clients_are_served_and_wrong_secrets_are_not() {
     let role = view(&k)["members"][0]["role"].clone();
     assert_eq!(role, "client", "a shared secret never makes a builder");
 }
+
+#[test]
+fn a_toolchain_flows_down_a_chain_of_builders_not_from_the_client_to_each() {
+    let o = office();
+    let one = |name: &str, boot: Option<&str>, uid: u32| {
+        office_node_with(
+            &o.key,
+            &o.pk,
+            boot,
+            None,
+            &format!("max_jobs = 1\nname = \"{name}\""),
+            &format!("[sandbox]\nuid_base = {uid}\n"),
+        )
+    };
+    let (b1, p1) = one("b1", None, 3_140_000);
+    let boot = boot_of(&b1, &p1);
+    let (b2, _) = one("b2", Some(&boot), 3_141_000);
+    let (b3, _) = one("b3", Some(&boot), 3_142_000);
+    let (b4, _) = one("b4", Some(&boot), 3_143_000);
+    let (c, _) = client(&o, &boot, client_token(&o, &[]));
+    wait_office(&c, 4);
+    let work = tempfile::tempdir().unwrap();
+    // Four units at once: one per builder (one slot each), none holds gcc.
+    let kids: Vec<_> = (0..4)
+        .map(|i| {
+            let src = format!("u{i}.c");
+            std::fs::write(
+                work.path().join(&src),
+                format!("int u{i}(void) {{ return {i}; }}\n"),
+            )
+            .unwrap();
+            c.cmd(swarmcc())
+                .args(["gcc", "-c", &src])
+                .current_dir(work.path())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut k in kids {
+        assert!(k.wait().unwrap().success());
+    }
+    let s = c.stats_json();
+    assert_eq!(sum(&s["dist_compiles"]), 4, "{s}");
+    let mut from_client = 0;
+    let mut fetched = 0;
+    for b in [&b1, &b2, &b3, &b4] {
+        let st = b.stats_json();
+        assert_eq!(u(&st["jobs_run_for_peers"]), 1, "one job each: {st}");
+        fetched += sum(&st["toolchains_fetched"]);
+        from_client += u(&st["toolchains_fetched"]["client"]);
+    }
+    assert_eq!(fetched, 4, "every builder fetched the toolchain once");
+    assert_eq!(
+        from_client, 1,
+        "only the first builder took it from the client; the others from the chain"
+    );
+}

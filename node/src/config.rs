@@ -241,6 +241,10 @@ pub struct DistConfig {
     /// node with no office token presents it and joins as a client; a node
     /// with the same secret accepts such clients.
     pub auth: Option<DistAuth>,
+    /// Fetch a missing toolchain from the peers the coordinator names (other
+    /// builders, even while they are still receiving it), the job's client
+    /// last. `false`: from the client only (for comparison benchmarks).
+    pub fetch_toolchains_from_peers: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -267,6 +271,7 @@ impl Default for DistConfig {
             when_full: WhenFull::Local,
             max_attempts: 3,
             auth: None,
+            fetch_toolchains_from_peers: true,
         }
     }
 }

@@ -163,6 +163,15 @@ impl Allocator {
         }
     }
 
+    /// Whether `peer` reported holding `toolchain`.
+    pub fn holds(&self, peer: &str, toolchain: &ToolchainId) -> bool {
+        let idx = self.toolchain_index.get(toolchain).copied();
+        self.index
+            .get(peer)
+            .and_then(|i| self.builders.get(*i))
+            .is_some_and(|(_, b)| b.holds(idx))
+    }
+
     /// Up to `n` builders that hold `toolchain`, other than `except`.
     pub fn holders(&self, toolchain: &ToolchainId, except: &str, n: usize) -> Vec<String> {
         let Some(idx) = self.toolchain_index.get(toolchain).copied() else {

@@ -182,6 +182,11 @@ struct State {
     next_grant: u64,
     /// Event counters (allocations, elections, ...), for status and metrics.
     pub counters: BTreeMap<String, u64>,
+    /// Builders granted a job for a toolchain they did not hold, in grant
+    /// order: each is told to fetch from the one before it, so the archive
+    /// flows down a chain (every link carries it once) instead of every
+    /// builder pulling it over the client's link.
+    fetch_chains: HashMap<ToolchainId, Vec<(String, Instant)>>,
     /// This node's running jobs at the last tick.
     running_now: u32,
 }
@@ -190,6 +195,9 @@ struct State {
 const GRANT_LIFE_MS: u64 = 30_000;
 /// How long a grant the client never released is kept.
 const GRANT_FORGET: Duration = Duration::from_secs(600);
+/// How long a builder counts as fetching a toolchain (so that the next
+/// builder fetches from it).
+const FETCH_CHAIN_LIFE: Duration = Duration::from_secs(120);
 /// Holders of a toolchain named in a grant.
 const MAX_HOLDERS: usize = 4;
 
@@ -457,7 +465,18 @@ impl State {
         self.count("allocations");
         self.grants
             .insert(grant.body.id, (*client, builder.clone(), Instant::now()));
-        let holders = self.alloc.holders(&req.toolchain, &builder, MAX_HOLDERS);
+        let mut holders = self.alloc.holders(&req.toolchain, &builder, MAX_HOLDERS);
+        if !self.alloc.holds(&builder, &req.toolchain) {
+            let chain = self.fetch_chains.entry(req.toolchain).or_default();
+            chain.retain(|(_, at)| at.elapsed() < FETCH_CHAIN_LIFE);
+            if let Some((tail, _)) = chain.iter().rev().find(|(b, _)| *b != builder) {
+                holders.retain(|h| h != tail);
+                holders.insert(0, tail.clone());
+            }
+            if !chain.iter().any(|(b, _)| *b == builder) {
+                chain.push((builder.clone(), Instant::now()));
+            }
+        }
         CtlResponse::Granted { grant, holders }
     }
 
@@ -791,6 +810,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> R
         grants: HashMap::new(),
         next_grant: rand_u64(),
         counters: BTreeMap::new(),
+        fetch_chains: HashMap::new(),
         running_now: 0,
     };
     if let Some(text) = &p.office.revocations {
@@ -912,6 +932,10 @@ fn on_tick(
     state
         .grants
         .retain(|_, (_, _, at)| now.duration_since(*at) < GRANT_FORGET);
+    state.fetch_chains.retain(|_, chain| {
+        chain.retain(|(_, at)| now.duration_since(*at) < FETCH_CHAIN_LIFE);
+        !chain.is_empty()
+    });
     let report = Report {
         running_jobs: running_jobs.load(std::sync::atomic::Ordering::Relaxed),
         cores: state.hello.cores,

@@ -32,7 +32,7 @@ use swarmcc_protocol::transfer::{
     JOB_PROTOCOL, OFFER_MAX, REPLY_MAX, SMALL_MAX, TOOLCHAIN_PROTOCOL,
 };
 use swarmcc_protocol::{Hash32, Job, JobResult, ToolchainId};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 /// How a job ended, wherever it ran.
 #[derive(Debug)]
@@ -52,6 +52,8 @@ pub enum Outcome {
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client-only node waits for a coordinator (one failover).
 const COORDINATOR_WAIT: Duration = Duration::from_secs(4);
+/// How long a toolchain request waits for a fetch of that id to begin here.
+const FETCH_START_GRACE: Duration = Duration::from_secs(2);
 /// How often a client checks that its builder is still in the office.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 
@@ -71,6 +73,11 @@ pub struct Remote {
     max_toolchain: u64,
     /// One fetch per toolchain id at a time.
     fetching: Mutex<HashMap<ToolchainId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Archives being fetched now, which this node already serves to the
+    /// next builder of a fetch chain while they arrive.
+    partials: Mutex<HashMap<ToolchainId, Arc<watch::Sender<Progress>>>>,
+    /// Fetch from the holders the coordinator names (else the client only).
+    from_peers: bool,
     /// Job streams served at once (running or queued for a slot).
     inbound: Arc<Semaphore>,
 }
@@ -86,6 +93,23 @@ pub struct RemoteParams {
     pub max_attempts: u32,
     pub sandbox_timeout: Duration,
     pub max_toolchain: u64,
+    pub from_peers: bool,
+}
+
+/// How far a fetch in progress has come.
+#[derive(Clone, Debug)]
+enum Progress {
+    /// Asked for, not started yet.
+    Waiting,
+    /// `have` of `size` bytes are in `path` (flushed).
+    Receiving {
+        path: std::path::PathBuf,
+        size: u64,
+        have: u64,
+    },
+    /// In the store now.
+    Done,
+    Failed,
 }
 
 impl Remote {
@@ -104,6 +128,8 @@ impl Remote {
             job_timeout: p.sandbox_timeout + Duration::from_secs(60),
             max_toolchain: p.max_toolchain,
             fetching: Mutex::new(HashMap::new()),
+            partials: Mutex::new(HashMap::new()),
+            from_peers: p.from_peers,
             inbound,
         });
         let mut control = r.net.control.clone();
@@ -118,7 +144,7 @@ impl Remote {
             while let Some((peer, stream)) = jobs.next().await {
                 let me = me.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = me.serve_job(peer, stream).await {
+                    if let Err(e) = me.clone().serve_job(peer, stream).await {
                         tracing::debug!(%peer, "job stream: {e:#}");
                     }
                 });
@@ -291,7 +317,7 @@ impl Remote {
     }
 
     /// Builder side of a job stream.
-    async fn serve_job(&self, peer: PeerId, mut s: libp2p::Stream) -> Result<()> {
+    async fn serve_job(self: Arc<Self>, peer: PeerId, mut s: libp2p::Stream) -> Result<()> {
         let Ok(_permit) = self.inbound.clone().try_acquire_owned() else {
             self.refused("busy");
             write_frame(&mut s, &OfferAnswer::Refused("busy".into()), SMALL_MAX).await?;
@@ -305,6 +331,14 @@ impl Remote {
             return Ok(());
         }
         let job = offer.job;
+        // Start fetching a missing toolchain now, while the sources arrive;
+        // from this moment the next builder of a fetch chain may ask us.
+        let fetch = (!self.store.has(&job.toolchain)).then(|| {
+            self.expect_fetch(&job.toolchain);
+            let me = self.clone();
+            let (id, holders) = (job.toolchain, offer.holders.clone());
+            tokio::spawn(async move { me.fetch_toolchain(&id, &holders, &peer).await })
+        });
         let mut wanted: Vec<Hash32> = job.sources.iter().map(|s| s.hash).collect();
         wanted.sort();
         wanted.dedup();
@@ -317,11 +351,12 @@ impl Remote {
             }
             self.builder.add_blobs(&[blob])?;
         }
-        if !self.store.has(&job.toolchain) {
-            if let Err(e) = self
-                .fetch_toolchain(&job.toolchain, &offer.holders, &peer)
+        if let Some(fetch) = fetch {
+            let res = fetch
                 .await
-            {
+                .map_err(|e| anyhow!("fetch task: {e}"))
+                .and_then(|r| r);
+            if let Err(e) = res {
                 let why = format!("toolchain {} unobtainable: {e:#}", job.toolchain);
                 tracing::warn!("{why}");
                 write_frame(&mut s, &JobReply::Refused(why), SMALL_MAX).await?;
@@ -401,20 +436,24 @@ impl Remote {
             .clone();
         let _once = lock.lock().await;
         if self.store.has(id) {
+            self.end_fetch(id, Progress::Done);
             return Ok(());
         }
+        let progress = self.expect_fetch(id);
         let mut sources: Vec<PeerId> = holders
             .iter()
             .take(8)
             .filter_map(|h| h.parse().ok())
             .filter(|p| p != &self.net.me && p != client && self.net.member(p).is_some())
+            .filter(|_| self.from_peers)
             .collect();
         sources.push(*client);
         let mut last = anyhow!("no holder known");
         for src in sources {
             let t = Instant::now();
-            match self.fetch_from(src, id).await {
+            match self.fetch_from(src, id, &progress).await {
                 Ok(size) => {
+                    self.end_fetch(id, Progress::Done);
                     let name = self.net.name_of(&src.to_string());
                     tracing::info!(
                         toolchain = %id,
@@ -433,15 +472,44 @@ impl Remote {
                 }
                 Err(e) => {
                     tracing::warn!(toolchain = %id, from = %src, "toolchain fetch failed: {e:#}");
+                    progress.send_replace(Progress::Waiting);
                     last = e;
                 }
             }
         }
+        self.end_fetch(id, Progress::Failed);
         Err(last)
     }
 
+    /// Note that `id` is (about to be) fetched, so that peers asking for it
+    /// wait for its bytes instead of being told it is missing.
+    fn expect_fetch(&self, id: &ToolchainId) -> Arc<watch::Sender<Progress>> {
+        self.partials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*id)
+            .or_insert_with(|| Arc::new(watch::channel(Progress::Waiting).0))
+            .clone()
+    }
+
+    fn end_fetch(&self, id: &ToolchainId, how: Progress) {
+        if let Some(tx) = self
+            .partials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        {
+            tx.send_replace(how);
+        }
+    }
+
     /// Stream an archive from `peer` into the store, hashing as it arrives.
-    async fn fetch_from(&self, peer: PeerId, id: &ToolchainId) -> Result<u64> {
+    async fn fetch_from(
+        &self,
+        peer: PeerId,
+        id: &ToolchainId,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<u64> {
         let mut s = self
             .net
             .control
@@ -475,7 +543,14 @@ impl Remote {
                 }
                 hasher.update(&buf[..n]);
                 f.write_all(&buf[..n]).await?;
+                // Flushed before announced: a chained peer reads what we say we have.
+                f.flush().await?;
                 left -= n as u64;
+                progress.send_replace(Progress::Receiving {
+                    path: tmp.clone(),
+                    size,
+                    have: size - left,
+                });
             }
             f.sync_all().await?;
             let got = ToolchainId(Hash32::from(hasher.finalize()));
@@ -502,6 +577,24 @@ impl Remote {
             write_frame(&mut s, &no, SMALL_MAX).await?;
             return Ok(());
         }
+        // A coordinator names builders that are about to fetch an archive
+        // as its source for the next one: give such a job a moment to arrive.
+        let started = Instant::now();
+        while !self.store.has(&req.id) {
+            let partial = self
+                .partials
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&req.id)
+                .map(|tx| tx.subscribe());
+            if let Some(rx) = partial {
+                return self.serve_partial(&req.id, rx, s).await;
+            }
+            if started.elapsed() >= FETCH_START_GRACE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let path = self.store.archive_path(&req.id);
         let file = match self.store.has(&req.id) {
             true => tokio::fs::File::open(&path).await.ok(),
@@ -524,6 +617,102 @@ impl Remote {
             let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
             timed(async { s.write_all(&buf[..n]).await }).await?;
             left -= n as u64;
+        }
+        s.flush().await?;
+        let _ = s.close().await;
+        Ok(())
+    }
+}
+
+impl Remote {
+    /// Serve an archive this node is still receiving: its bytes go on to the
+    /// next builder of the chain as they arrive (that builder checks the
+    /// hash of the whole, as every fetcher does).
+    async fn serve_partial(
+        &self,
+        id: &ToolchainId,
+        mut rx: watch::Receiver<Progress>,
+        mut s: libp2p::Stream,
+    ) -> Result<()> {
+        use tokio::io::AsyncReadExt as _;
+        // Wait for the first bytes (the size) to be known.
+        let (path, size) = loop {
+            let now = rx.borrow_and_update().clone();
+            match now {
+                Progress::Receiving { path, size, .. } => break (path, size),
+                Progress::Done => return Box::pin(self.serve_stored_again(id, s)).await,
+                Progress::Failed => {
+                    write_frame(&mut s, &ToolchainAnswer::Missing, SMALL_MAX).await?;
+                    return Ok(());
+                }
+                Progress::Waiting => {
+                    if tokio::time::timeout(FRAME_TIMEOUT, rx.changed())
+                        .await
+                        .map_or(true, |r| r.is_err())
+                    {
+                        write_frame(&mut s, &ToolchainAnswer::Missing, SMALL_MAX).await?;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let Ok(mut file) = tokio::fs::File::open(&path).await else {
+            // Renamed into the store a moment ago.
+            return Box::pin(self.serve_stored_again(id, s)).await;
+        };
+        write_frame(&mut s, &ToolchainAnswer::Sending { size }, SMALL_MAX).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut sent = 0u64;
+        while sent < size {
+            let have = match &*rx.borrow_and_update() {
+                Progress::Receiving { path: p, have, .. } if *p == path => *have,
+                Progress::Done => size,
+                _ => bail!("the upstream fetch failed"),
+            };
+            if have > sent {
+                let want = buf
+                    .len()
+                    .min(usize::try_from(have - sent).unwrap_or(usize::MAX));
+                let n = file.read(&mut buf[..want]).await?;
+                if n > 0 {
+                    timed(async { s.write_all(&buf[..n]).await }).await?;
+                    sent += n as u64;
+                    continue;
+                }
+                if have == size {
+                    bail!("the archive ended early");
+                }
+            }
+            match tokio::time::timeout(FRAME_TIMEOUT, rx.changed()).await {
+                Err(_) => bail!("the upstream fetch stalled"),
+                // The fetch is over; its last word (Done or not) is read above.
+                Ok(Err(_)) if !matches!(&*rx.borrow(), Progress::Done) => {
+                    bail!("the upstream fetch ended")
+                }
+                Ok(_) => {}
+            }
+        }
+        s.flush().await?;
+        let _ = s.close().await;
+        Ok(())
+    }
+
+    /// The fetch finished between two looks: serve from the store.
+    async fn serve_stored_again(&self, id: &ToolchainId, mut s: libp2p::Stream) -> Result<()> {
+        use tokio::io::AsyncReadExt as _;
+        let Ok(mut file) = tokio::fs::File::open(self.store.archive_path(id)).await else {
+            write_frame(&mut s, &ToolchainAnswer::Missing, SMALL_MAX).await?;
+            return Ok(());
+        };
+        let size = file.metadata().await?.len();
+        write_frame(&mut s, &ToolchainAnswer::Sending { size }, SMALL_MAX).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            timed(async { s.write_all(&buf[..n]).await }).await?;
         }
         s.flush().await?;
         let _ = s.close().await;

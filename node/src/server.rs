@@ -102,6 +102,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 max_attempts: cfg.dist.max_attempts,
                 sandbox_timeout: Duration::from_secs(cfg.sandbox.timeout_secs.max(1)),
                 max_toolchain: cfg.dist.toolchain_cache_size,
+                from_peers: cfg.dist.fetch_toolchains_from_peers,
             })?)
         }
         None => None,

@@ -29,6 +29,8 @@ pub fn require_tools() {
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub node: Option<Child>,
+    /// The network namespace the node runs in (simulations), if any.
+    pub netns: Option<String>,
 }
 
 impl Env {
@@ -39,7 +41,11 @@ impl Env {
             .tempdir()
             .unwrap();
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        Env { dir, node: None }
+        Env {
+            dir,
+            node: None,
+            netns: None,
+        }
     }
 
     pub fn state(&self) -> &Path {
@@ -61,9 +67,20 @@ impl Env {
 
     /// Start `swarmcc node` in the foreground (as a child we can kill).
     pub fn start_node(&mut self) {
-        let log = std::fs::File::create(self.state().join("test-node.log")).unwrap();
-        let child = self
-            .cmd(swarmcc())
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state().join("test-node.log"))
+            .unwrap();
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = self.cmd("ip");
+                c.args(["netns", "exec", ns]).arg(swarmcc());
+                c
+            }
+            None => self.cmd(swarmcc()),
+        };
+        let child = cmd
             .arg("node")
             .stdout(Stdio::null())
             .stderr(log)
@@ -271,7 +288,32 @@ pub fn office_node_with(
     node_section: &str,
     extra: &str,
 ) -> (Env, String) {
+    office_node_at(
+        office_key,
+        pk,
+        boot,
+        token,
+        node_section,
+        extra,
+        "127.0.0.1",
+        None,
+    )
+}
+
+/// [`office_node_with`] listening on `ip` inside network namespace `netns`.
+#[allow(clippy::too_many_arguments)]
+pub fn office_node_at(
+    office_key: &std::path::Path,
+    pk: &str,
+    boot: Option<&str>,
+    token: Option<String>,
+    node_section: &str,
+    extra: &str,
+    ip: &str,
+    netns: Option<&str>,
+) -> (Env, String) {
     let mut env = Env::new("");
+    env.netns = netns.map(String::from);
     let peer = out(env.cmd(swarmcc()).args(["node", "id"]));
     let token = token.unwrap_or_else(|| {
         out(Command::new(swarmcc())
@@ -295,7 +337,7 @@ pub fn office_node_with(
     std::fs::write(
         env.state().join("config.toml"),
         format!(
-            "[node]\n{node_section}\n[network]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
+            "[node]\n{node_section}\n[network]\nlisten = [\"/ip4/{ip}/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
              [office]\nname = \"acme\"\npublic_key = \"{pk}\"\n{token_line}{extra}"
         ),
     )
@@ -307,7 +349,7 @@ pub fn office_node_with(
     let cfg = std::fs::read_to_string(env.state().join("config.toml")).unwrap();
     std::fs::write(
         env.state().join("config.toml"),
-        cfg.replace("/ip4/127.0.0.1/tcp/0", &addr),
+        cfg.replace(&format!("/ip4/{ip}/tcp/0"), &addr),
     )
     .unwrap();
     (env, peer)

@@ -191,6 +191,8 @@ struct State {
     running_now: u32,
 }
 
+/// How often lost members and the election are checked.
+const LIVENESS_CHECK: Duration = Duration::from_millis(100);
 /// How long a job grant is valid: it only has to reach the builder.
 const GRANT_LIFE_MS: u64 = 30_000;
 /// How long a grant the client never released is kept.
@@ -854,6 +856,8 @@ pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> R
     let shared = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
+        let mut check = tokio::time::interval(LIVENESS_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut waiting: HashMap<
             request_response::OutboundRequestId,
             oneshot::Sender<Result<CtlResponse, String>>,
@@ -874,7 +878,15 @@ pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> R
                 },
                 _ = tick.tick() => {
                     let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    on_tick(&mut swarm, &mut st, &running_jobs, &toolchains, timeout);
+                    on_tick(&mut swarm, &mut st, &running_jobs, &toolchains);
+                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(&me);
+                }
+                _ = check.tick() => {
+                    let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    if on_check(&mut swarm, &mut st, timeout) {
+                        // Leadership changed: tell everyone now, not at the next report.
+                        on_tick(&mut swarm, &mut st, &running_jobs, &toolchains);
+                    }
                     *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(&me);
                 }
             }
@@ -902,15 +914,12 @@ fn rand_u64() -> u64 {
 }
 
 /// Every report interval: liveness, election, reports, redials.
-fn on_tick(
-    swarm: &mut libp2p::Swarm<Behaviour>,
-    state: &mut State,
-    running_jobs: &std::sync::atomic::AtomicU32,
-    toolchains: &crate::toolchain::ToolchainStore,
-    timeout: Duration,
-) {
+/// Between reports: lost members and the election, checked often so that a
+/// lost coordinator is replaced within `timeout` plus a fraction of a second.
+/// Returns whether the coordinator changed.
+fn on_check(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, timeout: Duration) -> bool {
     let now = Instant::now();
-    let me = state.me;
+    let before = (state.term, state.leader);
     let lost: Vec<PeerId> = state
         .members
         .iter()
@@ -926,6 +935,18 @@ fn on_tick(
         let _ = swarm.disconnect_peer_id(peer);
     }
     state.elect(now);
+    before != (state.term, state.leader)
+}
+
+/// Every report interval: reports (also the liveness signal), redials.
+fn on_tick(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    state: &mut State,
+    running_jobs: &std::sync::atomic::AtomicU32,
+    toolchains: &crate::toolchain::ToolchainStore,
+) {
+    let now = Instant::now();
+    let me = state.me;
     state.running_now = running_jobs.load(std::sync::atomic::Ordering::Relaxed);
     state.hello.term = state.term;
     state.hello.leader = state.leader.map(|l| l.to_string());

@@ -216,10 +216,14 @@ fn builds_survive_losing_a_builder_and_the_coordinator() {
         .unwrap();
 
     // Kill a builder that is not the coordinator while it runs a job.
-    let victim = nodes.iter().position(|(_, p)| *p != coordinator).unwrap();
-    eventually("the victim runs a job", || {
-        u(&view(&nodes[victim].0)["running_jobs"]) > 0
+    let mut victim = None;
+    eventually("a builder other than the coordinator runs a job", || {
+        victim = nodes
+            .iter()
+            .position(|(n, p)| *p != coordinator && u(&view(n)["running_jobs"]) > 0);
+        victim.is_some()
     });
+    let victim = victim.unwrap();
     nodes[victim].0.kill_node();
     // Then the coordinator, once the build has gone on a while.
     eventually("more units done", || {

@@ -28,6 +28,8 @@ struct Builder {
     /// Toolchains held, as bits indexed by [`Allocator::toolchain_index`].
     toolchains: Vec<u64>,
     failed_until: Option<Instant>,
+    /// The machine's load average ×100 (other work on it): last tie-breaker.
+    load: u32,
 }
 
 impl Builder {
@@ -137,15 +139,16 @@ impl Allocator {
         now: Instant,
     ) -> Option<String> {
         let idx = self.toolchain_index.get(toolchain).copied();
-        let mut best: Option<(usize, (bool, u64, u32))> = None;
+        let mut best: Option<(usize, (bool, u64, u32, std::cmp::Reverse<u32>))> = None;
         for (i, (peer, b)) in self.builders.iter().enumerate() {
             let free = b.free();
             if free == 0 || b.failed_until.is_some_and(|t| now < t) {
                 continue;
             }
-            // Toolchain first, then the largest free share of its slots, then free slots.
+            // Toolchain first, then the largest free share of its slots, then
+            // free slots, then the machine least loaded by other work.
             let share = u64::from(free) * 1_000_000 / u64::from(b.slots.max(1));
-            let key = (b.holds(idx), share, free);
+            let key = (b.holds(idx), share, free, std::cmp::Reverse(b.load));
             if best.as_ref().is_none_or(|(_, bk)| key > *bk) && !exclude.contains(&peer.as_str()) {
                 best = Some((i, key));
             }
@@ -160,6 +163,13 @@ impl Allocator {
     pub fn release(&mut self, peer: &str) {
         if let Some(b) = self.get_mut(peer) {
             b.release_one();
+        }
+    }
+
+    /// A builder's machine load (1-minute load average ×100), from its report.
+    pub fn set_load(&mut self, peer: &str, load: u32) {
+        if let Some(b) = self.get_mut(peer) {
+            b.load = load;
         }
     }
 
@@ -334,6 +344,19 @@ mod tests {
         assert_eq!(a.holders(&tc(1), "x", 4), vec!["b1".to_string()]);
         assert!(a.holders(&tc(1), "b1", 4).is_empty());
         assert!(a.holders(&tc(2), "x", 4).is_empty());
+    }
+
+    #[test]
+    fn a_machine_busy_with_other_work_is_chosen_last() {
+        let now = Instant::now();
+        let mut a = Allocator::default();
+        a.report("busy", 4, 0, []);
+        a.report("idle", 4, 0, []);
+        a.set_load("busy", 390);
+        a.set_load("idle", 20);
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("idle"));
+        // Free capacity still comes first.
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("busy"));
     }
 
     #[test]

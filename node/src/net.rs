@@ -137,6 +137,7 @@ struct Member {
     cores: u32,
     running_jobs: u32,
     toolchains: u32,
+    load: u32,
     last_seen: Instant,
 }
 
@@ -187,8 +188,9 @@ struct State {
     /// flows down a chain (every link carries it once) instead of every
     /// builder pulling it over the client's link.
     fetch_chains: HashMap<ToolchainId, Vec<(String, Instant)>>,
-    /// This node's running jobs at the last tick.
+    /// This node's running jobs and machine load at the last tick.
     running_now: u32,
+    load_now: u32,
 }
 
 /// How often lost members and the election are checked.
@@ -353,6 +355,7 @@ impl State {
                     cores: h.cores,
                     running_jobs: 0,
                     toolchains: 0,
+                    load: 0,
                     last_seen: Instant::now(),
                 });
                 entry.last_seen = Instant::now();
@@ -512,6 +515,7 @@ impl State {
                 cores: m.cores,
                 running_jobs: m.running_jobs,
                 toolchains: m.toolchains,
+                load: m.load,
                 last_seen_ms: m.last_seen.elapsed().as_millis() as u64,
             })
             .collect();
@@ -522,6 +526,7 @@ impl State {
             name: self.hello.name.clone(),
             builds: self.hello.builds,
             running_jobs: self.running_now,
+            load: self.load_now,
             listen: self.listen.clone(),
             members,
             rejections: self.rejections.clone(),
@@ -814,6 +819,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> R
         counters: BTreeMap::new(),
         fetch_chains: HashMap::new(),
         running_now: 0,
+        load_now: 0,
     };
     if let Some(text) = &p.office.revocations {
         state.adopt_revocations(text);
@@ -883,6 +889,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> R
                 }
                 _ = check.tick() => {
                     let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    st.running_now = running_jobs.load(std::sync::atomic::Ordering::Relaxed);
                     if on_check(&mut swarm, &mut st, timeout) {
                         // Leadership changed: tell everyone now, not at the next report.
                         on_tick(&mut swarm, &mut st, &running_jobs, &toolchains);
@@ -899,6 +906,15 @@ pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> R
         me,
         view,
     }))
+}
+
+/// The 1-minute load average ×100 (0 where /proc is missing).
+fn load_average() -> u32 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|l| (l * 100.0).round() as u32)
+        .unwrap_or(0)
 }
 
 fn rand_u64() -> u64 {
@@ -948,6 +964,7 @@ fn on_tick(
     let now = Instant::now();
     let me = state.me;
     state.running_now = running_jobs.load(std::sync::atomic::Ordering::Relaxed);
+    state.load_now = load_average();
     state.hello.term = state.term;
     state.hello.leader = state.leader.map(|l| l.to_string());
     state
@@ -963,6 +980,7 @@ fn on_tick(
         term: state.term,
         leader: state.hello.leader.clone(),
         toolchains: toolchains.ids(MAX_REPORTED_TOOLCHAINS),
+        load: state.load_now,
     };
     // The allocator holds the live builders: members that build, and us.
     let me_str = me.to_string();
@@ -980,6 +998,7 @@ fn on_tick(
             report.running_jobs,
             report.toolchains.iter().copied(),
         );
+        state.alloc.set_load(&me_str, report.load);
     }
     let spread = std::mem::take(&mut state.spread);
     for peer in state.members.keys().copied().collect::<Vec<_>>() {
@@ -1106,6 +1125,7 @@ fn handle(
                                 m.running_jobs = r.running_jobs;
                                 m.cores = r.cores;
                                 m.toolchains = r.toolchains.len() as u32;
+                                m.load = r.load;
                                 if m.builds {
                                     let held =
                                         r.toolchains.iter().take(MAX_REPORTED_TOOLCHAINS).copied();
@@ -1115,6 +1135,7 @@ fn handle(
                                         r.running_jobs,
                                         held,
                                     );
+                                    state.alloc.set_load(&peer.to_string(), r.load);
                                 }
                                 state.consider(r.term, r.leader.as_deref());
                                 CtlResponse::Ack

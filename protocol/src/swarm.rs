@@ -41,6 +41,8 @@ pub struct Report {
     /// Toolchains it holds (at most [`MAX_REPORTED_TOOLCHAINS`]), so the
     /// coordinator can prefer builders that need not fetch one.
     pub toolchains: Vec<crate::ToolchainId>,
+    /// The machine's 1-minute load average ×100 (work other than ours too).
+    pub load: u32,
 }
 
 /// Bound on the toolchains one report lists.
@@ -99,6 +101,8 @@ pub struct MemberInfo {
     pub running_jobs: u32,
     /// Toolchains it holds (as its last report said).
     pub toolchains: u32,
+    /// Its machine's 1-minute load average ×100.
+    pub load: u32,
     pub last_seen_ms: u64,
 }
 
@@ -111,6 +115,8 @@ pub struct OfficeView {
     pub name: String,
     pub builds: bool,
     pub running_jobs: u32,
+    /// This machine's 1-minute load average ×100.
+    pub load: u32,
     pub listen: Vec<String>,
     pub members: Vec<MemberInfo>,
     /// Peers refused since start, by reason.

@@ -61,6 +61,10 @@ impl Builder {
     }
 }
 
+/// How much a builder is wanted for a job, compared as a tuple: holds the
+/// toolchain, free share of its slots, free slots, lower machine load.
+type Preference = (bool, u64, u32, std::cmp::Reverse<u32>);
+
 /// Allocation state, rebuilt from builders' reports. Builders live in a
 /// vector (a linear scan of it is what allocation costs) with an index by
 /// peer id; ties go to the builder reported first.
@@ -139,7 +143,7 @@ impl Allocator {
         now: Instant,
     ) -> Option<String> {
         let idx = self.toolchain_index.get(toolchain).copied();
-        let mut best: Option<(usize, (bool, u64, u32, std::cmp::Reverse<u32>))> = None;
+        let mut best: Option<(usize, Preference)> = None;
         for (i, (peer, b)) in self.builders.iter().enumerate() {
             let free = b.free();
             if free == 0 || b.failed_until.is_some_and(|t| now < t) {

@@ -400,3 +400,99 @@ fn a_toolchain_flows_down_a_chain_of_builders_not_from_the_client_to_each() {
         "only the first builder took it from the client; the others from the chain"
     );
 }
+
+/// A unit that takes gcc a few seconds at -O2.
+fn slow_unit(dir: &std::path::Path, name: &str) {
+    // Distinct per file, so that no compile is answered by the cache.
+    let mut src = format!(
+        "int tag_{}(void) {{ return 0; }}\n",
+        name.replace(['.', '-'], "_")
+    );
+    for i in 0..1500 {
+        src.push_str(&format!(
+            "double f{i}(double x) {{ double s = 0; for (int k = 0; k < {i} % 7 + 3; k++) s += x * k / (x + {i}.0); return s; }}\n"
+        ));
+    }
+    std::fs::write(dir.join(name), src).unwrap();
+}
+
+#[test]
+fn a_full_office_says_so_at_once_or_makes_the_client_wait_by_choice() {
+    let o = office();
+    let (k, pk) = office_node_with(
+        &o.key,
+        &o.pk,
+        None,
+        None,
+        "max_jobs = 1\nname = \"k\"",
+        "[sandbox]\nuid_base = 3150000\n",
+    );
+    let boot = boot_of(&k, &pk);
+    let (c, _) = client(&o, &boot, client_token(&o, &[]));
+    wait_office(&c, 1);
+    let work = tempfile::tempdir().unwrap();
+    slow_unit(work.path(), "slow-q1.c");
+    slow_unit(work.path(), "slow-q2.c");
+    std::fs::write(work.path().join("q1.c"), "int q(void) { return 1; }\n").unwrap();
+    std::fs::write(work.path().join("q2.c"), "int q(void) { return 2; }\n").unwrap();
+    // Default: the client hears "full" at once and compiles locally.
+    let slow = run_while_busy(&c, &k, work.path(), "q1.o");
+    let s = c.stats_json();
+    assert_eq!(u(&s["local_compiles"]["office_full"]), 1, "{s}");
+    let out = slow.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `when_full = "wait"`: the same compile waits for the slot and runs remotely.
+    let cfg = std::fs::read_to_string(c.state().join("config.toml")).unwrap();
+    std::fs::write(
+        c.state().join("config.toml"),
+        format!("{cfg}[dist]\nwhen_full = \"wait\"\n"),
+    )
+    .unwrap();
+    let mut c = c;
+    c.kill_node();
+    c.start_node();
+    wait_office(&c, 1);
+    let before = u(&c.stats_json()["dist_compiles"]["k"]);
+    let slow = run_while_busy(&c, &k, work.path(), "q2.o");
+    let out = slow.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = c.stats_json();
+    assert_eq!(
+        u(&s["local_compiles"]["office_full"]),
+        1,
+        "no new local: {s}"
+    );
+    assert_eq!(u(&s["dist_compiles"]["k"]), before + 2, "{s}");
+}
+
+/// Start a slow compile, wait until it holds the only slot, then compile a
+/// quick unit; returns the slow one, still running or done.
+fn run_while_busy(c: &Env, k: &Env, dir: &std::path::Path, quick_obj: &str) -> std::process::Child {
+    let slow = c
+        .cmd(swarmcc())
+        .args([
+            "gcc",
+            "-O2",
+            "-c",
+            &format!("slow-{}", quick_obj.replace(".o", ".c")),
+        ])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("the only slot is taken", || u(&view(k)["running_jobs"]) > 0);
+    run_ok(
+        c.cmd(swarmcc())
+            .args(["gcc", "-c", &quick_obj.replace(".o", ".c")])
+            .current_dir(dir),
+    );
+    slow
+}

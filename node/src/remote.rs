@@ -78,6 +78,10 @@ pub struct Remote {
     partials: Mutex<HashMap<ToolchainId, Arc<watch::Sender<Progress>>>>,
     /// Fetch from the holders the coordinator names (else the client only).
     from_peers: bool,
+    /// Jobs this node has taken on, from the moment a job arrives (inputs
+    /// still coming, toolchain being fetched, queued for a slot) until its
+    /// result is sent: what reports tell the coordinator.
+    accepted: Arc<std::sync::atomic::AtomicU32>,
     /// Job streams served at once (running or queued for a slot).
     inbound: Arc<Semaphore>,
 }
@@ -94,6 +98,24 @@ pub struct RemoteParams {
     pub sandbox_timeout: Duration,
     pub max_toolchain: u64,
     pub from_peers: bool,
+    /// Jobs taken on by this node (see [`Remote::accepted`]).
+    pub accepted: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// Counts a job taken on by this node while it lives.
+struct Accepted(Arc<std::sync::atomic::AtomicU32>);
+
+impl Accepted {
+    fn new(c: &Arc<std::sync::atomic::AtomicU32>) -> Accepted {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Accepted(c.clone())
+    }
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How far a fetch in progress has come.
@@ -130,6 +152,7 @@ impl Remote {
             fetching: Mutex::new(HashMap::new()),
             partials: Mutex::new(HashMap::new()),
             from_peers: p.from_peers,
+            accepted: p.accepted,
             inbound,
         });
         let mut control = r.net.control.clone();
@@ -172,6 +195,7 @@ impl Remote {
 
     /// Run a job on this node's own sandbox.
     pub async fn run_here(&self, job: &Job) -> Outcome {
+        let _taken = Accepted::new(&self.accepted);
         run_on(&self.builder, self.cannot_build.as_deref(), &self.name, job).await
     }
 
@@ -330,6 +354,7 @@ impl Remote {
             write_frame(&mut s, &OfferAnswer::Refused(why.into()), SMALL_MAX).await?;
             return Ok(());
         }
+        let _taken = Accepted::new(&self.accepted);
         let job = offer.job;
         // Start fetching a missing toolchain now, while the sources arrive;
         // from this moment the next builder of a fetch chain may ask us.

@@ -90,7 +90,11 @@ pub async fn run(cfg: Config) -> Result<()> {
                     crate::config::DistAuth::Token { token } => token.clone(),
                 }),
             };
-            let net = crate::net::spawn(params, builder.running.clone())?;
+            // Jobs this node has taken on (receiving inputs, fetching a
+            // toolchain, queued or running): what its reports count, so
+            // that a granted job holds its slot from the moment it arrives.
+            let accepted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let net = crate::net::spawn(params, accepted.clone())?;
             Some(crate::remote::Remote::start(crate::remote::RemoteParams {
                 net,
                 builder: builder.clone(),
@@ -103,6 +107,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 sandbox_timeout: Duration::from_secs(cfg.sandbox.timeout_secs.max(1)),
                 max_toolchain: cfg.dist.toolchain_cache_size,
                 from_peers: cfg.dist.fetch_toolchains_from_peers,
+                accepted,
             })?)
         }
         None => None,

@@ -365,17 +365,14 @@ fn a_toolchain_flows_down_a_chain_of_builders_not_from_the_client_to_each() {
     let (c, _) = client(&o, &boot, client_token(&o, &[]));
     wait_office(&c, 4);
     let work = tempfile::tempdir().unwrap();
-    // Four units at once: one per builder (one slot each), none holds gcc.
+    // Four units at once, each slow enough that no builder is done before
+    // the last is allocated: one per builder (one slot each), none holds gcc.
     let kids: Vec<_> = (0..4)
         .map(|i| {
             let src = format!("u{i}.c");
-            std::fs::write(
-                work.path().join(&src),
-                format!("int u{i}(void) {{ return {i}; }}\n"),
-            )
-            .unwrap();
+            slow_unit(work.path(), &src);
             c.cmd(swarmcc())
-                .args(["gcc", "-c", &src])
+                .args(["gcc", "-O2", "-c", &src])
                 .current_dir(work.path())
                 .spawn()
                 .unwrap()
@@ -488,7 +485,29 @@ fn run_while_busy(c: &Env, k: &Env, dir: &std::path::Path, quick_obj: &str) -> s
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    eventually("the only slot is taken", || u(&view(k)["running_jobs"]) > 0);
+    let mut slow = slow;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while u(&view(k)["running_jobs"]) == 0 {
+        if let Some(status) = slow.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            slow.stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!(
+                "the slow unit ended ({status}) before it was seen on the builder: {err}\nclient: {}\nlog: {}",
+                c.stats_json(),
+                c.node_log()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the only slot is never taken"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     run_ok(
         c.cmd(swarmcc())
             .args(["gcc", "-c", &quick_obj.replace(".o", ".c")])

@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use swarmcc_protocol::{Hash32, ToolchainId};
 
+/// Longest a granted job can take to reach its builder (the grant's life).
+pub const GRANT_TRAVEL: Duration = Duration::from_secs(30);
+
 /// How long a builder that failed a job is passed over.
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(10);
 
@@ -30,6 +33,10 @@ struct Builder {
     failed_until: Option<Instant>,
     /// The machine's load average ×100 (other work on it): last tie-breaker.
     load: u32,
+    /// Grants this coordinator issued for it and not yet released, with
+    /// when: a report that does not list one yet (the job is still on its
+    /// way) must not free its slot.
+    outstanding: HashMap<u64, Instant>,
 }
 
 impl Builder {
@@ -170,6 +177,36 @@ impl Allocator {
         }
     }
 
+    /// Record the id of the grant for a job just allocated to `peer`.
+    pub fn granted(&mut self, peer: &str, grant: u64, now: Instant) {
+        if let Some(b) = self.get_mut(peer) {
+            b.outstanding.insert(grant, now);
+        }
+    }
+
+    /// A granted job ended: its grant no longer holds a slot.
+    pub fn forget_grant(&mut self, peer: &str, grant: u64) {
+        if let Some(b) = self.get_mut(peer) {
+            b.outstanding.remove(&grant);
+        }
+    }
+
+    /// The grants a builder's report says it has taken on (counted in its
+    /// `running`): the grants not listed are on their way to it and keep
+    /// their slots. One not listed long after its expiry went nowhere.
+    pub fn report_grants(&mut self, peer: &str, taken: &[u64], now: Instant) {
+        let Some(b) = self.get_mut(peer) else {
+            return;
+        };
+        b.outstanding
+            .retain(|id, at| taken.contains(id) || now.duration_since(*at) < GRANT_TRAVEL);
+        b.pending = b
+            .outstanding
+            .keys()
+            .filter(|id| !taken.contains(id))
+            .count() as u32;
+    }
+
     /// A builder's machine load (1-minute load average ×100), from its report.
     pub fn set_load(&mut self, peer: &str, load: u32) {
         if let Some(b) = self.get_mut(peer) {
@@ -216,6 +253,60 @@ impl Allocator {
 }
 
 pub use swarmcc_protocol::transfer::{Grant, GrantBody};
+
+/// The jobs a node has taken on (inputs arriving, toolchain being fetched,
+/// queued or running), with the grant each came with: what its reports tell
+/// the coordinator, so that a granted slot is never counted free.
+#[derive(Default)]
+pub struct Taken {
+    jobs: std::sync::Mutex<Vec<Option<u64>>>,
+}
+
+/// Bound on the grant ids one report lists.
+pub const MAX_REPORTED_GRANTS: usize = 1024;
+
+impl Taken {
+    /// Count a job until the guard is dropped.
+    pub fn take(self: &std::sync::Arc<Self>, grant: Option<u64>) -> TakenJob {
+        self.lock().push(grant);
+        TakenJob {
+            taken: self.clone(),
+            grant,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<u64>>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn count(&self) -> u32 {
+        self.lock().len() as u32
+    }
+
+    /// The grant ids of the jobs taken on (at most [`MAX_REPORTED_GRANTS`]).
+    pub fn grants(&self) -> Vec<u64> {
+        self.lock()
+            .iter()
+            .flatten()
+            .take(MAX_REPORTED_GRANTS)
+            .copied()
+            .collect()
+    }
+}
+
+pub struct TakenJob {
+    taken: std::sync::Arc<Taken>,
+    grant: Option<u64>,
+}
+
+impl Drop for TakenJob {
+    fn drop(&mut self) {
+        let mut v = self.taken.lock();
+        if let Some(i) = v.iter().position(|g| *g == self.grant) {
+            v.swap_remove(i);
+        }
+    }
+}
 
 /// Why a builder refuses a grant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -348,6 +439,35 @@ mod tests {
         assert_eq!(a.holders(&tc(1), "x", 4), vec!["b1".to_string()]);
         assert!(a.holders(&tc(1), "b1", 4).is_empty());
         assert!(a.holders(&tc(2), "x", 4).is_empty());
+    }
+
+    #[test]
+    fn a_granted_job_keeps_its_slot_until_the_builder_reports_it_or_it_ends() {
+        let t0 = Instant::now();
+        let mut a = Allocator::default();
+        a.report("b1", 1, 0, []);
+        a.report_grants("b1", &[], t0);
+        assert_eq!(a.allocate(&tc(1), &[], t0).as_deref(), Some("b1"));
+        a.granted("b1", 7, t0);
+        // A report sent before the job arrived: the slot stays taken.
+        a.report("b1", 1, 0, []);
+        a.report_grants("b1", &[], t0);
+        assert_eq!(a.allocate(&tc(1), &[], t0), None);
+        // The job arrived and is reported: still one job.
+        a.report("b1", 1, 1, []);
+        a.report_grants("b1", &[7], t0);
+        assert_eq!(a.allocate(&tc(1), &[], t0), None);
+        assert_eq!(a.totals(), (1, 1, 1));
+        // It ends: free at once.
+        a.release("b1");
+        a.forget_grant("b1", 7);
+        assert_eq!(a.totals(), (1, 1, 0));
+        // A grant whose job never arrived is dropped once it has expired.
+        assert_eq!(a.allocate(&tc(1), &[], t0).as_deref(), Some("b1"));
+        a.granted("b1", 8, t0);
+        a.report("b1", 1, 0, []);
+        a.report_grants("b1", &[], t0 + GRANT_TRAVEL);
+        assert_eq!(a.totals(), (1, 1, 0));
     }
 
     #[test]

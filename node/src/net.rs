@@ -468,6 +468,7 @@ impl State {
             return CtlResponse::Rejected("could not sign a grant".into());
         };
         self.count("allocations");
+        self.alloc.granted(&builder, grant.body.id, Instant::now());
         self.grants
             .insert(grant.body.id, (*client, builder.clone(), Instant::now()));
         let mut holders = self.alloc.holders(&req.toolchain, &builder, MAX_HOLDERS);
@@ -501,6 +502,7 @@ impl State {
         } else {
             self.alloc.release(&builder);
         }
+        self.alloc.forget_grant(&builder, id);
     }
 
     fn view(&self, me: &PeerId) -> OfficeView {
@@ -713,7 +715,7 @@ fn alloc_of(r: CtlResponse) -> Alloc {
 }
 
 /// Start the network task.
-pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> Result<Arc<Net>> {
+pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Result<Arc<Net>> {
     let key: OfficePublicKey = p.office.public_key.parse().context("[office] public_key")?;
     // A bad list in the config is an error at start, not a silent no-op.
     if let Some(text) = &p.office.revocations {
@@ -889,7 +891,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<std::sync::atomic::AtomicU32>) -> R
                 }
                 _ = check.tick() => {
                     let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    st.running_now = running_jobs.load(std::sync::atomic::Ordering::Relaxed);
+                    st.running_now = running_jobs.count();
                     if on_check(&mut swarm, &mut st, timeout) {
                         // Leadership changed: tell everyone now, not at the next report.
                         on_tick(&mut swarm, &mut st, &running_jobs, &toolchains);
@@ -958,12 +960,12 @@ fn on_check(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, timeout: Du
 fn on_tick(
     swarm: &mut libp2p::Swarm<Behaviour>,
     state: &mut State,
-    running_jobs: &std::sync::atomic::AtomicU32,
+    running_jobs: &crate::coordinator::Taken,
     toolchains: &crate::toolchain::ToolchainStore,
 ) {
     let now = Instant::now();
     let me = state.me;
-    state.running_now = running_jobs.load(std::sync::atomic::Ordering::Relaxed);
+    state.running_now = running_jobs.count();
     state.load_now = load_average();
     state.hello.term = state.term;
     state.hello.leader = state.leader.map(|l| l.to_string());
@@ -975,12 +977,13 @@ fn on_tick(
         !chain.is_empty()
     });
     let report = Report {
-        running_jobs: running_jobs.load(std::sync::atomic::Ordering::Relaxed),
+        running_jobs: state.running_now,
         cores: state.hello.cores,
         term: state.term,
         leader: state.hello.leader.clone(),
         toolchains: toolchains.ids(MAX_REPORTED_TOOLCHAINS),
         load: state.load_now,
+        grants: running_jobs.grants(),
     };
     // The allocator holds the live builders: members that build, and us.
     let me_str = me.to_string();
@@ -999,6 +1002,7 @@ fn on_tick(
             report.toolchains.iter().copied(),
         );
         state.alloc.set_load(&me_str, report.load);
+        state.alloc.report_grants(&me_str, &report.grants, now);
     }
     let spread = std::mem::take(&mut state.spread);
     for peer in state.members.keys().copied().collect::<Vec<_>>() {
@@ -1136,6 +1140,15 @@ fn handle(
                                         held,
                                     );
                                     state.alloc.set_load(&peer.to_string(), r.load);
+                                    let taken = &r.grants[..r
+                                        .grants
+                                        .len()
+                                        .min(crate::coordinator::MAX_REPORTED_GRANTS)];
+                                    state.alloc.report_grants(
+                                        &peer.to_string(),
+                                        taken,
+                                        Instant::now(),
+                                    );
                                 }
                                 state.consider(r.term, r.leader.as_deref());
                                 CtlResponse::Ack

@@ -81,7 +81,7 @@ pub struct Remote {
     /// Jobs this node has taken on, from the moment a job arrives (inputs
     /// still coming, toolchain being fetched, queued for a slot) until its
     /// result is sent: what reports tell the coordinator.
-    accepted: Arc<std::sync::atomic::AtomicU32>,
+    accepted: Arc<crate::coordinator::Taken>,
     /// Job streams served at once (running or queued for a slot).
     inbound: Arc<Semaphore>,
 }
@@ -99,23 +99,7 @@ pub struct RemoteParams {
     pub max_toolchain: u64,
     pub from_peers: bool,
     /// Jobs taken on by this node (see [`Remote::accepted`]).
-    pub accepted: Arc<std::sync::atomic::AtomicU32>,
-}
-
-/// Counts a job taken on by this node while it lives.
-struct Accepted(Arc<std::sync::atomic::AtomicU32>);
-
-impl Accepted {
-    fn new(c: &Arc<std::sync::atomic::AtomicU32>) -> Accepted {
-        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Accepted(c.clone())
-    }
-}
-
-impl Drop for Accepted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
+    pub accepted: Arc<crate::coordinator::Taken>,
 }
 
 /// How far a fetch in progress has come.
@@ -195,7 +179,11 @@ impl Remote {
 
     /// Run a job on this node's own sandbox.
     pub async fn run_here(&self, job: &Job) -> Outcome {
-        let _taken = Accepted::new(&self.accepted);
+        self.run_here_granted(job, None).await
+    }
+
+    async fn run_here_granted(&self, job: &Job, grant: Option<u64>) -> Outcome {
+        let _taken = self.accepted.take(grant);
         run_on(&self.builder, self.cannot_build.as_deref(), &self.name, job).await
     }
 
@@ -239,7 +227,7 @@ impl Remote {
             };
             let builder = grant.body.builder.clone();
             if builder == me {
-                let out = self.run_here(job).await;
+                let out = self.run_here_granted(job, Some(grant.body.id)).await;
                 self.net.release(&grant, false);
                 return out;
             }
@@ -354,7 +342,7 @@ impl Remote {
             write_frame(&mut s, &OfferAnswer::Refused(why.into()), SMALL_MAX).await?;
             return Ok(());
         }
-        let _taken = Accepted::new(&self.accepted);
+        let _taken = self.accepted.take(Some(offer.grant.body.id));
         let job = offer.job;
         // Start fetching a missing toolchain now, while the sources arrive;
         // from this moment the next builder of a fetch chain may ask us.

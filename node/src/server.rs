@@ -93,7 +93,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             // Jobs this node has taken on (receiving inputs, fetching a
             // toolchain, queued or running): what its reports count, so
             // that a granted job holds its slot from the moment it arrives.
-            let accepted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let accepted = Arc::new(crate::coordinator::Taken::default());
             let net = crate::net::spawn(params, accepted.clone())?;
             Some(crate::remote::Remote::start(crate::remote::RemoteParams {
                 net,

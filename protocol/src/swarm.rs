@@ -43,6 +43,9 @@ pub struct Report {
     pub toolchains: Vec<crate::ToolchainId>,
     /// The machine's 1-minute load average ×100 (work other than ours too).
     pub load: u32,
+    /// Grant ids of the jobs counted in `running_jobs` (bounded), so that
+    /// the coordinator knows which of its grants have arrived.
+    pub grants: Vec<u64>,
 }
 
 /// Bound on the toolchains one report lists.

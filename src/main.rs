@@ -39,6 +39,9 @@ struct Cli {
     /// Stop the background node.
     #[arg(long = "stop-server")]
     stop_server: bool,
+    /// The office's status in sccache's `--dist-status` JSON (one line).
+    #[arg(long = "dist-status")]
+    dist_status: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -120,6 +123,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// How many parallel jobs the office can take now (for `make -j`).
+    Jobs,
     /// Issue and inspect office tokens (signed by the office key).
     Token {
         #[command(subcommand)]
@@ -162,6 +167,7 @@ fn main() {
                 "node",
                 "office",
                 "status",
+                "jobs",
                 "token",
                 "package-toolchain",
                 "help",
@@ -272,7 +278,49 @@ fn token(cmd: TokenCmd) -> Result<()> {
     Ok(())
 }
 
+/// `--dist-status`: sccache's `DistInfo` shapes, from the local node.
+fn dist_status() -> String {
+    use swarmcc_protocol::sccache::{DistInfo, SchedulerStatusResult};
+    let info = (|| -> Result<DistInfo> {
+        let cfg = Config::load()?;
+        if cfg.office.is_none() {
+            return Ok(DistInfo::Disabled("no [office] configured".into()));
+        }
+        let status =
+            client::NodeClient::connect_or_start(&cfg).and_then(|mut c| c.call(&Request::Status));
+        let v = match status {
+            Ok(Response::Status(v)) => v,
+            _ => {
+                return Ok(DistInfo::NotConnected(
+                    None,
+                    "could not communicate with the node".into(),
+                ))
+            }
+        };
+        if v.coordinator.is_none() {
+            return Ok(DistInfo::NotConnected(
+                v.http,
+                "enabled, no coordinator elected yet".into(),
+            ));
+        }
+        Ok(DistInfo::SchedulerStatus(
+            v.http,
+            SchedulerStatusResult {
+                num_servers: v.builders as usize,
+                num_cpus: v.cores as usize,
+                in_progress: v.in_progress as usize,
+            },
+        ))
+    })()
+    .unwrap_or_else(|e| DistInfo::Disabled(format!("{e:#}")));
+    serde_json::to_string(&info).unwrap_or_default()
+}
+
 fn run(cli: Cli) -> Result<()> {
+    if cli.dist_status {
+        println!("{}", dist_status());
+        return Ok(());
+    }
     match cli.cmd {
         Some(Cmd::Node {
             cmd: Some(NodeCmd::Id),
@@ -282,6 +330,15 @@ fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Some(Cmd::Office { cmd }) => return office(cmd),
+        Some(Cmd::Jobs) => {
+            let cfg = Config::load()?;
+            let mut c = client::NodeClient::connect_or_start(&cfg)?;
+            let Response::Status(v) = c.call(&Request::Status)? else {
+                bail!("unexpected answer from the node")
+            };
+            println!("{}", v.cores.saturating_sub(v.in_progress).max(1));
+            return Ok(());
+        }
         Some(Cmd::Status { json }) => {
             let cfg = Config::load()?;
             let mut c = client::NodeClient::connect_or_start(&cfg)?;

@@ -52,6 +52,45 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Office membership; without it the node works alone (no network).
     pub office: Option<OfficeConfig>,
+    /// Status, metrics, dashboard and the sccache-dist endpoints.
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve HTTP at all.
+    pub enabled: bool,
+    /// sccache's scheduler address: status, `alloc_job`, metrics, dashboard.
+    pub listen: String,
+    /// HTTPS address given to sccache clients as their builder (`server_id`).
+    pub sccache_listen: String,
+    /// sccache's scheduler `client_auth` for `alloc_job`; office client
+    /// tokens and the `[dist.auth]` secret are accepted as well.
+    pub client_auth: Option<ClientAuth>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: "127.0.0.1:10600".into(),
+            sccache_listen: "127.0.0.1:10501".into(),
+            client_auth: None,
+        }
+    }
+}
+
+/// sccache's scheduler-side client auth.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum ClientAuth {
+    /// The token must be `dangerously_insecure_client` (sccache's default).
+    #[serde(rename = "DANGEROUSLY_INSECURE")]
+    DangerouslyInsecure,
+    /// A shared token.
+    #[serde(rename = "token")]
+    Token { token: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]

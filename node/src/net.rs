@@ -538,6 +538,7 @@ impl State {
             cores,
             in_progress,
             counters: self.counters.clone(),
+            http: None,
         }
     }
 }
@@ -694,6 +695,11 @@ impl Net {
             .ok()
             .and_then(|p| st.members.get(&p).map(|m| m.name.clone()))
             .unwrap_or_else(|| peer.to_string())
+    }
+
+    /// Whether a builder of the office reports holding `toolchain`.
+    pub fn held_in_office(&self, toolchain: &ToolchainId) -> bool {
+        !self.lock().alloc.holders(toolchain, "", 1).is_empty()
     }
 
     /// Count an event (shown in status and metrics).

@@ -171,6 +171,11 @@ impl Remote {
         Ok(r)
     }
 
+    fn bytes(&self, kind: &str, n: u64) {
+        self.stats
+            .update(|s| *s.transfer_bytes.entry(kind.to_string()).or_default() += n);
+    }
+
     fn refused(&self, why: &str) {
         self.stats.update(|s| {
             *s.refused_requests.entry(why.to_string()).or_default() += 1;
@@ -227,6 +232,17 @@ impl Remote {
             };
             let builder = grant.body.builder.clone();
             if builder == me {
+                // Allocated to this node, which may lack the toolchain (an
+                // sccache client's, held by another builder): fetch it.
+                if !self.store.has(&job.toolchain) {
+                    if let Err(e) = self.fetch_toolchain(&job.toolchain, &holders, None).await {
+                        self.net.release(&grant, true);
+                        return Outcome::Failed {
+                            error: format!("toolchain {} unobtainable: {e:#}", job.toolchain),
+                            limit: false,
+                        };
+                    }
+                }
                 let out = self.run_here_granted(job, Some(grant.body.id)).await;
                 self.net.release(&grant, false);
                 return out;
@@ -304,9 +320,17 @@ impl Remote {
                     .builder
                     .blob(&h)
                     .ok_or_else(|| anyhow!("source blob {h} is no longer here"))?;
+                let n = data.len() as u64;
                 write_frame(&mut s, &Blob { hash: h, data }, BLOB_MAX).await?;
+                self.bytes("job_sent", n);
             }
             let reply: JobReply = read_frame(&mut s, REPLY_MAX).await?;
+            if let JobReply::Done(r) = &reply {
+                self.bytes(
+                    "job_received",
+                    r.outputs.iter().map(|(_, d)| d.len() as u64).sum(),
+                );
+            }
             let _ = s.close().await;
             Ok(reply)
         };
@@ -350,7 +374,7 @@ impl Remote {
             self.expect_fetch(&job.toolchain);
             let me = self.clone();
             let (id, holders) = (job.toolchain, offer.holders.clone());
-            tokio::spawn(async move { me.fetch_toolchain(&id, &holders, &peer).await })
+            tokio::spawn(async move { me.fetch_toolchain(&id, &holders, Some(&peer)).await })
         });
         let mut wanted: Vec<Hash32> = job.sources.iter().map(|s| s.hash).collect();
         wanted.sort();
@@ -362,6 +386,7 @@ impl Remote {
             if blob.hash != h {
                 bail!("sent blob {} instead of {h}", blob.hash);
             }
+            self.bytes("job_received", blob.data.len() as u64);
             self.builder.add_blobs(&[blob])?;
         }
         if let Some(fetch) = fetch {
@@ -438,7 +463,7 @@ impl Remote {
         &self,
         id: &ToolchainId,
         holders: &[String],
-        client: &PeerId,
+        client: Option<&PeerId>,
     ) -> Result<()> {
         let lock = self
             .fetching
@@ -457,10 +482,10 @@ impl Remote {
             .iter()
             .take(8)
             .filter_map(|h| h.parse().ok())
-            .filter(|p| p != &self.net.me && p != client && self.net.member(p).is_some())
-            .filter(|_| self.from_peers)
+            .filter(|p| p != &self.net.me && Some(p) != client && self.net.member(p).is_some())
+            .filter(|_| self.from_peers || client.is_none())
             .collect();
-        sources.push(*client);
+        sources.extend(client.copied());
         let mut last = anyhow!("no holder known");
         for src in sources {
             let t = Instant::now();
@@ -477,6 +502,7 @@ impl Remote {
                     );
                     self.stats
                         .update(|s| *s.toolchains_fetched.entry(name).or_default() += 1);
+                    self.bytes("toolchain_received", size);
                     self.fetching
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -633,6 +659,7 @@ impl Remote {
         }
         s.flush().await?;
         let _ = s.close().await;
+        self.bytes("toolchain_sent", size);
         Ok(())
     }
 }
@@ -690,6 +717,7 @@ impl Remote {
                 if n > 0 {
                     timed(async { s.write_all(&buf[..n]).await }).await?;
                     sent += n as u64;
+                    self.bytes("toolchain_sent", n as u64);
                     continue;
                 }
                 if have == size {

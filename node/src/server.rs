@@ -34,6 +34,8 @@ pub struct Node {
     /// The office this node is part of, if configured: jobs go where its
     /// coordinator says.
     remote: Option<Arc<crate::remote::Remote>>,
+    /// This node's HTTP URL, if it serves one.
+    http_url: Option<String>,
 }
 
 /// Concurrent client connections served at once.
@@ -112,6 +114,36 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         None => None,
     };
+    let http_url = if cfg.http.enabled {
+        let params = crate::http::HttpParams {
+            config: cfg.http.clone(),
+            remote: remote.clone(),
+            builder: builder.clone(),
+            cannot_build: cannot_build.clone(),
+            stats: stats.clone(),
+            store: store.clone(),
+            name: name.clone(),
+            office: cfg
+                .office
+                .as_ref()
+                .and_then(|o| o.public_key.parse().ok().map(|k| (k, o.name.clone()))),
+            shared_token: cfg.dist.auth.as_ref().map(|a| match a {
+                crate::config::DistAuth::Token { token } => token.clone(),
+            }),
+            max_toolchain: cfg.dist.toolchain_cache_size,
+        };
+        match crate::http::start(params).await {
+            Ok(bound) => Some(bound.url),
+            Err(e) => {
+                // Another node on this machine may hold the port: this one
+                // works on without HTTP, and says so.
+                tracing::warn!("no HTTP status/sccache endpoints: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let (tx, mut rx) = watch::channel(false);
     let node = Arc::new(Node {
         cache,
@@ -122,6 +154,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         name: name.clone(),
         shutdown: tx,
         remote,
+        http_url,
     });
 
     let sock = cfg.socket_path();
@@ -391,10 +424,25 @@ async fn handle(node: &Node, req: Request) -> Response {
             Response::Ok
         }
         Request::Stats => Response::Stats(node.stats.snapshot()),
-        Request::Status => Response::Status(match &node.remote {
-            Some(r) => r.net.view.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            None => swarmcc_protocol::swarm::OfficeView::default(),
-        }),
+        Request::Status => {
+            let mut v = match &node.remote {
+                Some(r) => r.net.view.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                None => swarmcc_protocol::swarm::OfficeView {
+                    name: node.name.clone(),
+                    builds: node.cannot_build.is_none(),
+                    builders: u64::from(node.cannot_build.is_none()),
+                    cores: node.builder.max_jobs as u64,
+                    in_progress: u64::from(
+                        node.builder
+                            .running
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                    ),
+                    ..Default::default()
+                },
+            };
+            v.http = node.http_url.clone();
+            Response::Status(v)
+        }
         Request::ZeroStats => {
             node.stats.zero();
             Response::Ok

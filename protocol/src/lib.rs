@@ -8,6 +8,7 @@ pub mod frame;
 pub mod hash;
 pub mod job;
 pub mod local;
+pub mod sccache;
 pub mod stats;
 pub mod swarm;
 pub mod token;

@@ -118,4 +118,14 @@ pub struct Stats {
     /// Job offers, toolchain requests and grants this node refused.
     #[serde(default)]
     pub refused_requests: BTreeMap<String, u64>,
+    /// Jobs relayed into the swarm for sccache clients, by builder.
+    #[serde(default)]
+    pub sccache_jobs: BTreeMap<String, u64>,
+    /// Toolchain archives sccache clients uploaded to this node.
+    #[serde(default)]
+    pub sccache_toolchain_uploads: u64,
+    /// Bytes moved between peers: `job_sent`, `job_received`,
+    /// `toolchain_sent`, `toolchain_received`.
+    #[serde(default)]
+    pub transfer_bytes: BTreeMap<String, u64>,
 }

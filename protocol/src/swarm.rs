@@ -134,4 +134,7 @@ pub struct OfficeView {
     pub in_progress: u64,
     /// Event counters (allocations, elections, members lost, ...).
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// This node's HTTP URL (sccache's `scheduler_url`), if it serves one.
+    #[serde(default)]
+    pub http: Option<String>,
 }

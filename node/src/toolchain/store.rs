@@ -301,14 +301,19 @@ impl ToolchainStore {
     }
 }
 
-/// Unpack a `.tar.zst` (or plain `.tar`) into `dest`, refusing entries that
+/// Unpack a `.tar.zst`, `.tar.gz` (sccache's) or plain `.tar` into `dest`, refusing entries that
 /// would land outside it: absolute or `..` paths, paths through a symlink,
 /// hard links and device files.
 pub fn unpack_archive<R: io::BufRead>(mut src: R, dest: &Path) -> Result<()> {
     fs::create_dir_all(dest)?;
-    let is_zstd = src.fill_buf()?.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let head = src.fill_buf()?;
+    let is_zstd = head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    // sccache's toolchains are gzip tars.
+    let is_gzip = head.starts_with(&[0x1f, 0x8b]);
     let reader: Box<dyn Read + '_> = if is_zstd {
         Box::new(zstd::Decoder::with_buffer(src)?)
+    } else if is_gzip {
+        Box::new(flate2::bufread::GzDecoder::new(src))
     } else {
         Box::new(src)
     };

@@ -1,0 +1,687 @@
+//! The node's HTTP side: sccache-dist compatibility, status, metrics and a
+//! live dashboard.
+//!
+//! Plain HTTP on `[http] listen` (default 127.0.0.1:10600), as sccache's
+//! scheduler: `GET /api/v1/scheduler/status` (bincode, or JSON with
+//! `Accept: application/json`; no auth), `POST /api/v1/scheduler/alloc_job`,
+//! `GET /api/v1/scheduler/server_certificate/{ip:port}`, plus `GET /metrics`
+//! (Prometheus text), `GET /api/v1/office` (JSON for the dashboard) and the
+//! dashboard at `/`.
+//!
+//! HTTPS on `[http] sccache_listen` (default 127.0.0.1:10501) with a
+//! self-signed certificate made at start (SAN = that IP, serverAuth): the
+//! builder endpoints an sccache client calls for the `server_id` an
+//! allocation names: `submit_toolchain/{job_id}` and `run_job/{job_id}`.
+//! Each job is relayed into the swarm like any compile of this node: the
+//! coordinator allocates a builder, which fetches the toolchain (sccache's
+//! gzip tar, stored by content) from this node or any holder.
+//!
+//! Transient trouble is never a 4xx (sccache fails the compile on a 4xx
+//! instead of compiling locally): a full office is `Fail` at allocation, and
+//! a job that cannot run is a 500.
+
+use crate::config::{ClientAuth, HttpConfig};
+use crate::remote::{Outcome, Remote};
+use crate::stats::StatsStore;
+use crate::toolchain::ToolchainStore;
+use anyhow::{anyhow, Context, Result};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use swarmcc_protocol::sccache::{
+    self, AllocJobHttpResponse, CompileCommand, JobAlloc, JobComplete, JobId, OutputData,
+    ProcessOutput, RunJobHttpRequest, RunJobResult, SchedulerStatusResult, ServerId,
+    SubmitToolchainResult,
+};
+use swarmcc_protocol::swarm::OfficeView;
+use swarmcc_protocol::{Hash32, Job, SourceRef, ToolchainId};
+
+/// sccache's default client token (`DANGEROUSLY_INSECURE`).
+const INSECURE_CLIENT_TOKEN: &str = "dangerously_insecure_client";
+/// Bound on a `run_job` body (sccache builds it in memory too).
+const RUN_JOB_MAX: usize = 512 << 20;
+/// Bound on the bincode part of a `run_job` body and on `alloc_job`.
+const SMALL_BODY_MAX: usize = 4 << 20;
+/// Bound on the unpacked inputs of one job.
+const INPUTS_MAX: u64 = 1 << 30;
+/// Jobs allocated to sccache clients are forgotten after this long unused.
+const JOB_FORGET: Duration = Duration::from_secs(3600);
+/// Bound on the jobs remembered at once.
+const MAX_JOBS: usize = 100_000;
+
+struct SccacheJob {
+    toolchain: ToolchainId,
+    auth: String,
+    created: Instant,
+}
+
+/// What the HTTP side needs of the node.
+pub struct HttpParams {
+    pub config: HttpConfig,
+    pub remote: Option<Arc<Remote>>,
+    pub builder: Arc<crate::builder::Builder>,
+    pub cannot_build: Option<String>,
+    pub stats: Arc<StatsStore>,
+    pub store: Arc<ToolchainStore>,
+    pub name: String,
+    /// The office's key and name, to accept office client tokens.
+    pub office: Option<(swarmcc_protocol::token::OfficePublicKey, String)>,
+    /// `[dist.auth]` shared secret, also accepted from sccache clients.
+    pub shared_token: Option<String>,
+    pub max_toolchain: u64,
+}
+
+struct Http {
+    p: HttpParams,
+    jobs: Mutex<HashMap<u64, SccacheJob>>,
+    next_job: AtomicU64,
+    cert_digest: Vec<u8>,
+    cert_pem: Vec<u8>,
+    /// The HTTPS address sccache clients are sent to.
+    builder_addr: SocketAddr,
+}
+
+/// Where the node's HTTP servers listen (after binding).
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub url: String,
+    pub sccache_addr: SocketAddr,
+}
+
+/// Bind and serve both listeners. A listener that cannot bind is an error
+/// the caller logs; the node keeps working without it.
+pub async fn start(p: HttpParams) -> Result<Bound> {
+    let listen: SocketAddr = p
+        .config
+        .listen
+        .parse()
+        .with_context(|| format!("[http] listen {:?}", p.config.listen))?;
+    let tls_listen: SocketAddr = p
+        .config
+        .sccache_listen
+        .parse()
+        .with_context(|| format!("[http] sccache_listen {:?}", p.config.sccache_listen))?;
+    let plain = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let plain_addr = plain.local_addr()?;
+    let tls_std =
+        std::net::TcpListener::bind(tls_listen).with_context(|| format!("binding {tls_listen}"))?;
+    tls_std.set_nonblocking(true)?;
+    let builder_addr = tls_std.local_addr()?;
+    let (cert_pem, key_pem, cert_digest) = self_signed(builder_addr)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert_pem.clone(), key_pem)
+        .await
+        .context("TLS configuration")?;
+    let url = format!("http://{plain_addr}/");
+    let http = Arc::new(Http {
+        p,
+        jobs: Mutex::new(HashMap::new()),
+        next_job: AtomicU64::new(random_u64() >> 1),
+        cert_digest,
+        cert_pem,
+        builder_addr,
+    });
+    let app = Router::new()
+        .route("/", get(dashboard))
+        .route("/api/v1/office", get(office_json))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/scheduler/status", get(status))
+        .route("/api/v1/scheduler/alloc_job", post(alloc_job))
+        .route(
+            "/api/v1/scheduler/server_certificate/{addr}",
+            get(server_certificate),
+        )
+        .with_state(http.clone());
+    let builder_app = Router::new()
+        .route(
+            "/api/v1/distserver/submit_toolchain/{job_id}",
+            post(submit_toolchain),
+        )
+        .route("/api/v1/distserver/run_job/{job_id}", post(run_job))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(http.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(plain, app).await {
+            tracing::warn!("HTTP server stopped: {e}");
+        }
+    });
+    let server =
+        axum_server::from_tcp_rustls(tls_std, tls).map_err(|e| anyhow!("HTTPS listener: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = server.serve(builder_app.into_make_service()).await {
+            tracing::warn!("HTTPS server stopped: {e}");
+        }
+    });
+    tracing::info!(%url, sccache = %builder_addr, "HTTP status and sccache endpoints ready");
+    Ok(Bound {
+        url,
+        sccache_addr: builder_addr,
+    })
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    u64::from_le_bytes(b)
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A certificate as sccache's builders make one: self-signed, CN and IP SAN
+/// of the address, serverAuth, a year of validity. Returns (cert PEM, key
+/// PEM, SHA-256 of the DER).
+fn self_signed(addr: SocketAddr) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    use sha2::Digest;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, addr.to_string());
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(addr.ip())];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    // rcgen's default validity (1975 to 4096): a fresh certificate is made
+    // at every start anyway.
+    let cert = params.self_signed(&key)?;
+    let digest = sha2::Sha256::digest(cert.der()).to_vec();
+    Ok((
+        cert.pem().into_bytes(),
+        key.serialize_pem().into_bytes(),
+        digest,
+    ))
+}
+
+impl Http {
+    fn view(&self) -> OfficeView {
+        match &self.p.remote {
+            Some(r) => r.net.view.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            None => OfficeView::default(),
+        }
+    }
+
+    /// The office's figures (this node alone when it has no office).
+    fn figures(&self) -> SchedulerStatusResult {
+        match &self.p.remote {
+            Some(_) => {
+                let v = self.view();
+                SchedulerStatusResult {
+                    num_servers: v.builders as usize,
+                    num_cpus: v.cores as usize,
+                    in_progress: v.in_progress as usize,
+                }
+            }
+            None => SchedulerStatusResult {
+                num_servers: usize::from(self.p.cannot_build.is_none()),
+                num_cpus: self.p.builder.max_jobs,
+                in_progress: self
+                    .p
+                    .builder
+                    .running
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    as usize,
+            },
+        }
+    }
+
+    /// sccache's scheduler `client_auth`, plus office client tokens and the
+    /// `[dist.auth]` secret.
+    fn client_ok(&self, headers: &HeaderMap) -> Result<(), &'static str> {
+        let Some(token) = bearer(headers) else {
+            return Err("no_bearer_auth");
+        };
+        let ok = match &self.p.config.client_auth {
+            Some(ClientAuth::DangerouslyInsecure) => token == INSECURE_CLIENT_TOKEN,
+            Some(ClientAuth::Token { token: t }) => ct_eq(t, token),
+            None => false,
+        } || self
+            .p
+            .shared_token
+            .as_deref()
+            .is_some_and(|t| ct_eq(t, token))
+            || self.p.office.as_ref().is_some_and(|(key, office)| {
+                token
+                    .parse::<swarmcc_protocol::token::Token>()
+                    .is_ok_and(|t| t.verify_client(key, office, now_secs(), None).is_ok())
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err("bearer_auth_failed")
+        }
+    }
+
+    fn job(&self, id: u64, headers: &HeaderMap) -> Result<ToolchainId, Response> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(job) = jobs.get(&id) else {
+            return Err(StatusCode::NOT_FOUND.into_response());
+        };
+        if !bearer(headers).is_some_and(|t| ct_eq(&job.auth, t)) {
+            return Err(unauthorized("invalid_jwt"));
+        }
+        Ok(job.toolchain)
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+fn unauthorized(code: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, format!("Bearer error=\"{code}\""))],
+        code.to_string(),
+    )
+        .into_response()
+}
+
+/// sccache's `ErrJson` body for 400 and 500.
+fn error(status: StatusCode, description: &str) -> Response {
+    let body = serde_json::json!({ "description": description, "cause": null });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"))
+}
+
+/// bincode by default, JSON when asked for (as rouille's `accept!`).
+fn reply<T: serde::Serialize>(headers: &HeaderMap, v: &T) -> Response {
+    if wants_json(headers) {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(v).unwrap_or_default(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            sccache::encode(v),
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(h): State<Arc<Http>>, headers: HeaderMap) -> Response {
+    reply(&headers, &h.figures())
+}
+
+async fn alloc_job(State(h): State<Arc<Http>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(code) = h.client_ok(&headers) {
+        tracing::warn!(reason = code, "sccache allocation refused");
+        h.p.stats.update(|s| {
+            *s.refused_requests
+                .entry("sccache client auth".into())
+                .or_default() += 1
+        });
+        return unauthorized(code);
+    }
+    let is_binary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/octet-stream"));
+    if !is_binary {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the request didn't have a binary content type",
+        );
+    }
+    if body.len() > SMALL_BODY_MAX {
+        return error(StatusCode::BAD_REQUEST, "request too large");
+    }
+    let Ok(tc) = sccache::decode::<sccache::Toolchain>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "malformed Toolchain");
+    };
+    let Some(hash) = sccache::parse_archive_id(&tc.archive_id.to_ascii_lowercase()) else {
+        return error(StatusCode::BAD_REQUEST, "archive_id is not a blake3 digest");
+    };
+    let toolchain = ToolchainId(hash);
+    let f = h.figures();
+    if f.num_servers == 0 || f.in_progress >= f.num_cpus {
+        return reply(
+            &headers,
+            &AllocJobHttpResponse::Fail {
+                msg: format!(
+                    "Insufficient capacity across {} available servers",
+                    f.num_servers
+                ),
+            },
+        );
+    }
+    let need_toolchain = !(h.p.store.has(&toolchain)
+        || h.p
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.net.held_in_office(&toolchain)));
+    let id = h.next_job.fetch_add(1, Ordering::Relaxed);
+    let auth = random_hex(32);
+    {
+        let mut jobs = h.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.retain(|_, j| j.created.elapsed() < JOB_FORGET);
+        if jobs.len() >= MAX_JOBS {
+            return reply(
+                &headers,
+                &AllocJobHttpResponse::Fail {
+                    msg: "too many unclaimed jobs".into(),
+                },
+            );
+        }
+        jobs.insert(
+            id,
+            SccacheJob {
+                toolchain,
+                auth: auth.clone(),
+                created: Instant::now(),
+            },
+        );
+    }
+    reply(
+        &headers,
+        &AllocJobHttpResponse::Success {
+            job_alloc: JobAlloc {
+                auth,
+                job_id: JobId(id),
+                server_id: ServerId(h.builder_addr),
+            },
+            need_toolchain,
+            cert_digest: h.cert_digest.clone(),
+        },
+    )
+}
+
+async fn server_certificate(
+    State(h): State<Arc<Http>>,
+    Path(addr): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if addr.parse::<SocketAddr>().ok() != Some(h.builder_addr) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server cert not available",
+        );
+    }
+    reply(
+        &headers,
+        &sccache::ServerCertificateHttpResponse {
+            cert_digest: h.cert_digest.clone(),
+            cert_pem: h.cert_pem.clone(),
+        },
+    )
+}
+
+async fn submit_toolchain(
+    State(h): State<Arc<Http>>,
+    Path(job_id): Path<u64>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let toolchain = match h.job(job_id, &headers) {
+        Ok(t) => t,
+        Err(e) if e.status() == StatusCode::NOT_FOUND => {
+            return reply(&headers, &SubmitToolchainResult::JobNotFound)
+        }
+        Err(e) => return e,
+    };
+    if h.p.store.has(&toolchain) {
+        return reply(&headers, &SubmitToolchainResult::Success);
+    }
+    match receive_archive(&h, &toolchain, body).await {
+        Ok(()) => {
+            h.p.stats.update(|s| s.sccache_toolchain_uploads += 1);
+            reply(&headers, &SubmitToolchainResult::Success)
+        }
+        Err(e) => {
+            tracing::warn!("sccache toolchain upload rejected: {e:#}");
+            reply(&headers, &SubmitToolchainResult::CannotCache)
+        }
+    }
+}
+
+/// Stream an uploaded archive into the store, hashing as it arrives.
+async fn receive_archive(h: &Http, id: &ToolchainId, body: Body) -> Result<()> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let tmp = h.p.store.tmp_path("sccache-upload");
+    let res = async {
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| anyhow!("upload: {e}"))?;
+            size += chunk.len() as u64;
+            if size > h.p.max_toolchain {
+                anyhow::bail!("archive larger than the toolchain store");
+            }
+            hasher.update(&chunk);
+            f.write_all(&chunk).await?;
+        }
+        f.sync_all().await?;
+        let got = ToolchainId(Hash32::from(hasher.finalize()));
+        if got != *id {
+            anyhow::bail!("archive hashes to {got}, not the announced {id}");
+        }
+        h.p.store.adopt_verified(id, &tmp, size)
+    }
+    .await;
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+async fn run_job(
+    State(h): State<Arc<Http>>,
+    Path(job_id): Path<u64>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let toolchain = match h.job(job_id, &headers) {
+        Ok(t) => t,
+        Err(e) if e.status() == StatusCode::NOT_FOUND => {
+            return reply(&headers, &RunJobResult::JobNotFound)
+        }
+        Err(e) => return e,
+    };
+    let body = match axum::body::to_bytes(body, RUN_JOB_MAX).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+    };
+    let (job, blobs) = match parse_run_job(&body, toolchain) {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("{e:#}")),
+    };
+    // One job per allocation, as sccache's builders.
+    h.jobs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&job_id);
+    if let Err(e) = h.p.builder.add_blobs(&blobs) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+    }
+    let outcome = match &h.p.remote {
+        Some(r) => r.dispatch(&job).await,
+        None => {
+            crate::remote::run_on(&h.p.builder, h.p.cannot_build.as_deref(), &h.p.name, &job).await
+        }
+    };
+    match outcome {
+        Outcome::Done { result, builder } => {
+            h.p.stats.update(|s| {
+                *s.sccache_jobs.entry(builder.clone()).or_default() += 1;
+            });
+            let outputs = result
+                .outputs
+                .into_iter()
+                .map(|(path, data)| {
+                    let len = data.len() as u64;
+                    (path, OutputData(zlib(&data), len))
+                })
+                .collect();
+            reply(
+                &headers,
+                &RunJobResult::Complete(JobComplete {
+                    output: ProcessOutput {
+                        code: result.exit_code,
+                        stdout: result.stdout,
+                        stderr: result.stderr,
+                    },
+                    outputs,
+                }),
+            )
+        }
+        Outcome::Mismatch(e) | Outcome::Failed { error: e, .. } => {
+            h.p.stats.update(|s| {
+                *s.refused_requests
+                    .entry("sccache job failed in the swarm".into())
+                    .or_default() += 1
+            });
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e)
+        }
+        Outcome::Full => error(StatusCode::INTERNAL_SERVER_ERROR, "the office is full"),
+    }
+}
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = e.write_all(data);
+    e.finish().unwrap_or_default()
+}
+
+/// `[u32 BE n][bincode RunJobHttpRequest][zlib(tar of inputs)]` → a job.
+fn parse_run_job(
+    body: &[u8],
+    toolchain: ToolchainId,
+) -> Result<(Job, Vec<swarmcc_protocol::job::Blob>)> {
+    let n = body
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .context("truncated body")?;
+    if n > SMALL_BODY_MAX {
+        anyhow::bail!("command of {n} bytes exceeds the bound");
+    }
+    let req: RunJobHttpRequest = sccache::decode(body.get(4..4 + n).context("truncated command")?)
+        .context("malformed RunJobHttpRequest")?;
+    let inputs = flate2::read::ZlibDecoder::new(&body[4 + n..]).take(INPUTS_MAX);
+    let mut ar = tar::Archive::new(inputs);
+    let mut sources = Vec::new();
+    let mut blobs = Vec::new();
+    for entry in ar.entries().context("inputs archive")? {
+        let mut entry = entry.context("inputs archive")?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = format!(
+            "/{}",
+            entry.path()?.to_string_lossy().trim_start_matches('/')
+        );
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data)?;
+        let hash = Hash32::of(&data);
+        sources.push(SourceRef { path, hash });
+        blobs.push(swarmcc_protocol::job::Blob { hash, data });
+    }
+    let CompileCommand {
+        executable,
+        arguments,
+        env_vars,
+        cwd,
+    } = req.command;
+    let env = env_vars
+        .into_iter()
+        .filter(|(k, _)| !k.is_empty() && !k.contains('=') && !k.contains('\0'))
+        .take(4096)
+        .collect();
+    Ok((
+        Job {
+            toolchain,
+            compiler: executable,
+            cwd,
+            env,
+            sources,
+            check: None,
+            deps_file: None,
+            args: arguments,
+            outputs: req.outputs,
+        },
+        blobs,
+    ))
+}
+
+#[derive(serde::Serialize)]
+struct OfficePage {
+    view: OfficeView,
+    stats: swarmcc_protocol::stats::Stats,
+    status: SchedulerStatusResult,
+}
+
+async fn office_json(State(h): State<Arc<Http>>) -> Response {
+    let page = OfficePage {
+        view: h.view(),
+        stats: h.p.stats.snapshot(),
+        status: h.figures(),
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&page).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+async fn metrics(State(h): State<Arc<Http>>) -> Response {
+    let text = crate::metrics::render(&h.view(), &h.p.stats.snapshot(), &h.figures());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}

@@ -1,0 +1,395 @@
+//! sccache-dist compatibility: the status endpoint and `--dist-status` in
+//! sccache's shapes, metrics, the dashboard, and an unmodified sccache 0.19
+//! client (installed by the README's test command) distributing a real C
+//! code base into the swarm through its local node.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use swarmcc_protocol::sccache::SchedulerStatusResult;
+
+struct Office {
+    _dir: tempfile::TempDir,
+    key: PathBuf,
+    pk: String,
+}
+
+fn office() -> Office {
+    let dir = tempfile::tempdir().unwrap();
+    let pk = out(Command::new(swarmcc())
+        .args(["office", "init", "--name", "acme", "--dir"])
+        .arg(dir.path().join("office")));
+    Office {
+        key: dir.path().join("office/office.key"),
+        _dir: dir,
+        pk,
+    }
+}
+
+/// Every node of these tests serves HTTP on ports of its own.
+const HTTP_ANY: &str = "[http]\nlisten = \"127.0.0.1:0\"\nsccache_listen = \"127.0.0.1:0\"\n\
+                        client_auth = { type = \"token\", token = \"sesame\" }\n";
+
+fn builder(o: &Office, name: &str, boot: Option<&str>, uid: u32) -> (Env, String) {
+    office_node_with(
+        &o.key,
+        &o.pk,
+        boot,
+        None,
+        &format!("max_jobs = 3\nname = \"{name}\""),
+        &format!("[sandbox]\nuid_base = {uid}\n{HTTP_ANY}"),
+    )
+}
+
+fn client(o: &Office, name: &str, boot: &str) -> (Env, String) {
+    let token = out(Command::new(swarmcc())
+        .args(["token", "client", "--user", name, "--office-key"])
+        .arg(&o.key));
+    office_node_with(
+        &o.key,
+        &o.pk,
+        Some(boot),
+        Some(token),
+        &format!("builder = false\nname = \"{name}\""),
+        HTTP_ANY,
+    )
+}
+
+fn boot_of(n: &Env, peer: &str) -> String {
+    format!("{}/p2p/{peer}", view(n)["listen"][0].as_str().unwrap())
+}
+
+/// The node's HTTP address (host:port).
+fn http_addr(n: &Env) -> String {
+    eventually("the node serves HTTP", || view(n)["http"].is_string());
+    let url = view(n)["http"].as_str().unwrap().to_string();
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// A plain HTTP/1.1 GET: (status, headers, body).
+fn get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 4 + n..];
+    }
+}
+
+#[test]
+fn status_metrics_dashboard_and_dist_status_speak_sccache() {
+    let o = office();
+    let (k, pk) = builder(&o, "k", None, 3_300_000);
+    let boot = boot_of(&k, &pk);
+    let (_b1, _) = builder(&o, "b1", Some(&boot), 3_301_000);
+    let (c, _) = client(&o, "ann", &boot);
+    eventually("the office is formed", || {
+        let v = view(&c);
+        v["builders"] == 2 && v["coordinator"].is_string()
+    });
+    let addr = http_addr(&c);
+
+    // bincode by default: 24 bytes, sccache's SchedulerStatusResult.
+    let (code, head, body) = get(&addr, "/api/v1/scheduler/status", None);
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("application/octet-stream"), "{head}");
+    assert_eq!(body.len(), 24);
+    let st: SchedulerStatusResult = swarmcc_protocol::sccache::decode(&body).unwrap();
+    assert_eq!(
+        st,
+        SchedulerStatusResult {
+            num_servers: 2,
+            num_cpus: 6,
+            in_progress: 0
+        }
+    );
+    // JSON when asked, exactly sccache's shape.
+    let (_, _, body) = get(&addr, "/api/v1/scheduler/status", Some("application/json"));
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        r#"{"num_servers":2,"num_cpus":6,"in_progress":0}"#
+    );
+    // A builder answers with the same figures (every node keeps the reports).
+    let (_, _, body) = get(
+        &http_addr(&k),
+        "/api/v1/scheduler/status",
+        Some("application/json"),
+    );
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        r#"{"num_servers":2,"num_cpus":6,"in_progress":0}"#
+    );
+
+    // --dist-status: one line of sccache's DistInfo JSON.
+    let line = out(c.cmd(swarmcc()).arg("--dist-status"));
+    assert_eq!(
+        line,
+        format!(
+            r#"{{"SchedulerStatus":["http://{addr}/",{{"num_servers":2,"num_cpus":6,"in_progress":0}}]}}"#
+        )
+    );
+    assert_eq!(out(c.cmd(swarmcc()).arg("jobs")), "6");
+    // A node with no office says so in the same shapes.
+    let alone = Env::new("[http]\nenabled = false\n");
+    assert_eq!(
+        out(alone.cmd(swarmcc()).arg("--dist-status")),
+        r#"{"Disabled":"no [office] configured"}"#
+    );
+
+    // A compile, then metrics count it.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("a.c"), "int a(void) { return 4; }\n").unwrap();
+    run_ok(
+        c.cmd(swarmcc())
+            .args(["gcc", "-c", "a.c"])
+            .current_dir(work.path()),
+    );
+    let (code, head, body) = get(&addr, "/metrics", None);
+    assert_eq!(code, 200, "{head}");
+    let text = String::from_utf8(body).unwrap();
+    let dist: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("swarmcc_dist_compiles_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(dist, 1, "{text}");
+    assert!(text.contains("swarmcc_office_builders 2"), "{text}");
+    assert!(text.contains("swarmcc_office_slots 6"), "{text}");
+    assert!(text.contains("swarmcc_cache_misses_total 1"), "{text}");
+
+    // The dashboard page and the JSON it polls.
+    let (code, _, body) = get(&addr, "/", None);
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("/api/v1/office"));
+    let (_, _, body) = get(&addr, "/api/v1/office", None);
+    let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(page["status"]["num_servers"], 2);
+    let names: Vec<&str> = page["view"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"k") && names.contains(&"b1"), "{names:?}");
+}
+
+/// The sccache 0.19 client the test command installs.
+fn sccache_bin() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
+    let bin = home.join("bin/sccache");
+    let v = Command::new(&bin).arg("--version").output();
+    assert!(
+        v.as_ref()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("0.19.0")),
+        "sccache 0.19.0 (dist-client) is required at {}: run the README's test command, which installs it",
+        bin.display()
+    );
+    bin
+}
+
+/// An sccache client of its own (daemon port, cache, config) pointed at `node`.
+struct Sccache {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Sccache {
+    fn new(node: &Env) -> Sccache {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = http_addr(node);
+        std::fs::write(
+            dir.path().join("config"),
+            format!(
+                "[dist]\nscheduler_url = \"http://{addr}\"\n\
+                 [dist.auth]\ntype = \"token\"\ntoken = \"sesame\"\n"
+            ),
+        )
+        .unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        Sccache { dir, port }
+    }
+
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("SCCACHE_CONF", self.dir.path().join("config"))
+            .env("SCCACHE_DIR", self.dir.path().join("cache"))
+            .env(
+                "SCCACHE_DIST_CLIENT_CACHE_DIR",
+                self.dir.path().join("dist"),
+            )
+            .env("SCCACHE_SERVER_PORT", self.port.to_string())
+            .env("SCCACHE_ERROR_LOG", self.dir.path().join("error.log"))
+            .env("SCCACHE_LOG", "info")
+            .env("SCCACHE_IDLE_TIMEOUT", "0")
+            .env("LANG", "C.UTF-8");
+        c
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let o = run_ok(
+            self.cmd(sccache_bin())
+                .args(["--show-stats", "--stats-format", "json"]),
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sccache {
+    fn drop(&mut self) {
+        let _ = self.cmd(sccache_bin()).arg("--stop-server").output();
+    }
+}
+
+fn lua_reference(dir: &Path) -> (PathBuf, Vec<(String, Vec<u8>)>) {
+    let proj = make_lua_project(dir);
+    run_ok(
+        Command::new("make")
+            .args(["-j2", "CC=gcc"])
+            .current_dir(&proj),
+    );
+    let reference = objects(&proj);
+    run_ok(Command::new("make").arg("clean").current_dir(&proj));
+    (proj, reference)
+}
+
+fn dist_total(s: &serde_json::Value) -> u64 {
+    s["stats"]["dist_compiles"]
+        .as_object()
+        .map(|o| o.values().map(|v| v.as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_unmodified_sccache_client_distributes_into_the_swarm() {
+    let sccache = sccache_bin();
+    let o = office();
+    let (k, pk) = builder(&o, "k", None, 3_310_000);
+    let boot = boot_of(&k, &pk);
+    let (mut b1, _) = builder(&o, "b1", Some(&boot), 3_311_000);
+    let (c1, _) = client(&o, "ann", &boot);
+    let (c2, _) = client(&o, "bob", &boot);
+    eventually("the office is formed", || {
+        let v = view(&c2);
+        v["builders"] == 2 && v["coordinator"].is_string() && view(&c1)["builders"] == 2
+    });
+    let s1 = Sccache::new(&c1);
+    // sccache's own view of the office.
+    let ds = out(s1.cmd(&sccache).arg("--dist-status"));
+    let v: serde_json::Value = serde_json::from_str(&ds).unwrap();
+    assert_eq!(
+        v["SchedulerStatus"][1],
+        serde_json::json!({"num_servers": 2, "num_cpus": 6, "in_progress": 0}),
+        "{ds}\n{}",
+        s1.log()
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let (proj, reference) = lua_reference(work.path());
+    let cc = format!("CC={} gcc", sccache.display());
+    let build = run_ok(s1.cmd("make").args(["-j4", &cc]).current_dir(&proj));
+    let _ = build;
+    let st = s1.stats();
+    assert_eq!(dist_total(&st), 33, "{st}\n{}", s1.log());
+    assert_eq!(st["stats"]["dist_errors"], 0, "{st}");
+    let through = objects(&proj);
+    assert_eq!(through.len(), reference.len());
+    for ((n, a), (_, b)) in reference.iter().zip(&through) {
+        assert!(a == b, "{n} differs from the local build");
+    }
+    let text = String::from_utf8(run_ok(s1.cmd(&sccache).arg("--show-stats")).stdout).unwrap();
+    assert!(text.contains("Successful distributed compiles"), "{text}");
+    // The swarm ran them: the client node relayed, builders compiled.
+    let n1 = c1.stats_json();
+    assert_eq!(n1["sccache_toolchain_uploads"], 1, "{n1}");
+    let relayed: u64 = n1["sccache_jobs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(relayed, 33, "{n1}");
+
+    // A second client with the same compiler: the swarm has the toolchain,
+    // so it is never uploaded again; a builder dies mid-build and the build
+    // still succeeds.
+    let s2 = Sccache::new(&c2);
+    run_ok(Command::new("make").arg("clean").current_dir(&proj));
+    let mut make = s2
+        .cmd("make")
+        .args(["-j4", &cc])
+        .current_dir(&proj)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("b1 runs a job for the second client", || {
+        view(&b1)["running_jobs"].as_u64().unwrap_or(0) > 0
+    });
+    b1.kill_node();
+    let status = make.wait().unwrap();
+    let mut err = String::new();
+    make.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}\n{}", s2.log());
+    let through = objects(&proj);
+    for ((n, a), (_, b)) in reference.iter().zip(&through) {
+        assert!(a == b, "{n} differs from the local build (second client)");
+    }
+    let n2 = c2.stats_json();
+    assert_eq!(
+        n2["sccache_toolchain_uploads"], 0,
+        "never uploaded again: {n2}"
+    );
+    let st2 = s2.stats();
+    println!(
+        "second client: {} distributed, {} fell back after a builder was killed",
+        dist_total(&st2),
+        st2["stats"]["dist_errors"]
+    );
+    assert!(dist_total(&st2) > 0, "{st2}");
+}

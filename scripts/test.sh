@@ -5,7 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-debian.sh
+# Headless Chromium for the dashboard test.
+if ! dpkg -s chromium >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 export PATH="$HOME/.cargo/bin:$PATH"
+# The real sccache client for the compatibility tests (kept in ~/.cargo/bin
+# between runs; installed once).
+if ! "${CARGO_HOME:-$HOME/.cargo}/bin/sccache" --version 2>/dev/null | grep -q '^sccache 0.19.0'; then
+  cargo install --quiet --locked sccache --version 0.19.0 --no-default-features --features dist-client
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace

@@ -366,6 +366,7 @@ fn run(cli: Cli) -> Result<()> {
                     "capacity:    {} builders, {} job slots, {} jobs in progress",
                     v.builders, v.cores, v.in_progress
                 );
+                println!("figures:     from {}", v.figures_from);
                 println!(
                     "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  peer",
                     "name", "role", "cores", "jobs", "tools", "seen(ms)"

@@ -58,6 +58,11 @@ const JOB_FORGET: Duration = Duration::from_secs(3600);
 /// Bound on the jobs remembered at once.
 const MAX_JOBS: usize = 100_000;
 
+enum JobLookup {
+    NotFound,
+    BadToken,
+}
+
 struct SccacheJob {
     toolchain: ToolchainId,
     auth: String,
@@ -264,13 +269,14 @@ impl Http {
         }
     }
 
-    fn job(&self, id: u64, headers: &HeaderMap) -> Result<ToolchainId, Response> {
+    /// The toolchain of an allocated job whose token the request carries.
+    fn job(&self, id: u64, headers: &HeaderMap) -> Result<ToolchainId, JobLookup> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let Some(job) = jobs.get(&id) else {
-            return Err(StatusCode::NOT_FOUND.into_response());
+            return Err(JobLookup::NotFound);
         };
         if !bearer(headers).is_some_and(|t| ct_eq(&job.auth, t)) {
-            return Err(unauthorized("invalid_jwt"));
+            return Err(JobLookup::BadToken);
         }
         Ok(job.toolchain)
     }
@@ -458,10 +464,8 @@ async fn submit_toolchain(
 ) -> Response {
     let toolchain = match h.job(job_id, &headers) {
         Ok(t) => t,
-        Err(e) if e.status() == StatusCode::NOT_FOUND => {
-            return reply(&headers, &SubmitToolchainResult::JobNotFound)
-        }
-        Err(e) => return e,
+        Err(JobLookup::NotFound) => return reply(&headers, &SubmitToolchainResult::JobNotFound),
+        Err(JobLookup::BadToken) => return unauthorized("invalid_jwt"),
     };
     if h.p.store.has(&toolchain) {
         return reply(&headers, &SubmitToolchainResult::Success);
@@ -519,10 +523,8 @@ async fn run_job(
 ) -> Response {
     let toolchain = match h.job(job_id, &headers) {
         Ok(t) => t,
-        Err(e) if e.status() == StatusCode::NOT_FOUND => {
-            return reply(&headers, &RunJobResult::JobNotFound)
-        }
-        Err(e) => return e,
+        Err(JobLookup::NotFound) => return reply(&headers, &RunJobResult::JobNotFound),
+        Err(JobLookup::BadToken) => return unauthorized("invalid_jwt"),
     };
     let body = match axum::body::to_bytes(body, RUN_JOB_MAX).await {
         Ok(b) => b,
@@ -532,6 +534,7 @@ async fn run_job(
         Ok(x) => x,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("{e:#}")),
     };
+    tracing::debug!(compiler = %job.compiler, args = ?job.args, cwd = %job.cwd, outputs = ?job.outputs, "sccache job");
     // One job per allocation, as sccache's builders.
     h.jobs
         .lock()

@@ -138,6 +138,7 @@ struct Member {
     running_jobs: u32,
     toolchains: u32,
     load: u32,
+    version: String,
     last_seen: Instant,
 }
 
@@ -191,6 +192,7 @@ struct State {
     /// This node's running jobs and machine load at the last tick.
     running_now: u32,
     load_now: u32,
+    toolchains_now: u32,
 }
 
 /// How often lost members and the election are checked.
@@ -356,6 +358,7 @@ impl State {
                     running_jobs: 0,
                     toolchains: 0,
                     load: 0,
+                    version: h.agent.chars().take(64).collect(),
                     last_seen: Instant::now(),
                 });
                 entry.last_seen = Instant::now();
@@ -518,6 +521,7 @@ impl State {
                 running_jobs: m.running_jobs,
                 toolchains: m.toolchains,
                 load: m.load,
+                version: m.version.clone(),
                 last_seen_ms: m.last_seen.elapsed().as_millis() as u64,
             })
             .collect();
@@ -529,6 +533,8 @@ impl State {
             builds: self.hello.builds,
             running_jobs: self.running_now,
             load: self.load_now,
+            my_cores: self.hello.cores,
+            my_toolchains: self.toolchains_now,
             listen: self.listen.clone(),
             members,
             rejections: self.rejections.clone(),
@@ -539,6 +545,11 @@ impl State {
             in_progress,
             counters: self.counters.clone(),
             http: None,
+            figures_from: if self.leader == Some(self.me) {
+                "this node (the coordinator)".into()
+            } else {
+                "builders' reports received by this node (at most one report interval old)".into()
+            },
         }
     }
 }
@@ -805,6 +816,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
             term: 0,
             leader: None,
             revocations: None,
+            agent: env!("CARGO_PKG_VERSION").to_string(),
         },
         members: HashMap::new(),
         wanted: HashMap::new(),
@@ -828,6 +840,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
         fetch_chains: HashMap::new(),
         running_now: 0,
         load_now: 0,
+        toolchains_now: 0,
     };
     if let Some(text) = &p.office.revocations {
         state.adopt_revocations(text);
@@ -991,6 +1004,7 @@ fn on_tick(
         load: state.load_now,
         grants: running_jobs.grants(),
     };
+    state.toolchains_now = report.toolchains.len() as u32;
     // The allocator holds the live builders: members that build, and us.
     let me_str = me.to_string();
     let live: HashSet<String> = state

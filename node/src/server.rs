@@ -432,6 +432,8 @@ async fn handle(node: &Node, req: Request) -> Response {
                     builds: node.cannot_build.is_none(),
                     builders: u64::from(node.cannot_build.is_none()),
                     cores: node.builder.max_jobs as u64,
+                    my_cores: node.builder.max_jobs as u32,
+                    figures_from: "this node alone (no office)".into(),
                     in_progress: u64::from(
                         node.builder
                             .running

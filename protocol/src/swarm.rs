@@ -28,6 +28,8 @@ pub struct Hello {
     /// The newest office-signed revocation list it knows (text form), so
     /// that a revocation spreads to every node within seconds.
     pub revocations: Option<String>,
+    /// Its software version (`swarmcc --version`).
+    pub agent: String,
 }
 
 /// A node's periodic report: also its liveness signal.
@@ -106,6 +108,8 @@ pub struct MemberInfo {
     pub toolchains: u32,
     /// Its machine's 1-minute load average ×100.
     pub load: u32,
+    /// Its software version.
+    pub version: String,
     pub last_seen_ms: u64,
 }
 
@@ -120,6 +124,11 @@ pub struct OfficeView {
     pub running_jobs: u32,
     /// This machine's 1-minute load average ×100.
     pub load: u32,
+    /// This node's job slots and the toolchains it holds.
+    #[serde(default)]
+    pub my_cores: u32,
+    #[serde(default)]
+    pub my_toolchains: u32,
     pub listen: Vec<String>,
     pub members: Vec<MemberInfo>,
     /// Peers refused since start, by reason.
@@ -137,4 +146,10 @@ pub struct OfficeView {
     /// This node's HTTP URL (sccache's `scheduler_url`), if it serves one.
     #[serde(default)]
     pub http: Option<String>,
+    /// Where `builders`, `cores` and `in_progress` come from: this node's
+    /// own allocation state when it coordinates, else the builders' reports
+    /// as this node received them (at most one report interval old; grants
+    /// the coordinator issued since are not in them).
+    #[serde(default)]
+    pub figures_from: String,
 }

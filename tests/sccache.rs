@@ -98,17 +98,28 @@ fn get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String, Vec<u8>) {
 
 /// A plain HTTP/1.1 POST of a bincode body: (status, headers, body).
 fn post(addr: &str, path: &str, token: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    post_as(addr, path, token, "application/octet-stream", body)
+}
+
+fn post_as(
+    addr: &str,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+         Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
-    s.write_all(body).unwrap();
+    // A server refusing an oversized body answers and closes before reading it all.
+    let _ = s.write_all(body);
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    let _ = s.read_to_end(&mut raw);
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -246,6 +257,33 @@ fn status_metrics_dashboard_and_dist_status_speak_sccache() {
             other => panic!("{other:?}"),
         }
     }
+    // Malformed bodies: 400 with sccache's error JSON, and the node serves on.
+    let alloc = "/api/v1/scheduler/alloc_job";
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("application/json", tc.clone()),               // wrong content type
+        ("application/octet-stream", tc[..5].to_vec()), // truncated
+        ("application/octet-stream", vec![0xff; 8]),    // a length beyond the body
+        ("application/octet-stream", {
+            // not a blake3 archive id
+            encode(&Toolchain {
+                archive_id: "zz".into(),
+            })
+        }),
+        ("application/octet-stream", vec![0u8; 5 << 20]), // oversized
+    ];
+    for (ct, body) in &cases {
+        let (code, head, text) = post_as(&addr, alloc, "sesame", ct, body);
+        if body.len() > 2 << 20 {
+            assert_eq!(code, 413, "oversized: {head}");
+            continue;
+        }
+        assert_eq!(code, 400, "{ct} {} bytes: {head}", body.len());
+        let e: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert!(e["description"].is_string(), "{e}");
+    }
+    let (code, _, _) = get(&addr, "/api/v1/scheduler/status", None);
+    assert_eq!(code, 200, "still serving after malformed requests");
+
     // An office without builders answers Fail (sccache compiles locally), not a 4xx.
     let (lonely, _) = office_node_with(
         &o.key,

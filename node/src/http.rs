@@ -607,8 +607,8 @@ fn parse_run_job(
     }
     let req: RunJobHttpRequest = sccache::decode(body.get(4..4 + n).context("truncated command")?)
         .context("malformed RunJobHttpRequest")?;
-    let inputs = flate2::read::ZlibDecoder::new(&body[4 + n..]).take(INPUTS_MAX);
-    let mut ar = tar::Archive::new(inputs);
+    let inputs = inflate_all(&body[4 + n..])?;
+    let mut ar = tar::Archive::new(inputs.as_slice());
     let mut sources = Vec::new();
     let mut blobs = Vec::new();
     for entry in ar.entries().context("inputs archive")? {
@@ -653,6 +653,30 @@ fn parse_run_job(
     ))
 }
 
+/// Inflate a whole zlib stream (bounded by [`INPUTS_MAX`]); a stream that
+/// does not reach its end (a truncated body) is an error, not fewer inputs.
+fn inflate_all(data: &[u8]) -> Result<Vec<u8>> {
+    let mut d = flate2::Decompress::new(true);
+    let mut out = Vec::with_capacity(data.len() * 4);
+    loop {
+        if out.len() as u64 >= INPUTS_MAX {
+            anyhow::bail!("inputs exceed {INPUTS_MAX} bytes");
+        }
+        out.reserve(64 << 10);
+        let consumed = d.total_in() as usize;
+        let status = d
+            .decompress_vec(&data[consumed..], &mut out, flate2::FlushDecompress::None)
+            .context("inputs are not a zlib stream")?;
+        match status {
+            flate2::Status::StreamEnd => return Ok(out),
+            _ if d.total_in() as usize == data.len() && out.len() < out.capacity() => {
+                anyhow::bail!("truncated inputs")
+            }
+            _ => {}
+        }
+    }
+}
+
 #[derive(serde::Serialize)]
 struct OfficePage {
     view: OfficeView,
@@ -687,4 +711,81 @@ async fn metrics(State(h): State<Arc<Http>>) -> Response {
 
 async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(req: &RunJobHttpRequest, inputs: &[(&str, &[u8])]) -> Vec<u8> {
+        let cmd = sccache::encode(req);
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, data) in inputs {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, path, *data).unwrap();
+        }
+        let tar = tar.into_inner().unwrap();
+        let mut out = (cmd.len() as u32).to_be_bytes().to_vec();
+        out.extend(cmd);
+        out.extend(zlib(&tar));
+        out
+    }
+
+    fn req() -> RunJobHttpRequest {
+        RunJobHttpRequest {
+            command: CompileCommand {
+                executable: "/usr/bin/gcc".into(),
+                arguments: vec!["-c".into(), "/w/a.c".into(), "-o".into(), "/w/a.o".into()],
+                env_vars: vec![("LANG".into(), "C".into()), ("BAD=NAME".into(), "x".into())],
+                cwd: "/w".into(),
+            },
+            outputs: vec!["/w/a.o".into()],
+        }
+    }
+
+    #[test]
+    fn run_job_bodies_become_jobs() {
+        let tc = ToolchainId(Hash32::of(b"tc"));
+        let (job, blobs) = parse_run_job(&body(&req(), &[("w/a.c", b"int a;")]), tc).unwrap();
+        assert_eq!(job.toolchain, tc);
+        assert_eq!(job.compiler, "/usr/bin/gcc");
+        assert_eq!(job.sources.len(), 1);
+        assert_eq!(job.sources[0].path, "/w/a.c");
+        assert_eq!(blobs[0].data, b"int a;");
+        assert_eq!(job.outputs, vec!["/w/a.o".to_string()]);
+        // An environment name the sandbox cannot set is dropped, not fatal.
+        assert_eq!(job.env, vec![("LANG".to_string(), "C".to_string())]);
+    }
+
+    #[test]
+    fn malformed_run_job_bodies_are_errors_not_crashes() {
+        let tc = ToolchainId(Hash32::of(b"tc"));
+        let good = body(&req(), &[("w/a.c", b"int a;")]);
+        // Truncated anywhere: an error.
+        for cut in 0..good.len() {
+            assert!(parse_run_job(&good[..cut], tc).is_err(), "cut at {cut}");
+        }
+        assert!(parse_run_job(&[], tc).is_err());
+        assert!(parse_run_job(&[0, 0, 0], tc).is_err());
+        // A length prefix beyond the bound, or beyond the body.
+        let mut huge = u32::MAX.to_be_bytes().to_vec();
+        huge.extend([0u8; 16]);
+        assert!(parse_run_job(&huge, tc).is_err());
+        let mut long = 1000u32.to_be_bytes().to_vec();
+        long.extend([0u8; 16]);
+        assert!(parse_run_job(&long, tc).is_err());
+        // Not bincode of the request (a wrong variant tag inside).
+        let mut garbage = 8u32.to_be_bytes().to_vec();
+        garbage.extend([0xffu8; 8]);
+        assert!(parse_run_job(&garbage, tc).is_err());
+        // Inputs that are not zlib.
+        let cmd = sccache::encode(&req());
+        let mut bad = (cmd.len() as u32).to_be_bytes().to_vec();
+        bad.extend(cmd);
+        bad.extend(b"not zlib at all");
+        assert!(parse_run_job(&bad, tc).is_err());
+    }
 }

@@ -4,20 +4,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-/// The Lua project, built once with plain gcc: its objects and dependency
-/// files are the reference, and the tree is left clean for the next build.
-fn lua_reference(dir: &std::path::Path) -> (std::path::PathBuf, Vec<(String, Vec<u8>)>) {
-    let proj = make_lua_project(dir);
-    run_ok(
-        Command::new("make")
-            .args(["-j2", "CC=gcc"])
-            .current_dir(&proj),
-    );
-    let reference = objects(&proj);
-    run_ok(Command::new("make").arg("clean").current_dir(&proj));
-    (proj, reference)
-}
-
 #[test]
 fn lua_through_the_node_is_identical_runs_and_hits_the_cache() {
     let mut env = Env::new("");

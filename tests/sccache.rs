@@ -10,24 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use swarmcc_protocol::sccache::SchedulerStatusResult;
 
-struct Office {
-    _dir: tempfile::TempDir,
-    key: PathBuf,
-    pk: String,
-}
-
-fn office() -> Office {
-    let dir = tempfile::tempdir().unwrap();
-    let pk = out(Command::new(swarmcc())
-        .args(["office", "init", "--name", "acme", "--dir"])
-        .arg(dir.path().join("office")));
-    Office {
-        key: dir.path().join("office/office.key"),
-        _dir: dir,
-        pk,
-    }
-}
-
 /// Every node of these tests serves HTTP on ports of its own.
 const HTTP_ANY: &str = "[http]\nlisten = \"127.0.0.1:0\"\nsccache_listen = \"127.0.0.1:0\"\n\
                         client_auth = { type = \"token\", token = \"sesame\" }\n";
@@ -44,9 +26,7 @@ fn builder(o: &Office, name: &str, boot: Option<&str>, uid: u32) -> (Env, String
 }
 
 fn client(o: &Office, name: &str, boot: &str) -> (Env, String) {
-    let token = out(Command::new(swarmcc())
-        .args(["token", "client", "--user", name, "--office-key"])
-        .arg(&o.key));
+    let token = client_token(o, name, &[]);
     office_node_with(
         &o.key,
         &o.pk,
@@ -55,10 +35,6 @@ fn client(o: &Office, name: &str, boot: &str) -> (Env, String) {
         &format!("builder = false\nname = \"{name}\""),
         HTTP_ANY,
     )
-}
-
-fn boot_of(n: &Env, peer: &str) -> String {
-    format!("{}/p2p/{peer}", view(n)["listen"][0].as_str().unwrap())
 }
 
 /// The node's HTTP address (host:port).
@@ -81,8 +57,14 @@ fn get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String, Vec<u8>) {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
     )
     .unwrap();
+    response(s)
+}
+
+/// Read a whole HTTP/1.1 response: (status, headers, body).
+fn response(mut s: std::net::TcpStream) -> (u16, String, Vec<u8>) {
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    // A server refusing an oversized body answers and closes early.
+    let _ = s.read_to_end(&mut raw);
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -118,19 +100,7 @@ fn post_as(
     .unwrap();
     // A server refusing an oversized body answers and closes before reading it all.
     let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, head, body)
+    response(s)
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -239,9 +209,7 @@ fn status_metrics_dashboard_and_dist_status_speak_sccache() {
         head.contains("Bearer error=\"bearer_auth_failed\""),
         "{head}"
     );
-    let office_token = out(Command::new(swarmcc())
-        .args(["token", "client", "--user", "carl", "--office-key"])
-        .arg(&o.key));
+    let office_token = client_token(&o, "carl", &[]);
     for token in ["sesame", office_token.as_str()] {
         let (code, _, body) = post(&addr, "/api/v1/scheduler/alloc_job", token, &tc);
         assert_eq!(code, 200);
@@ -402,17 +370,7 @@ impl Drop for Sccache {
 /// source (swarmcc's own wrapper carries the sources and has no such
 /// difference); the code and data must be identical.
 fn lua_reference(dir: &Path) -> (PathBuf, Vec<(String, Vec<u8>)>) {
-    let proj = make_lua_project(dir);
-    let mf = std::fs::read_to_string(proj.join("Makefile")).unwrap();
-    std::fs::write(proj.join("Makefile"), mf.replace("-O2 -g ", "-O2 ")).unwrap();
-    run_ok(
-        Command::new("make")
-            .args(["-j2", "CC=gcc"])
-            .current_dir(&proj),
-    );
-    let reference = objects(&proj);
-    run_ok(Command::new("make").arg("clean").current_dir(&proj));
-    (proj, reference)
+    lua_reference_with(dir, |mf| mf.replace("-O2 -g ", "-O2 "))
 }
 
 fn dist_total(s: &serde_json::Value) -> u64 {

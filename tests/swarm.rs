@@ -6,24 +6,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-struct Office {
-    _dir: tempfile::TempDir,
-    key: std::path::PathBuf,
-    pk: String,
-}
-
-fn office() -> Office {
-    let dir = tempfile::tempdir().unwrap();
-    let pk = out(Command::new(swarmcc())
-        .args(["office", "init", "--name", "acme", "--dir"])
-        .arg(dir.path().join("office")));
-    Office {
-        key: dir.path().join("office/office.key"),
-        _dir: dir,
-        pk,
-    }
-}
-
 /// A builder named `name` (coordinator-eligible), with its own sandbox uids.
 fn builder(o: &Office, name: &str, boot: Option<&str>, uid_base: u32) -> (Env, String) {
     office_node_with(
@@ -46,30 +28,6 @@ fn client(o: &Office, boot: &str, token: String) -> (Env, String) {
         "builder = false\nname = \"client\"",
         "",
     )
-}
-
-fn client_token(o: &Office, extra: &[&str]) -> String {
-    out(Command::new(swarmcc())
-        .args(["token", "client", "--user", "ann"])
-        .args(extra)
-        .arg("--office-key")
-        .arg(&o.key))
-}
-
-fn boot_of(n: &Env, peer: &str) -> String {
-    format!("{}/p2p/{peer}", view(n)["listen"][0].as_str().unwrap())
-}
-
-fn lua_reference(dir: &std::path::Path) -> (std::path::PathBuf, Vec<(String, Vec<u8>)>) {
-    let proj = make_lua_project(dir);
-    run_ok(
-        Command::new("make")
-            .args(["-j2", "CC=gcc"])
-            .current_dir(&proj),
-    );
-    let reference = objects(&proj);
-    run_ok(Command::new("make").arg("clean").current_dir(&proj));
-    (proj, reference)
 }
 
 fn assert_identical(proj: &std::path::Path, reference: &[(String, Vec<u8>)]) {
@@ -110,7 +68,7 @@ fn jobs_run_on_remote_builders_and_toolchains_come_from_peers() {
     let boot = boot_of(&k, &pk);
     let (b1, _) = builder(&o, "b1", Some(&boot), 3_101_000);
     let (b2, _) = builder(&o, "b2", Some(&boot), 3_102_000);
-    let (c, _) = client(&o, &boot, client_token(&o, &[]));
+    let (c, _) = client(&o, &boot, client_token(&o, "ann", &[]));
     wait_office(&c, 3);
     let coordinator = coordinator_of(&k);
     let nodes = [("k", &k), ("b1", &b1), ("b2", &b2)];
@@ -186,7 +144,7 @@ fn builds_survive_losing_a_builder_and_the_coordinator() {
     let boot = boot_of(&k, &pk);
     let (b1, p1) = builder(&o, "b1", Some(&boot), 3_111_000);
     let (b2, p2) = builder(&o, "b2", Some(&boot), 3_112_000);
-    let (c, _) = client(&o, &boot, client_token(&o, &[]));
+    let (c, _) = client(&o, &boot, client_token(&o, "ann", &[]));
     wait_office(&c, 3);
     let mut nodes = [(k, pk), (b1, p1), (b2, p2)];
     let coordinator = coordinator_of(&nodes[0].0);
@@ -272,7 +230,7 @@ fn a_client_without_a_valid_token_gets_no_builder() {
     let (k, pk) = builder(&o, "k", None, 3_120_000);
     let boot = boot_of(&k, &pk);
     // Expired a second after issue (valid-for takes whole seconds).
-    let expired = client_token(&o, &["--valid-for", "1s"]);
+    let expired = client_token(&o, "ann", &["--valid-for", "1s"]);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let (c, _) = client(&o, &boot, expired);
     eventually("the coordinator refused it", || {
@@ -362,7 +320,7 @@ fn a_toolchain_flows_down_a_chain_of_builders_not_from_the_client_to_each() {
     let (b2, _) = one("b2", Some(&boot), 3_141_000);
     let (b3, _) = one("b3", Some(&boot), 3_142_000);
     let (b4, _) = one("b4", Some(&boot), 3_143_000);
-    let (c, _) = client(&o, &boot, client_token(&o, &[]));
+    let (c, _) = client(&o, &boot, client_token(&o, "ann", &[]));
     wait_office(&c, 4);
     let work = tempfile::tempdir().unwrap();
     // Four units at once, each slow enough that no builder is done before
@@ -425,7 +383,7 @@ fn a_full_office_says_so_at_once_or_makes_the_client_wait_by_choice() {
         "[sandbox]\nuid_base = 3150000\n",
     );
     let boot = boot_of(&k, &pk);
-    let (c, _) = client(&o, &boot, client_token(&o, &[]));
+    let (c, _) = client(&o, &boot, client_token(&o, "ann", &[]));
     wait_office(&c, 1);
     let work = tempfile::tempdir().unwrap();
     slow_unit(work.path(), "slow-q1.c");

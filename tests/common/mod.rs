@@ -314,6 +314,9 @@ pub fn office_node_at(
 ) -> (Env, String) {
     let mut env = Env::new("");
     env.netns = netns.map(String::from);
+    // mDNS only inside a test's own namespaces: in the root namespace it
+    // would multicast out of the machine's uplink.
+    let mdns = netns.is_some();
     let peer = out(env.cmd(swarmcc()).args(["node", "id"]));
     let token = token.unwrap_or_else(|| {
         out(Command::new(swarmcc())
@@ -337,7 +340,7 @@ pub fn office_node_at(
     std::fs::write(
         env.state().join("config.toml"),
         format!(
-            "[node]\n{node_section}\n[network]\nlisten = [\"/ip4/{ip}/tcp/0\"]\nbootstrap = [{boot}]\nmdns = false\n\
+            "[node]\n{node_section}\n[network]\nlisten = [\"/ip4/{ip}/tcp/0\"]\nbootstrap = [{boot}]\nmdns = {mdns}\n\
              [office]\nname = \"acme\"\npublic_key = \"{pk}\"\n{token_line}{extra}"
         ),
     )
@@ -380,4 +383,62 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     panic!("never happened: {what}");
+}
+
+/// An office key pair made for a test ("acme").
+pub struct Office {
+    _dir: tempfile::TempDir,
+    pub key: PathBuf,
+    pub pk: String,
+}
+
+pub fn office() -> Office {
+    let dir = tempfile::tempdir().unwrap();
+    let pk = out(Command::new(swarmcc())
+        .args(["office", "init", "--name", "acme", "--dir"])
+        .arg(dir.path().join("office")));
+    Office {
+        key: dir.path().join("office/office.key"),
+        _dir: dir,
+        pk,
+    }
+}
+
+/// A client token of the office for `user`, with extra CLI arguments.
+pub fn client_token(o: &Office, user: &str, extra: &[&str]) -> String {
+    out(Command::new(swarmcc())
+        .args(["token", "client", "--user", user])
+        .args(extra)
+        .arg("--office-key")
+        .arg(&o.key))
+}
+
+/// The bootstrap address of a node of a test office.
+pub fn boot_of(n: &Env, peer: &str) -> String {
+    format!("{}/p2p/{peer}", view(n)["listen"][0].as_str().unwrap())
+}
+
+/// The Lua project built once with plain gcc (its Makefile edited by
+/// `edit`): its objects and dependency files are the reference, and the
+/// tree is left clean for the next build.
+pub fn lua_reference_with(
+    dir: &Path,
+    edit: impl Fn(&str) -> String,
+) -> (PathBuf, Vec<(String, Vec<u8>)>) {
+    let proj = make_lua_project(dir);
+    let mf = std::fs::read_to_string(proj.join("Makefile")).unwrap();
+    std::fs::write(proj.join("Makefile"), edit(&mf)).unwrap();
+    run_ok(
+        Command::new("make")
+            .args(["-j2", "CC=gcc"])
+            .current_dir(&proj),
+    );
+    let reference = objects(&proj);
+    run_ok(Command::new("make").arg("clean").current_dir(&proj));
+    (proj, reference)
+}
+
+/// [`lua_reference_with`] the Makefile as it is.
+pub fn lua_reference(dir: &Path) -> (PathBuf, Vec<(String, Vec<u8>)>) {
+    lua_reference_with(dir, str::to_string)
 }

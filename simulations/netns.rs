@@ -169,6 +169,41 @@ impl Lan {
         run("ip", &["netns", "exec", &ns, "nft", &rules]).expect("nft");
     }
 
+    /// Split the LAN: hosts in `a` and hosts in `b` drop each other's
+    /// packets (nftables in every host), each side still whole.
+    pub fn partition(&self, a: &[usize], b: &[usize]) {
+        for (side, other) in [(a, b), (b, a)] {
+            let addrs: Vec<String> = other.iter().map(|j| self.addr(*j)).collect();
+            let set = addrs.join(", ");
+            let rules = format!(
+                "table inet swcc_part {{ chain o {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}; \
+                 chain i {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}; }}"
+            );
+            for i in side {
+                run("ip", &["netns", "exec", &self.ns(*i), "nft", &rules]).expect("nft partition");
+            }
+        }
+    }
+
+    /// Undo [`Lan::partition`].
+    pub fn heal(&self) {
+        for i in 0..self.hosts {
+            let _ = run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &self.ns(i),
+                    "nft",
+                    "delete",
+                    "table",
+                    "inet",
+                    "swcc_part",
+                ],
+            );
+        }
+    }
+
     /// Cut or restore host `i`'s link to the bridge.
     pub fn link(&self, i: usize, up: bool) {
         let br = self.bridge_ns();

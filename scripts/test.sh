@@ -17,4 +17,9 @@ if ! "${CARGO_HOME:-$HOME/.cargo}/bin/sccache" --version 2>/dev/null | grep -q '
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+rm -f "${CARGO_TARGET_DIR:-target}/tmp/simulations-report.md"
 cargo test --workspace
+if [ -f "${CARGO_TARGET_DIR:-target}/tmp/simulations-report.md" ]; then
+  echo "== network simulations: figures =="
+  cat "${CARGO_TARGET_DIR:-target}/tmp/simulations-report.md"
+fi

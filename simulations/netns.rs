@@ -89,9 +89,11 @@ impl Lan {
             panic!("network simulation refused: {why}");
         }
         sweep();
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let pid = std::process::id();
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let lan = Lan {
-            prefix: format!("swcc{pid}-"),
+            prefix: format!("swcc{pid}-{n}"),
             subnet: (pid % 200) as u8 + 20,
             hosts,
         };
@@ -164,7 +166,7 @@ impl Lan {
     pub fn loss(&self, i: usize, pct: u32) {
         let ns = self.ns(i);
         let rules = format!(
-            "table inet swcc_loss {{ chain out {{ type filter hook output priority 0; numgen random mod 100 < {pct} drop; }} }}"
+            "table inet swcc_loss {{ chain out {{ type filter hook output priority 0; numgen random mod 100 < {pct} drop; }}; }}"
         );
         run("ip", &["netns", "exec", &ns, "nft", &rules]).expect("nft");
     }

@@ -13,11 +13,34 @@ use std::time::{Duration, Instant};
 
 const HOSTS: usize = 6;
 
+/// Scenarios run one at a time (their figures are timings).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Print a scenario's figures and add them to the run's report
+/// (`target/tmp/simulations-report.md`, printed by the test command).
+fn report(line: String) {
+    println!("{line}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("simulations-report.md");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "- {line}");
+    }
+}
+
 /// Scenario 1, cold start: every node discovers the others by mDNS alone;
 /// the time until the office has one coordinator and every builder is
 /// allocatable, as every node sees it.
 #[test]
 fn cold_start_by_mdns_alone() {
+    let _one = serial();
     let lan = netns::Lan::new(HOSTS);
     let o = office();
     let t0 = Instant::now();
@@ -68,11 +91,11 @@ fn cold_start_by_mdns_alone() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    println!(
+    report(format!(
         "cold start, {HOSTS} hosts, mDNS only: nodes started in {:.1} s; one coordinator and {HOSTS} allocatable builders seen by all {:.2} s after the last start",
         started.as_secs_f64(),
         agreed.as_secs_f64()
-    );
+    ));
     // Generous: a regression (no discovery, flapping election) fails it.
     assert!(agreed < Duration::from_secs(15), "took {agreed:?}");
 }
@@ -154,6 +177,7 @@ fn compile_on(nodes: &[(Env, String)], i: usize, work: &std::path::Path, tag: &s
 /// coordinator; after healing, one coordinator within seconds, no restart.
 #[test]
 fn partition_and_heal() {
+    let _one = serial();
     let lan = netns::Lan::new(HOSTS);
     let o = office();
     let nodes = office_on(&lan, &o, HOSTS, 3_410_000);
@@ -179,13 +203,13 @@ fn partition_and_heal() {
     lan.heal();
     let (one, th) = wait_agreed(&nodes, &all, HOSTS - 1);
     let heal = healed_at.elapsed();
-    println!(
+    report(format!(
         "partition: halves agreed on their coordinators in {:.2} s / {:.2} s; after healing one coordinator ({}) in {:.2} s, no restart",
         ta.as_secs_f64(),
         tb.as_secs_f64(),
         if one == first { "the first" } else { "another" },
         th.as_secs_f64()
-    );
+    ));
     assert!(heal < Duration::from_secs(20), "healing took {heal:?}");
     for (n, _) in &nodes {
         assert!(n.node.is_some());
@@ -198,6 +222,7 @@ fn partition_and_heal() {
 /// the office keeps working.
 #[test]
 fn intruders_get_nothing() {
+    let _one = serial();
     let lan = netns::Lan::new(5);
     let o = office();
     let nodes = office_on(&lan, &o, 3, 3_420_000);
@@ -266,5 +291,224 @@ fn intruders_get_nothing() {
     // The office keeps working.
     let ran = compile_on(&nodes, 1, work.path(), "legit");
     assert!(["h0", "h1", "h2"].contains(&ran.as_str()));
-    println!("intruders: forged and replayed tokens refused, no job given to or taken from them");
+    report(
+        "intruders: forged and replayed tokens refused, no job given to or taken from them".into(),
+    );
+}
+
+fn sum(v: &serde_json::Value) -> u64 {
+    v.as_object()
+        .map(|o| o.values().map(|x| x.as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
+
+/// A client-only node on host `i` (it submits; builders do the work).
+fn client_on(lan: &netns::Lan, o: &Office, i: usize) -> (Env, String) {
+    office_node_at(
+        &o.key,
+        &o.pk,
+        None,
+        Some(client_token(o, "dev", &[])),
+        "builder = false\nname = \"client\"",
+        "[http]\nenabled = false\n",
+        &lan.addr(i),
+        Some(&lan.ns(i)),
+    )
+}
+
+/// Scenario 2, late joiner and leaver: a node that joins gets jobs within
+/// seconds; a node that leaves cleanly gets none after.
+#[test]
+fn late_joiner_gets_jobs_and_a_leaver_none() {
+    let _one = serial();
+    let lan = netns::Lan::new(4);
+    let o = office();
+    let mut nodes = office_on(&lan, &o, 2, 3_440_000);
+    let (c, _) = client_on(&lan, &o, 3);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while view(&c)["builders"] != 2 {
+        assert!(Instant::now() < deadline, "office of 2 never formed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Host 2 joins late.
+    let t = Instant::now();
+    let late = office_node_at(
+        &o.key,
+        &o.pk,
+        None,
+        None,
+        "max_jobs = 2\nname = \"late\"",
+        "[sandbox]\nuid_base = 3450000\n[http]\nenabled = false\n",
+        &lan.addr(2),
+        Some(&lan.ns(2)),
+    );
+    while view(&c)["builders"] != 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the joiner never became allocatable"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let join = t.elapsed();
+    // More slow units at once than the first two have slots: the joiner gets some.
+    let work = tempfile::tempdir().unwrap();
+    let run_units = |tag: &str, n: usize| {
+        let kids: Vec<_> = (0..n)
+            .map(|i| {
+                let src = format!("{tag}{i}.c");
+                slow_unit(work.path(), &src);
+                c.cmd(swarmcc())
+                    .args(["gcc", "-O2", "-c", &src])
+                    .current_dir(work.path())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut k in kids {
+            assert!(k.wait().unwrap().success());
+        }
+    };
+    run_units("a", 6);
+    let s = c.stats_json();
+    assert!(s["dist_compiles"]["late"].as_u64().unwrap_or(0) >= 1, "{s}");
+    // It leaves cleanly: nothing more for it, nothing fails.
+    let (mut late_env, _) = late;
+    run_ok(late_env.cmd(swarmcc()).arg("--stop-server"));
+    late_env.kill_node();
+    let t = Instant::now();
+    while view(&c)["builders"] != 2 || nodes.iter().any(|(n, _)| view(n)["builders"] != 2) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the leaver is still counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let leave = t.elapsed();
+    let before = c.stats_json();
+    run_units("b", 4);
+    let after = c.stats_json();
+    assert_eq!(
+        after["dist_compiles"]["late"],
+        before["dist_compiles"]["late"]
+    );
+    assert_eq!(
+        sum(&after["dist_compiles"]),
+        sum(&before["dist_compiles"]) + 4,
+        "{after}"
+    );
+    assert_eq!(after["jobs_reallocated"], before["jobs_reallocated"]);
+    nodes.truncate(2);
+    report(format!(
+        "late joiner allocatable {:.2} s after its start and ran {} jobs; the leaver was gone from the office {:.2} s after it stopped and got none after",
+        join.as_secs_f64(),
+        before["dist_compiles"]["late"],
+        leave.as_secs_f64()
+    ));
+}
+
+/// Scenarios 3 and 4, builder loss and coordinator loss during a real build:
+/// the build succeeds with objects identical to a local build.
+#[test]
+fn builder_and_coordinator_loss_mid_build() {
+    let _one = serial();
+    let lan = netns::Lan::new(5);
+    let o = office();
+    let mut nodes = office_on(&lan, &o, 4, 3_460_000);
+    let (c, _) = client_on(&lan, &o, 4);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while view(&c)["builders"] != 4 || !view(&c)["coordinator"].is_string() {
+        assert!(Instant::now() < deadline, "office never formed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let coordinator = view(&c)["coordinator"].as_str().unwrap().to_string();
+    let work = tempfile::tempdir().unwrap();
+    let (proj, reference) = lua_reference_with(work.path(), |m| m.replace("-O2 -g", "-O3 -g"));
+    let cc = format!("CC={} gcc", swarmcc().display());
+    let make = c
+        .cmd("make")
+        .args(["-j6", &cc])
+        .current_dir(&proj)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    // Builders killed (-9) one after another while they run jobs, then the coordinator.
+    let mut killed = 0;
+    while killed < 2 && t.elapsed() < Duration::from_secs(120) {
+        if let Some(i) = nodes.iter().position(|(n, p)| {
+            n.node.is_some()
+                && *p != coordinator
+                && view(n)["running_jobs"].as_u64().unwrap_or(0) > 0
+        }) {
+            nodes[i].0.kill_node();
+            killed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ci = nodes.iter().position(|(_, p)| *p == coordinator).unwrap();
+    nodes[ci].0.kill_node();
+    let out = make.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = objects(&proj);
+    assert_eq!(got.len(), reference.len());
+    for ((n, a), (_, b)) in reference.iter().zip(&got) {
+        assert!(a == b, "{n} differs from the local build");
+    }
+    let s = c.stats_json();
+    let dist = sum(&s["dist_compiles"]);
+    let local = s["local_compiles"]["swarm_failure"].as_u64().unwrap_or(0);
+    report(format!(
+        "loss mid-build: {killed} builders and the coordinator killed; {dist} units distributed, {} re-run elsewhere, {local} compiled locally after a failure, {} locally because the one builder left was full",
+        s["jobs_reallocated"],
+        s["local_compiles"]["office_full"].as_u64().unwrap_or(0)
+    ));
+    assert_eq!(killed, 2, "two builders were killed while running jobs");
+    assert_eq!(
+        dist + local + s["local_compiles"]["office_full"].as_u64().unwrap_or(0),
+        33,
+        "{s}"
+    );
+}
+
+/// Scenario 6, lossy and slow links: 2 % loss on two hosts and a 20 Mbit/s
+/// link on one: the build still succeeds, objects identical.
+#[test]
+fn lossy_and_slow_links() {
+    let _one = serial();
+    let lan = netns::Lan::new(4);
+    lan.loss(1, 2);
+    lan.loss(3, 2);
+    lan.limit(2, "20mbit");
+    let o = office();
+    let _nodes = office_on(&lan, &o, 3, 3_470_000);
+    let (c, _) = client_on(&lan, &o, 3);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while view(&c)["builders"] != 3 || !view(&c)["coordinator"].is_string() {
+        assert!(
+            Instant::now() < deadline,
+            "office never formed on lossy links"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (proj, reference) = lua_reference(work.path());
+    let cc = format!("CC={} gcc", swarmcc().display());
+    let t = Instant::now();
+    run_ok(c.cmd("make").args(["-j6", &cc]).current_dir(&proj));
+    let took = t.elapsed();
+    assert_eq!(objects(&proj), reference);
+    let s = c.stats_json();
+    report(format!(
+        "lossy/slow links: Lua built in {:.1} s, {} units distributed ({:?}), {} compiled locally",
+        took.as_secs_f64(),
+        sum(&s["dist_compiles"]),
+        s["dist_compiles"],
+        sum(&s["local_compiles"])
+    ));
+    assert!(sum(&s["dist_compiles"]) >= 30, "{s}");
 }

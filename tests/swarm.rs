@@ -356,21 +356,6 @@ fn a_toolchain_flows_down_a_chain_of_builders_not_from_the_client_to_each() {
     );
 }
 
-/// A unit that takes gcc a few seconds at -O2.
-fn slow_unit(dir: &std::path::Path, name: &str) {
-    // Distinct per file, so that no compile is answered by the cache.
-    let mut src = format!(
-        "int tag_{}(void) {{ return 0; }}\n",
-        name.replace(['.', '-'], "_")
-    );
-    for i in 0..1500 {
-        src.push_str(&format!(
-            "double f{i}(double x) {{ double s = 0; for (int k = 0; k < {i} % 7 + 3; k++) s += x * k / (x + {i}.0); return s; }}\n"
-        ));
-    }
-    std::fs::write(dir.join(name), src).unwrap();
-}
-
 #[test]
 fn a_full_office_says_so_at_once_or_makes_the_client_wait_by_choice() {
     let o = office();

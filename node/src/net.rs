@@ -966,6 +966,8 @@ fn on_check(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, timeout: Du
     for peer in lost {
         tracing::warn!(%peer, "member lost (silent for {timeout:?})");
         state.members.remove(&peer);
+        // No more grants for it from this moment, not from the next report.
+        state.alloc.remove(&peer.to_string());
         state.count("members_lost");
         // Its connection may look alive (TCP notices nothing): drop it, so
         // that the redial starts from scratch.

@@ -442,3 +442,18 @@ pub fn lua_reference_with(
 pub fn lua_reference(dir: &Path) -> (PathBuf, Vec<(String, Vec<u8>)>) {
     lua_reference_with(dir, str::to_string)
 }
+
+/// A unit that takes gcc a few seconds at -O2.
+pub fn slow_unit(dir: &std::path::Path, name: &str) {
+    // Distinct per file, so that no compile is answered by the cache.
+    let mut src = format!(
+        "int tag_{}(void) {{ return 0; }}\n",
+        name.replace(['.', '-'], "_")
+    );
+    for i in 0..1500 {
+        src.push_str(&format!(
+            "double f{i}(double x) {{ double s = 0; for (int k = 0; k < {i} % 7 + 3; k++) s += x * k / (x + {i}.0); return s; }}\n"
+        ));
+    }
+    std::fs::write(dir.join(name), src).unwrap();
+}

@@ -4,7 +4,7 @@
 //! client sending it to each builder itself.
 //!
 //! Nine hosts: h0 is a client-only node, h1..h8 are builders with one job
-//! slot each. Each phase uses a fresh 100 MB archive (gcc's closure plus
+//! slot each. Each phase uses a fresh archive (gcc's closure plus
 //! incompressible padding) as a `path_override` toolchain, so no builder
 //! holds it, and compiles one unit per builder at once:
 //! 1. one unit: one transfer, client → builder;
@@ -19,182 +19,21 @@
 mod common;
 #[path = "../simulations/netns.rs"]
 mod netns;
+#[path = "../simulations/spread.rs"]
+mod spread;
 
-use common::*;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BUILDERS: usize = 8;
 const SIZE: usize = 100 << 20;
 const RATE: &str = "100mbit";
-
-/// gcc's toolchain archive with `big.bin` (random bytes) appended, `SIZE` in all.
-fn big_archive(dir: &Path, seed: u64) -> PathBuf {
-    let base = dir.join("base.tar.zst");
-    if !base.exists() {
-        run_ok(
-            Command::new(swarmcc())
-                .args(["package-toolchain", "gcc"])
-                .arg(&base),
-        );
-    }
-    let base_size = std::fs::metadata(&base).unwrap().len() as usize;
-    let mut tar = Vec::new();
-    zstd::Decoder::new(std::fs::File::open(&base).unwrap())
-        .unwrap()
-        .read_to_end(&mut tar)
-        .unwrap();
-    // The tar crate ends an archive with two zero blocks: append before them.
-    assert!(tar.len() >= 1024 && tar[tar.len() - 1024..].iter().all(|b| *b == 0));
-    tar.truncate(tar.len() - 1024);
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let pad: Vec<u8> = (0..SIZE.saturating_sub(base_size) / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(pad.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, "big.bin", pad.as_slice()).unwrap();
-    tar.extend(b.into_inner().unwrap());
-    let out = dir.join(format!("big-{seed}.tar.zst"));
-    std::fs::write(&out, zstd::encode_all(tar.as_slice(), 1).unwrap()).unwrap();
-    out
-}
 
 fn main() {
     if let Some(why) = netns::unsupported() {
         eprintln!("spread benchmark skipped: {why}");
         std::process::exit(1);
     }
-    let lan = netns::Lan::new(BUILDERS + 1);
-    for i in 0..=BUILDERS {
-        lan.limit(i, RATE);
-    }
-    let t = tempfile::tempdir().unwrap();
-    let pk = out(Command::new(swarmcc())
-        .args(["office", "init", "--name", "acme", "--dir"])
-        .arg(t.path().join("o")));
-    let key = t.path().join("o/office.key");
-    let gcc = std::fs::canonicalize("/usr/bin/gcc").unwrap();
-    let start_builder = |i: usize, boot: Option<&str>| {
-        office_node_at(
-            &key,
-            &pk,
-            boot,
-            None,
-            &format!("max_jobs = 1\nname = \"b{i}\""),
-            &format!("[sandbox]\nuid_base = {}\n", 3_200_000 + i * 1000),
-            &lan.addr(i),
-            Some(&lan.ns(i)),
-        )
-    };
-    let (b1, p1) = start_builder(1, None);
-    let boot = format!("{}/p2p/{p1}", view(&b1)["listen"][0].as_str().unwrap());
-    let mut builders = vec![b1];
-    for i in 2..=BUILDERS {
-        builders.push(start_builder(i, Some(&boot)).0);
-    }
-    let token = out(Command::new(swarmcc())
-        .args(["token", "client", "--user", "bench", "--office-key"])
-        .arg(&key));
-    let (c, _) = office_node_at(
-        &key,
-        &pk,
-        Some(&boot),
-        Some(token),
-        "builder = false\nname = \"client\"",
-        "",
-        &lan.addr(0),
-        Some(&lan.ns(0)),
-    );
-    let client_cfg = std::fs::read_to_string(c.state().join("config.toml")).unwrap();
-    let wait_office = || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while view(&c)["builders"] != BUILDERS as u64 || !view(&c)["coordinator"].is_string() {
-            assert!(Instant::now() < deadline, "the office did not form");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    wait_office();
-    let work = tempfile::tempdir().unwrap();
-    let phase = |builders: &[Env], seed: u64, units: usize| -> Duration {
-        let archive = big_archive(t.path(), seed);
-        std::fs::write(
-            c.state().join("config.toml"),
-            format!(
-                "{client_cfg}\n[[dist.toolchains]]\ntype = \"path_override\"\n\
-                 compiler_executable = \"/usr/bin/gcc\"\narchive = \"{}\"\n\
-                 archive_compiler_executable = \"{}\"\n",
-                archive.display(),
-                gcc.display()
-            ),
-        )
-        .unwrap();
-        // The client packages nothing and hashes the archive before the clock starts.
-        run_ok(
-            c.cmd(swarmcc())
-                .args(["package-toolchain", "/usr/bin/gcc"])
-                .arg(t.path().join("warm.tar.zst")),
-        );
-        let before: u64 = builders
-            .iter()
-            .map(|b| b.stats_json()["jobs_run_for_peers"].as_u64().unwrap_or(0))
-            .sum();
-        let t0 = Instant::now();
-        let kids: Vec<_> = (0..units)
-            .map(|i| {
-                let src = format!("p{seed}u{i}.c");
-                std::fs::write(
-                    work.path().join(&src),
-                    format!("int f{i}(void) {{ return {i}; }}\n"),
-                )
-                .unwrap();
-                c.cmd(swarmcc())
-                    .args(["/usr/bin/gcc", "-c", &src])
-                    .current_dir(work.path())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for mut k in kids {
-            assert!(k.wait().unwrap().success());
-        }
-        let took = t0.elapsed();
-        let after: u64 = builders
-            .iter()
-            .map(|b| b.stats_json()["jobs_run_for_peers"].as_u64().unwrap_or(0))
-            .sum();
-        assert_eq!(
-            after - before,
-            units as u64,
-            "every unit ran on a builder (none fell back)"
-        );
-        took
-    };
-    let one = phase(&builders, 1, 1);
-    let chain = phase(&builders, 2, BUILDERS);
-    // Builders that fetch from the client only.
-    for b in builders.iter_mut() {
-        b.kill_node();
-        let cfg = std::fs::read_to_string(b.state().join("config.toml")).unwrap();
-        std::fs::write(
-            b.state().join("config.toml"),
-            format!("{cfg}\n[dist]\nfetch_toolchains_from_peers = false\n"),
-        )
-        .unwrap();
-        b.start_node();
-    }
-    wait_office();
-    let star = phase(&builders, 3, BUILDERS);
+    let spread::Spread { one, chain, star } = spread::measure(BUILDERS, SIZE, RATE);
     let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
     println!("| measurement (100 MB toolchain, {BUILDERS} builders, every link {RATE}) | value |");
     println!("|---|---|");

@@ -7,6 +7,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod netns;
+mod spread;
 
 use common::*;
 use std::time::{Duration, Instant};
@@ -511,4 +512,33 @@ fn lossy_and_slow_links() {
         sum(&s["local_compiles"])
     ));
     assert!(sum(&s["dist_compiles"]) >= 30, "{s}");
+}
+
+/// Scenario 8, toolchain spread: a fresh 48 MB toolchain needed by 4
+/// builders at once over 100 Mbit/s links: the fetch chain against one
+/// transfer and against the client serving everyone.
+#[test]
+fn toolchain_spread() {
+    let _one = serial();
+    let r = spread::measure(4, 48 << 20, "100mbit");
+    let ratio = |d: Duration| d.as_secs_f64() / r.one.as_secs_f64();
+    report(format!(
+        "toolchain spread, 48 MB to 4 builders at 100 Mbit/s: one transfer {:.1} s, chain {:.1} s ({:.2}×), from the client to each {:.1} s ({:.2}×)",
+        r.one.as_secs_f64(),
+        r.chain.as_secs_f64(),
+        ratio(r.chain),
+        r.star.as_secs_f64(),
+        ratio(r.star)
+    ));
+    // Generous: the chain is about 1.3× one transfer; serving everyone from
+    // the client, about 4×. A chain that degrades to that fails this.
+    assert!(
+        ratio(r.chain) < 2.5,
+        "chain {:.2}× one transfer",
+        ratio(r.chain)
+    );
+    assert!(
+        r.chain < r.star,
+        "the chain is not faster than the client serving everyone"
+    );
 }

@@ -103,15 +103,26 @@ fn jobs_run_on_remote_builders_and_toolchains_come_from_peers() {
     // The rest in parallel: more jobs than the holder has slots, so the
     // others get jobs too and fetch the toolchain from the holder, not
     // from the client.
-    run_ok(c.cmd("make").args(["-j8", &cc]).current_dir(&proj));
+    run_ok(c.cmd("make").args(["-j6", &cc]).current_dir(&proj));
     assert_identical(&proj, &reference);
     let out = run_ok(Command::new(proj.join("luatest")).arg("print(6*7)"));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 
     let s = c.stats_json();
-    assert_eq!(sum(&s["dist_compiles"]), 33, "{s}");
-    assert_eq!(s["dist_errors"], 0, "{s}");
-    assert_eq!(sum(&s["local_compiles"]), 0, "{s}");
+    let why = || {
+        c.node_log()
+            .lines()
+            .filter(|l| l.contains("WARN"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // A builder that refused or lost a job is passed over for a while, so a
+    // compile may find the office full and run locally; nothing may fail.
+    let full = u(&s["local_compiles"]["office_full"]);
+    assert_eq!(sum(&s["dist_compiles"]) + full, 33, "{s}\n{}", why());
+    assert!(full == 0 || u(&s["jobs_reallocated"]) > 0, "{s}\n{}", why());
+    assert_eq!(s["dist_errors"], 0, "{s}\n{}", why());
+    assert_eq!(sum(&s["local_compiles"]), full, "{s}");
     let mut from_peer = 0;
     let mut third_party = 0;
     for (name, n) in &nodes {

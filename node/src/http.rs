@@ -248,20 +248,19 @@ impl Http {
         let Some(token) = bearer(headers) else {
             return Err("no_bearer_auth");
         };
-        let ok = match &self.p.config.client_auth {
-            Some(ClientAuth::DangerouslyInsecure) => token == INSECURE_CLIENT_TOKEN,
-            Some(ClientAuth::Token { token: t }) => ct_eq(t, token),
-            None => false,
-        } || self
-            .p
-            .shared_token
-            .as_deref()
-            .is_some_and(|t| ct_eq(t, token))
-            || self.p.office.as_ref().is_some_and(|(key, office)| {
-                token
-                    .parse::<swarmcc_protocol::token::Token>()
-                    .is_ok_and(|t| t.verify_client(key, office, now_secs(), None).is_ok())
-            });
+        let ok = client_token_ok(
+            self.p.config.client_auth.as_ref(),
+            self.p.shared_token.as_deref(),
+            |t| match &self.p.remote {
+                // The office's current revocation list applies.
+                Some(r) => r.net.client_token_ok(t),
+                None => self.p.office.as_ref().is_some_and(|(key, office)| {
+                    t.parse::<swarmcc_protocol::token::Token>()
+                        .is_ok_and(|t| t.verify_client(key, office, now_secs(), None).is_ok())
+                }),
+            },
+            token,
+        );
         if ok {
             Ok(())
         } else {
@@ -280,6 +279,23 @@ impl Http {
         }
         Ok(job.toolchain)
     }
+}
+
+/// sccache's scheduler client auth (`DANGEROUSLY_INSECURE` accepts only
+/// sccache's default token; `token` an exact match), or the `[dist.auth]`
+/// secret, or an office client token (`office_ok`).
+fn client_token_ok(
+    auth: Option<&ClientAuth>,
+    shared: Option<&str>,
+    office_ok: impl Fn(&str) -> bool,
+    token: &str,
+) -> bool {
+    let by_auth = match auth {
+        Some(ClientAuth::DangerouslyInsecure) => token == INSECURE_CLIENT_TOKEN,
+        Some(ClientAuth::Token { token: t }) => ct_eq(t, token),
+        None => false,
+    };
+    by_auth || shared.is_some_and(|t| ct_eq(t, token)) || office_ok(token)
 }
 
 fn now_secs() -> u64 {
@@ -744,6 +760,45 @@ mod tests {
             },
             outputs: vec!["/w/a.o".into()],
         }
+    }
+
+    #[test]
+    fn client_auth_follows_sccache_scheduler_semantics() {
+        let no = |_: &str| false;
+        let insecure = ClientAuth::DangerouslyInsecure;
+        assert!(client_token_ok(
+            Some(&insecure),
+            None,
+            no,
+            "dangerously_insecure_client"
+        ));
+        assert!(!client_token_ok(Some(&insecure), None, no, "anything else"));
+        let tok = ClientAuth::Token {
+            token: "sesame".into(),
+        };
+        assert!(client_token_ok(Some(&tok), None, no, "sesame"));
+        assert!(!client_token_ok(Some(&tok), None, no, "sesam"));
+        assert!(!client_token_ok(
+            Some(&tok),
+            None,
+            no,
+            "dangerously_insecure_client"
+        ));
+        // No client_auth: only the shared secret or an office token.
+        assert!(!client_token_ok(
+            None,
+            None,
+            no,
+            "dangerously_insecure_client"
+        ));
+        assert!(client_token_ok(None, Some("s3"), no, "s3"));
+        assert!(client_token_ok(None, None, |t| t == "swcc1.ok", "swcc1.ok"));
+        assert!(!client_token_ok(
+            None,
+            Some("s3"),
+            |t| t == "swcc1.ok",
+            "swcc1.no"
+        ));
     }
 
     #[test]

@@ -708,6 +708,16 @@ impl Net {
             .unwrap_or_else(|| peer.to_string())
     }
 
+    /// Whether `token` is a valid client token of this office now (signature,
+    /// office, expiry and the current revocation list).
+    pub fn client_token_ok(&self, token: &str) -> bool {
+        let st = self.lock();
+        token.parse::<Token>().is_ok_and(|t| {
+            t.verify_client(&st.key, &st.office, now_secs(), st.revoked.as_ref())
+                .is_ok()
+        })
+    }
+
     /// Whether a builder of the office reports holding `toolchain`.
     pub fn held_in_office(&self, toolchain: &ToolchainId) -> bool {
         !self.lock().alloc.holders(toolchain, "", 1).is_empty()

@@ -24,6 +24,7 @@ use crate::config::{ClientAuth, HttpConfig};
 use crate::remote::{Outcome, Remote};
 use crate::stats::StatsStore;
 use crate::toolchain::ToolchainStore;
+use crate::util::{now_secs, random_hex, random_u64};
 use anyhow::{anyhow, Context, Result};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -175,18 +176,6 @@ pub async fn start(p: HttpParams) -> Result<Bound> {
     })
 }
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    u64::from_le_bytes(b)
-}
-
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// A certificate as sccache's builders make one: self-signed, CN and IP SAN
 /// of the address, serverAuth, a year of validity. Returns (cert PEM, key
 /// PEM, SHA-256 of the DER).
@@ -298,19 +287,8 @@ fn client_token_ok(
     by_auth || shared.is_some_and(|t| ct_eq(t, token)) || office_ok(token)
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn ct_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    crate::util::ct_eq(a.as_bytes(), b.as_bytes())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -16,4 +16,5 @@ pub mod sandbox;
 pub mod server;
 pub mod stats;
 pub mod toolchain;
+pub mod util;
 pub mod wire;

@@ -12,6 +12,7 @@
 //! lost, and wanted peers are redialled with backoff.
 
 use crate::config::{NetworkConfig, OfficeConfig};
+use crate::util::{ct_eq, now_ms, now_secs, random_u64};
 use anyhow::{Context, Result};
 use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::multiaddr::Protocol;
@@ -117,14 +118,6 @@ pub struct NetParams {
 /// How a shared client secret travels in a Hello's token field.
 const SHARED_TOKEN_PREFIX: &str = "sccache-token:";
 
-/// Constant-time comparison (a secret's bytes must not leak by timing).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 struct Member {
     name: String,
     role: String,
@@ -209,20 +202,6 @@ const MAX_HOLDERS: usize = 4;
 
 /// How long a refused peer's connections are closed at once.
 const BAN: Duration = Duration::from_secs(60);
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn reason_key(e: &TokenError) -> &'static str {
     match e {
@@ -845,7 +824,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
         alloc: crate::coordinator::Allocator::default(),
         keypair: p.keypair.clone(),
         grants: HashMap::new(),
-        next_grant: rand_u64(),
+        next_grant: random_u64() >> 1,
         counters: BTreeMap::new(),
         fetch_chains: HashMap::new(),
         running_now: 0,
@@ -946,18 +925,6 @@ fn load_average() -> u32 {
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
         .map(|l| (l * 100.0).round() as u32)
         .unwrap_or(0)
-}
-
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // Uniqueness across coordinators is all that matters; the clock is a fallback.
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_err()
-    {
-        return now_ms() << 20;
-    }
-    u64::from_le_bytes(b) >> 1
 }
 
 /// Every report interval: liveness, election, reports, redials.

@@ -434,10 +434,7 @@ impl Remote {
         if offer.grant.body.client != peer.to_string() {
             return Err("grant names another client");
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = crate::util::now_ms();
         crate::coordinator::verify_grant(
             &offer.grant,
             &self.net.me.to_string(),
@@ -634,33 +631,7 @@ impl Remote {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let path = self.store.archive_path(&req.id);
-        let file = match self.store.has(&req.id) {
-            true => tokio::fs::File::open(&path).await.ok(),
-            false => None,
-        };
-        let Some(mut file) = file else {
-            write_frame(&mut s, &ToolchainAnswer::Missing, SMALL_MAX).await?;
-            return Ok(());
-        };
-        let size = file.metadata().await?.len();
-        write_frame(&mut s, &ToolchainAnswer::Sending { size }, SMALL_MAX).await?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = size;
-        while left > 0 {
-            use tokio::io::AsyncReadExt as _;
-            let n = file.read(&mut buf).await?;
-            if n == 0 {
-                bail!("archive shrank while being sent");
-            }
-            let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
-            timed(async { s.write_all(&buf[..n]).await }).await?;
-            left -= n as u64;
-        }
-        s.flush().await?;
-        let _ = s.close().await;
-        self.bytes("toolchain_sent", size);
-        Ok(())
+        self.serve_stored(&req.id, s).await
     }
 }
 
@@ -680,7 +651,7 @@ impl Remote {
             let now = rx.borrow_and_update().clone();
             match now {
                 Progress::Receiving { path, size, .. } => break (path, size),
-                Progress::Done => return Box::pin(self.serve_stored_again(id, s)).await,
+                Progress::Done => return Box::pin(self.serve_stored(id, s)).await,
                 Progress::Failed => {
                     write_frame(&mut s, &ToolchainAnswer::Missing, SMALL_MAX).await?;
                     return Ok(());
@@ -698,7 +669,7 @@ impl Remote {
         };
         let Ok(mut file) = tokio::fs::File::open(&path).await else {
             // Renamed into the store a moment ago.
-            return Box::pin(self.serve_stored_again(id, s)).await;
+            return Box::pin(self.serve_stored(id, s)).await;
         };
         write_frame(&mut s, &ToolchainAnswer::Sending { size }, SMALL_MAX).await?;
         let mut buf = vec![0u8; 1 << 20];
@@ -738,8 +709,10 @@ impl Remote {
         Ok(())
     }
 
-    /// The fetch finished between two looks: serve from the store.
-    async fn serve_stored_again(&self, id: &ToolchainId, mut s: libp2p::Stream) -> Result<()> {
+    /// Send an archive from the store (`Missing` if it is not there). Only
+    /// a verified archive is ever renamed to its archive path, so one found
+    /// there may be served even before the store has registered it.
+    async fn serve_stored(&self, id: &ToolchainId, mut s: libp2p::Stream) -> Result<()> {
         use tokio::io::AsyncReadExt as _;
         let Ok(mut file) = tokio::fs::File::open(self.store.archive_path(id)).await else {
             write_frame(&mut s, &ToolchainAnswer::Missing, SMALL_MAX).await?;
@@ -748,15 +721,19 @@ impl Remote {
         let size = file.metadata().await?.len();
         write_frame(&mut s, &ToolchainAnswer::Sending { size }, SMALL_MAX).await?;
         let mut buf = vec![0u8; 1 << 20];
-        loop {
+        let mut left = size;
+        while left > 0 {
             let n = file.read(&mut buf).await?;
             if n == 0 {
-                break;
+                bail!("archive shrank while being sent");
             }
+            let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
             timed(async { s.write_all(&buf[..n]).await }).await?;
+            left -= n as u64;
         }
         s.flush().await?;
         let _ = s.close().await;
+        self.bytes("toolchain_sent", size);
         Ok(())
     }
 }

@@ -1,0 +1,50 @@
+//! Small helpers several parts of the node need: wall-clock stamps (token
+//! and grant expiry), operating-system randomness (grant and job ids, job
+//! tokens) and a constant-time comparison for secrets.
+
+use rand::RngCore;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// A random u64 from the operating system.
+pub fn random_u64() -> u64 {
+    rand::rngs::OsRng.next_u64()
+}
+
+/// `n` random bytes from the operating system, in hex.
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Constant-time comparison: a secret's bytes must not leak by timing.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+        assert_eq!(random_hex(16).len(), 32);
+        assert_ne!(random_u64(), random_u64());
+        assert_eq!(now_secs(), now_ms() / 1000);
+    }
+}

@@ -45,23 +45,7 @@ fn cold_start_by_mdns_alone() {
     let lan = netns::Lan::new(HOSTS);
     let o = office();
     let t0 = Instant::now();
-    let nodes: Vec<(Env, String)> = (0..HOSTS)
-        .map(|i| {
-            office_node_at(
-                &o.key,
-                &o.pk,
-                None,
-                None,
-                &format!("max_jobs = 2\nname = \"h{i}\""),
-                &format!(
-                    "[sandbox]\nuid_base = {}\n[http]\nenabled = false\n",
-                    3_400_000 + i * 1000
-                ),
-                &lan.addr(i),
-                Some(&lan.ns(i)),
-            )
-        })
-        .collect();
+    let nodes = office_on(&lan, &o, HOSTS, 3_400_000);
     let started = t0.elapsed();
     let all_started = Instant::now();
     let deadline = all_started + Duration::from_secs(60);

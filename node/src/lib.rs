@@ -11,6 +11,7 @@ pub mod identity;
 pub mod lru;
 pub mod metrics;
 pub mod net;
+pub mod office;
 pub mod remote;
 pub mod sandbox;
 pub mod server;

@@ -10,9 +10,13 @@
 //! partitions, so liveness is ours: members report every
 //! `report_interval_ms`, one not heard from for `liveness_timeout_ms` is
 //! lost, and wanted peers are redialled with backoff.
+//!
+//! What those messages do (membership, election, allocation) is decided in
+//! [`crate::office`], without I/O; this module carries them over libp2p.
 
 use crate::config::{NetworkConfig, OfficeConfig};
-use crate::util::{ct_eq, now_ms, now_secs, random_u64};
+use crate::office::{LocalReport, Office, OfficeInit, SHARED_TOKEN_PREFIX};
+use crate::util::{now_secs, random_u64};
 use anyhow::{Context, Result};
 use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::multiaddr::Protocol;
@@ -22,20 +26,19 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     identify, kad, mdns, noise, request_response, tcp, yamux, Multiaddr, PeerId, StreamProtocol,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmcc_protocol::swarm::{
-    AllocRequest, CtlRequest, CtlResponse, Hello, MemberInfo, OfficeView, Report, CTL_MAX,
-    CTL_PROTOCOL, KAD_PROTOCOL, MAX_EXCLUDE, MAX_REPORTED_TOOLCHAINS,
+    AllocRequest, CtlRequest, CtlResponse, OfficeView, CTL_MAX, CTL_PROTOCOL, KAD_PROTOCOL,
+    MAX_REPORTED_TOOLCHAINS,
 };
-use swarmcc_protocol::token::{OfficePublicKey, RevocationList, Subject, Token, TokenError};
-use swarmcc_protocol::transfer::{Grant, GrantBody};
+use swarmcc_protocol::token::{OfficePublicKey, RevocationList, Token};
+use swarmcc_protocol::transfer::Grant;
 use swarmcc_protocol::{Hash32, ToolchainId};
 use tokio::sync::{mpsc, oneshot};
 
-const VERSION: u32 = 1;
 
 /// Length-prefixed bincode for the control protocol, bounded by [`CTL_MAX`].
 #[derive(Clone, Default)]
@@ -115,423 +118,22 @@ pub struct NetParams {
     pub shared_token: Option<String>,
 }
 
-/// How a shared client secret travels in a Hello's token field.
-const SHARED_TOKEN_PREFIX: &str = "sccache-token:";
-
-struct Member {
-    name: String,
-    role: String,
-    /// Its token lets it coordinate.
-    eligible: bool,
-    /// Its token's id (for revocation).
-    token_id: [u8; 16],
-    /// A builder token and a working sandbox: it can be given jobs.
-    builds: bool,
-    cores: u32,
-    running_jobs: u32,
-    toolchains: u32,
-    load: u32,
-    version: String,
-    last_seen: Instant,
-}
-
+/// A peer worth (re)dialling: met by mDNS, identify or the configuration.
 struct Wanted {
     addr: Multiaddr,
     next_try: Instant,
     backoff: Duration,
 }
 
-struct State {
-    office: String,
-    /// sccache's shared client secret (`[dist.auth] type = "token"`), if set.
-    shared_token: Option<String>,
-    key: OfficePublicKey,
-    revoked: Option<RevocationList>,
-    hello: Hello,
-    members: HashMap<PeerId, Member>,
+/// What the network task keeps beside the office state: whom to dial.
+#[derive(Default)]
+struct Dialing {
     wanted: HashMap<PeerId, Wanted>,
-    to_drop: HashSet<PeerId>,
     loopback_peers: HashSet<PeerId>,
-    rejections: BTreeMap<String, u64>,
-    listen: Vec<String>,
-    me: PeerId,
-    /// Coordinator election: the highest term seen and its leader.
-    term: u64,
-    leader: Option<PeerId>,
-    /// Whether this node's own token lets it coordinate.
-    eligible: bool,
-    /// A joiner listens this long before it may start an election, so it
-    /// learns (and keeps) a healthy coordinator instead of taking over.
-    quiet_until: Instant,
-    /// Peers refused recently: their connections are closed at once.
-    banned: HashMap<PeerId, Instant>,
-    /// Our Hello changed (a newer revocation list): send it to every member.
-    spread: bool,
-    /// Allocation state from builders' reports (authoritative on the coordinator).
-    alloc: crate::coordinator::Allocator,
-    /// This node's key: it signs job grants when it coordinates.
-    keypair: libp2p_identity::Keypair,
-    /// Grants this node issued as coordinator and not yet released:
-    /// id → (client, builder, when).
-    grants: HashMap<u64, (PeerId, String, Instant)>,
-    next_grant: u64,
-    /// Event counters (allocations, elections, ...), for status and metrics.
-    pub counters: BTreeMap<String, u64>,
-    /// Builders granted a job for a toolchain they did not hold, in grant
-    /// order: each is told to fetch from the one before it, so the archive
-    /// flows down a chain (every link carries it once) instead of every
-    /// builder pulling it over the client's link.
-    fetch_chains: HashMap<ToolchainId, Vec<(String, Instant)>>,
-    /// This node's running jobs and machine load at the last tick.
-    running_now: u32,
-    load_now: u32,
-    toolchains_now: u32,
 }
 
 /// How often lost members and the election are checked.
 const LIVENESS_CHECK: Duration = Duration::from_millis(100);
-/// How long a job grant is valid: it only has to reach the builder.
-const GRANT_LIFE_MS: u64 = 30_000;
-/// How long a grant the client never released is kept.
-const GRANT_FORGET: Duration = Duration::from_secs(600);
-/// How long a builder counts as fetching a toolchain (so that the next
-/// builder fetches from it).
-const FETCH_CHAIN_LIFE: Duration = Duration::from_secs(120);
-/// Holders of a toolchain named in a grant.
-const MAX_HOLDERS: usize = 4;
-
-/// How long a refused peer's connections are closed at once.
-const BAN: Duration = Duration::from_secs(60);
-
-fn reason_key(e: &TokenError) -> &'static str {
-    match e {
-        TokenError::Malformed(_) => "malformed token",
-        TokenError::BadSignature => "forged token",
-        TokenError::WrongOffice { .. } => "wrong office",
-        TokenError::Expired => "expired token",
-        TokenError::NotYetValid => "token not yet valid",
-        TokenError::Revoked => "revoked token",
-        TokenError::WrongPeer { .. } => "token of another peer",
-        TokenError::WrongKind { .. } => "wrong token kind",
-    }
-}
-
-impl State {
-    /// Check a peer's Hello: its role and token id, or the reason (key,
-    /// detail) it is refused.
-    fn verify(
-        &self,
-        h: &Hello,
-        peer: &PeerId,
-    ) -> Result<(String, [u8; 16]), (&'static str, String)> {
-        if h.office != self.office {
-            return Err(("wrong office", format!("office {:?}", h.office)));
-        }
-        if let Some(secret) = h.token.strip_prefix(SHARED_TOKEN_PREFIX) {
-            // sccache's shared-secret client auth: a client, never a builder.
-            return match &self.shared_token {
-                Some(ours) if ct_eq(ours.as_bytes(), secret.as_bytes()) => {
-                    let id = Hash32::of(secret.as_bytes());
-                    let mut tid = [0u8; 16];
-                    tid.copy_from_slice(&id.0[..16]);
-                    Ok(("client".to_string(), tid))
-                }
-                Some(_) => Err(("wrong shared token", "shared client token mismatch".into())),
-                None => Err((
-                    "shared tokens not accepted",
-                    "this node has no [dist.auth] token".into(),
-                )),
-            };
-        }
-        let token: Token = h
-            .token
-            .parse()
-            .map_err(|e: TokenError| (reason_key(&e), e.to_string()))?;
-        let rev = self.revoked.as_ref();
-        let now = now_secs();
-        let role = match &token.body.subject {
-            Subject::Builder { coordinator, .. } => {
-                token
-                    .verify_builder(&self.key, &self.office, now, rev, &peer.to_string())
-                    .map_err(|e| (reason_key(&e), e.to_string()))?;
-                if *coordinator {
-                    "builder+coordinator"
-                } else {
-                    "builder"
-                }
-            }
-            Subject::Client { .. } => {
-                token
-                    .verify_client(&self.key, &self.office, now, rev)
-                    .map_err(|e| (reason_key(&e), e.to_string()))?;
-                "client"
-            }
-        };
-        Ok((role.to_string(), token.body.id))
-    }
-
-    /// Adopt a revocation list if it is valid and newer than ours; then drop
-    /// the members it revokes. Returns whether anything changed.
-    fn adopt_revocations(&mut self, text: &str) -> bool {
-        let Ok(list) = text.parse::<RevocationList>() else {
-            return false;
-        };
-        if list.verify(&self.key, &self.office).is_err() {
-            tracing::warn!("ignoring a revocation list that does not verify");
-            return false;
-        }
-        if self
-            .revoked
-            .as_ref()
-            .is_some_and(|cur| cur.body.issued_at >= list.body.issued_at)
-        {
-            return false;
-        }
-        self.spread = true;
-        tracing::info!(
-            revoked = list.body.revoked.len(),
-            "adopted a newer revocation list"
-        );
-        let gone: Vec<PeerId> = self
-            .members
-            .iter()
-            .filter(|(_, m)| list.body.revoked.contains(&m.token_id))
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in gone {
-            tracing::warn!(%peer, reason = "revoked token", "peer rejected");
-            *self.rejections.entry("revoked token".into()).or_default() += 1;
-            self.members.remove(&peer);
-            self.ban(peer);
-        }
-        self.hello.revocations = Some(list.to_string());
-        self.revoked = Some(list);
-        true
-    }
-
-    fn ban(&mut self, peer: PeerId) {
-        self.to_drop.insert(peer);
-        self.banned.insert(peer, Instant::now() + BAN);
-    }
-
-    fn is_banned(&self, peer: &PeerId) -> bool {
-        self.banned
-            .get(peer)
-            .is_some_and(|until| Instant::now() < *until)
-    }
-
-    fn admit(&mut self, peer: PeerId, h: &Hello) -> Result<(), String> {
-        if let Some(text) = &h.revocations {
-            self.adopt_revocations(text);
-        }
-        match self.verify(h, &peer) {
-            Ok((role, token_id)) => {
-                let new = !self.members.contains_key(&peer);
-                let entry = self.members.entry(peer).or_insert(Member {
-                    name: h.name.clone(),
-                    eligible: role.ends_with("coordinator"),
-                    token_id,
-                    builds: h.builds && !role.starts_with("client"),
-                    role: role.clone(),
-                    cores: h.cores,
-                    running_jobs: 0,
-                    toolchains: 0,
-                    load: 0,
-                    version: h.agent.chars().take(64).collect(),
-                    last_seen: Instant::now(),
-                });
-                entry.last_seen = Instant::now();
-                if new {
-                    tracing::info!(%peer, name = %h.name, role, "member joined");
-                }
-                self.consider(h.term, h.leader.as_deref());
-                Ok(())
-            }
-            Err((key, detail)) => {
-                tracing::warn!(%peer, reason = key, detail, "peer rejected");
-                *self.rejections.entry(key.to_string()).or_default() += 1;
-                self.members.remove(&peer);
-                self.ban(peer);
-                Err(format!("{key}: {detail}"))
-            }
-        }
-    }
-
-    /// Take in a peer's election state: a higher term wins; at equal terms
-    /// (two sides of a healed partition), the lower peer id. Only a leader
-    /// whose token allows coordinating is accepted.
-    fn consider(&mut self, term: u64, leader: Option<&str>) {
-        let Some(leader) = leader.and_then(|l| l.parse::<PeerId>().ok()) else {
-            return;
-        };
-        let allowed = if leader == self.me {
-            self.eligible
-        } else {
-            self.members.get(&leader).is_some_and(|m| m.eligible)
-        };
-        if !allowed {
-            return;
-        }
-        let better =
-            term > self.term || (term == self.term && self.leader.is_none_or(|cur| leader < cur));
-        if better {
-            if self.leader != Some(leader) {
-                tracing::info!(%leader, term, "coordinator");
-                self.count("coordinator_changes");
-            }
-            self.term = term;
-            self.leader = Some(leader);
-        }
-    }
-
-    /// On every tick: forget a lost leader; with none, the lowest live
-    /// eligible peer id (this node included) starts a new term.
-    fn elect(&mut self, now: Instant) {
-        if let Some(l) = self.leader {
-            if l != self.me && !self.members.contains_key(&l) {
-                tracing::warn!(leader = %l, term = self.term, "coordinator lost");
-                self.leader = None;
-            }
-        }
-        if self.leader.is_some() || now < self.quiet_until {
-            return;
-        }
-        let candidate = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.eligible)
-            .map(|(p, _)| *p)
-            .chain(self.eligible.then_some(self.me))
-            .min();
-        if candidate == Some(self.me) {
-            self.term += 1;
-            self.leader = Some(self.me);
-            tracing::info!(term = self.term, "became coordinator");
-            self.count("elections_won");
-            self.count("coordinator_changes");
-        }
-    }
-
-    fn count(&mut self, what: &str) {
-        *self.counters.entry(what.to_string()).or_default() += 1;
-    }
-
-    /// The coordinator's answer to an allocation request from `client`.
-    fn grant(&mut self, client: &PeerId, req: &AllocRequest) -> CtlResponse {
-        if self.leader != Some(self.me) {
-            return CtlResponse::NotCoordinator(self.leader.map(|l| l.to_string()));
-        }
-        let exclude: Vec<&str> = req
-            .exclude
-            .iter()
-            .take(MAX_EXCLUDE)
-            .map(String::as_str)
-            .collect();
-        let Some(builder) = self
-            .alloc
-            .allocate(&req.toolchain, &exclude, Instant::now())
-        else {
-            self.count("allocations_full");
-            return CtlResponse::Full;
-        };
-        self.next_grant = self.next_grant.wrapping_add(1);
-        let body = GrantBody {
-            id: self.next_grant,
-            job: req.job,
-            builder: builder.clone(),
-            client: client.to_string(),
-            toolchain: req.toolchain,
-            term: self.term,
-            expires_at_ms: now_ms() + GRANT_LIFE_MS,
-            coordinator_key: Vec::new(),
-        };
-        let Some(grant) = crate::coordinator::sign_grant(&self.keypair, body) else {
-            self.alloc.release(&builder);
-            return CtlResponse::Rejected("could not sign a grant".into());
-        };
-        self.count("allocations");
-        self.alloc.granted(&builder, grant.body.id, Instant::now());
-        self.grants
-            .insert(grant.body.id, (*client, builder.clone(), Instant::now()));
-        let mut holders = self.alloc.holders(&req.toolchain, &builder, MAX_HOLDERS);
-        if !self.alloc.holds(&builder, &req.toolchain) {
-            let chain = self.fetch_chains.entry(req.toolchain).or_default();
-            chain.retain(|(_, at)| at.elapsed() < FETCH_CHAIN_LIFE);
-            if let Some((tail, _)) = chain.iter().rev().find(|(b, _)| *b != builder) {
-                holders.retain(|h| h != tail);
-                holders.insert(0, tail.clone());
-            }
-            if !chain.iter().any(|(b, _)| *b == builder) {
-                chain.push((builder.clone(), Instant::now()));
-            }
-        }
-        CtlResponse::Granted { grant, holders }
-    }
-
-    /// A client says a job this coordinator granted has ended.
-    fn release(&mut self, client: &PeerId, id: u64, failed: bool) {
-        let Some((c, builder, at)) = self.grants.remove(&id) else {
-            return;
-        };
-        if c != *client {
-            // Only the client a grant names may release it.
-            self.grants.insert(id, (c, builder, at));
-            return;
-        }
-        if failed {
-            self.count("builder_failures");
-            self.alloc.failed(&builder, Instant::now());
-        } else {
-            self.alloc.release(&builder);
-        }
-        self.alloc.forget_grant(&builder, id);
-    }
-
-    fn view(&self, me: &PeerId) -> OfficeView {
-        let (builders, cores, in_progress) = self.alloc.totals();
-        let mut members: Vec<MemberInfo> = self
-            .members
-            .iter()
-            .map(|(p, m)| MemberInfo {
-                peer: p.to_string(),
-                name: m.name.clone(),
-                role: m.role.clone(),
-                cores: m.cores,
-                running_jobs: m.running_jobs,
-                toolchains: m.toolchains,
-                load: m.load,
-                version: m.version.clone(),
-                last_seen_ms: m.last_seen.elapsed().as_millis() as u64,
-            })
-            .collect();
-        members.sort_by(|a, b| a.name.cmp(&b.name).then(a.peer.cmp(&b.peer)));
-        OfficeView {
-            office: Some(self.office.clone()),
-            me: me.to_string(),
-            name: self.hello.name.clone(),
-            builds: self.hello.builds,
-            running_jobs: self.running_now,
-            load: self.load_now,
-            my_cores: self.hello.cores,
-            my_toolchains: self.toolchains_now,
-            listen: self.listen.clone(),
-            members,
-            rejections: self.rejections.clone(),
-            coordinator: self.leader.map(|l| l.to_string()),
-            term: self.term,
-            builders: builders as u64,
-            cores,
-            in_progress,
-            counters: self.counters.clone(),
-            http: None,
-            figures_from: if self.leader == Some(self.me) {
-                "this node (the coordinator)".into()
-            } else {
-                "builders' reports received by this node (at most one report interval old)".into()
-            },
-        }
-    }
-}
 
 /// What a member is, as far as other parts of the node need to know.
 #[derive(Clone, Debug)]
@@ -566,7 +168,7 @@ enum Cmd {
 /// The running network part of a node: other parts ask it for builders,
 /// check members, and open streams to peers.
 pub struct Net {
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<Office>>,
     cmd: mpsc::Sender<Cmd>,
     /// Opens job and toolchain streams to peers.
     pub control: libp2p_stream::Control,
@@ -579,7 +181,7 @@ pub struct Net {
 const ALLOC_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Net {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Office> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -598,11 +200,11 @@ impl Net {
         };
         let leader = {
             let mut st = self.lock();
-            if st.leader == Some(self.me) {
+            if st.is_coordinator() {
                 let me = self.me;
-                return alloc_of(st.grant(&me, &req));
+                return alloc_of(st.grant(&me, &req, Instant::now()));
             }
-            st.leader
+            st.leader()
         };
         let Some(leader) = leader else {
             return Alloc::NoCoordinator("no coordinator elected yet".into());
@@ -622,7 +224,8 @@ impl Net {
         let signer = key.to_peer_id();
         if signer == self.me {
             let me = self.me;
-            self.lock().release(&me, grant.body.id, failed);
+            self.lock()
+                .release(&me, grant.body.id, failed, Instant::now());
         } else {
             let req = CtlRequest::Release {
                 grant: grant.body.id,
@@ -704,7 +307,7 @@ impl Net {
 
     /// Count an event (shown in status and metrics).
     pub fn count(&self, what: &str) {
-        self.lock().count(what);
+        self.lock().count_event(what);
     }
 }
 
@@ -789,60 +392,26 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
             .listen_on(addr)
             .with_context(|| format!("listening on {a}"))?;
     }
-    let mut state = State {
-        office: p.office.name.clone(),
-        shared_token: p.shared_token.clone(),
-        key,
-        // Adopted just below, which also puts it into our Hello.
-        revoked: None,
-        hello: Hello {
-            version: VERSION,
+    let quiet = 3 * Duration::from_millis(p.network.report_interval_ms.max(50));
+    let mut state = Office::new(
+        OfficeInit {
             office: p.office.name.clone(),
+            key,
             token,
+            shared_token: p.shared_token.clone(),
             name: p.name,
             cores: p.cores,
             builds: p.builds,
-            term: 0,
-            leader: None,
-            revocations: None,
-            agent: env!("CARGO_PKG_VERSION").to_string(),
+            keypair: p.keypair.clone(),
+            quiet,
+            first_grant: random_u64() >> 1,
         },
-        members: HashMap::new(),
-        wanted: HashMap::new(),
-        to_drop: HashSet::new(),
-        loopback_peers: HashSet::new(),
-        rejections: BTreeMap::new(),
-        listen: Vec::new(),
-        me,
-        term: 0,
-        leader: None,
-        eligible: false,
-        quiet_until: Instant::now()
-            + 3 * Duration::from_millis(p.network.report_interval_ms.max(50)),
-        banned: HashMap::new(),
-        spread: false,
-        alloc: crate::coordinator::Allocator::default(),
-        keypair: p.keypair.clone(),
-        grants: HashMap::new(),
-        next_grant: random_u64() >> 1,
-        counters: BTreeMap::new(),
-        fetch_chains: HashMap::new(),
-        running_now: 0,
-        load_now: 0,
-        toolchains_now: 0,
-    };
+        Instant::now(),
+    );
     if let Some(text) = &p.office.revocations {
-        state.adopt_revocations(text);
+        state.adopt_revocations(text, Instant::now());
     }
-    state.eligible = state.hello.token.parse::<Token>().is_ok_and(|t| {
-        matches!(
-            t.body.subject,
-            Subject::Builder {
-                coordinator: true,
-                ..
-            }
-        ) && p.builds
-    });
+    let mut dialing = Dialing::default();
     for b in &p.network.bootstrap {
         let addr: Multiaddr = b
             .parse()
@@ -852,7 +421,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
         };
         if peer != me {
             swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-            state.wanted.insert(
+            dialing.wanted.insert(
                 peer,
                 Wanted {
                     addr,
@@ -862,7 +431,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
             );
         }
     }
-    let view = Arc::new(Mutex::new(state.view(&me)));
+    let view = Arc::new(Mutex::new(state.view(Instant::now())));
     let view2 = view.clone();
     let period = Duration::from_millis(p.network.report_interval_ms.max(50));
     let timeout = Duration::from_millis(p.network.liveness_timeout_ms.max(100));
@@ -882,7 +451,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
             tokio::select! {
                 ev = swarm.select_next_some() => {
                     let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    handle(&mut swarm, &mut st, ev, &mut waiting);
+                    handle(&mut swarm, &mut st, &mut dialing, ev, &mut waiting);
                 }
                 Some(cmd) = cmd_rx.recv() => match cmd {
                     Cmd::Ctl { peer, req, reply } => {
@@ -894,17 +463,17 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
                 },
                 _ = tick.tick() => {
                     let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    on_tick(&mut swarm, &mut st, &running_jobs, &toolchains);
-                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(&me);
+                    on_tick(&mut swarm, &mut st, &mut dialing, &running_jobs, &toolchains);
+                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(Instant::now());
                 }
                 _ = check.tick() => {
                     let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
                     st.running_now = running_jobs.count();
                     if on_check(&mut swarm, &mut st, timeout) {
                         // Leadership changed: tell everyone now, not at the next report.
-                        on_tick(&mut swarm, &mut st, &running_jobs, &toolchains);
+                        on_tick(&mut swarm, &mut st, &mut dialing, &running_jobs, &toolchains);
                     }
-                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(&me);
+                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(Instant::now());
                 }
             }
         }
@@ -927,106 +496,54 @@ fn load_average() -> u32 {
         .unwrap_or(0)
 }
 
-/// Every report interval: liveness, election, reports, redials.
 /// Between reports: lost members and the election, checked often so that a
 /// lost coordinator is replaced within `timeout` plus a fraction of a second.
 /// Returns whether the coordinator changed.
-fn on_check(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut State, timeout: Duration) -> bool {
-    let now = Instant::now();
-    let before = (state.term, state.leader);
-    let lost: Vec<PeerId> = state
-        .members
-        .iter()
-        .filter(|(_, m)| now.duration_since(m.last_seen) > timeout)
-        .map(|(p, _)| *p)
-        .collect();
+fn on_check(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut Office, timeout: Duration) -> bool {
+    let (lost, changed) = state.check(Instant::now(), timeout);
     for peer in lost {
-        tracing::warn!(%peer, "member lost (silent for {timeout:?})");
-        state.members.remove(&peer);
-        // No more grants for it from this moment, not from the next report.
-        state.alloc.remove(&peer.to_string());
-        state.count("members_lost");
         // Its connection may look alive (TCP notices nothing): drop it, so
         // that the redial starts from scratch.
         let _ = swarm.disconnect_peer_id(peer);
     }
-    state.elect(now);
-    before != (state.term, state.leader)
+    changed
 }
 
 /// Every report interval: reports (also the liveness signal), redials.
 fn on_tick(
     swarm: &mut libp2p::Swarm<Behaviour>,
-    state: &mut State,
+    state: &mut Office,
+    dialing: &mut Dialing,
     running_jobs: &crate::coordinator::Taken,
     toolchains: &crate::toolchain::ToolchainStore,
 ) {
     let now = Instant::now();
-    let me = state.me;
-    state.running_now = running_jobs.count();
-    state.load_now = load_average();
-    state.hello.term = state.term;
-    state.hello.leader = state.leader.map(|l| l.to_string());
-    state
-        .grants
-        .retain(|_, (_, _, at)| now.duration_since(*at) < GRANT_FORGET);
-    state.fetch_chains.retain(|_, chain| {
-        chain.retain(|(_, at)| now.duration_since(*at) < FETCH_CHAIN_LIFE);
-        !chain.is_empty()
-    });
-    let report = Report {
-        running_jobs: state.running_now,
-        cores: state.hello.cores,
-        term: state.term,
-        leader: state.hello.leader.clone(),
-        toolchains: toolchains.ids(MAX_REPORTED_TOOLCHAINS),
-        load: state.load_now,
-        grants: running_jobs.grants(),
-    };
-    state.toolchains_now = report.toolchains.len() as u32;
-    // The allocator holds the live builders: members that build, and us.
-    let me_str = me.to_string();
-    let live: HashSet<String> = state
-        .members
-        .iter()
-        .filter(|(_, m)| m.builds)
-        .map(|(p, _)| p.to_string())
-        .collect();
-    state.alloc.retain(|p| p == me_str || live.contains(p));
-    if state.hello.builds {
-        state.alloc.report(
-            &me_str,
-            report.cores,
-            report.running_jobs,
-            report.toolchains.iter().copied(),
-        );
-        state.alloc.set_load(&me_str, report.load);
-        state.alloc.report_grants(&me_str, &report.grants, now);
-    }
-    let spread = std::mem::take(&mut state.spread);
-    for peer in state.members.keys().copied().collect::<Vec<_>>() {
+    let out = state.tick(
+        now,
+        LocalReport {
+            running_jobs: running_jobs.count(),
+            load: load_average(),
+            toolchains: toolchains.ids(MAX_REPORTED_TOOLCHAINS),
+            grants: running_jobs.grants(),
+        },
+    );
+    for peer in &out.to {
         swarm
             .behaviour_mut()
             .ctl
-            .send_request(&peer, CtlRequest::Report(report.clone()));
-        if spread {
+            .send_request(peer, CtlRequest::Report(out.report.clone()));
+        if let Some(h) = &out.hello {
             swarm
                 .behaviour_mut()
                 .ctl
-                .send_request(&peer, CtlRequest::Hello(state.hello.clone()));
+                .send_request(peer, CtlRequest::Hello(h.clone()));
         }
     }
-    for peer in state.to_drop.drain().collect::<Vec<_>>() {
+    for peer in state.take_drops() {
         let _ = swarm.disconnect_peer_id(peer);
     }
-    let banned: HashSet<PeerId> = state
-        .banned
-        .iter()
-        .filter(|(_, u)| now < **u)
-        .map(|(p, _)| *p)
-        .collect();
-    for (peer, w) in state.wanted.iter_mut() {
-        if !banned.contains(peer) && !swarm.is_connected(peer) && w.next_try <= now {
+    for (peer, w) in dialing.wanted.iter_mut() {
+        if !state.is_banned(peer, now) && !swarm.is_connected(peer) && w.next_try <= now {
             let opts = DialOpts::peer_id(*peer)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .addresses(vec![w.addr.clone()])
@@ -1051,10 +568,12 @@ type Waiting =
 
 fn handle(
     swarm: &mut libp2p::Swarm<Behaviour>,
-    state: &mut State,
+    state: &mut Office,
+    dialing: &mut Dialing,
     ev: SwarmEvent<BehaviourEvent>,
     waiting: &mut Waiting,
 ) {
+    let now = Instant::now();
     match ev {
         SwarmEvent::NewListenAddr { address, .. } => {
             tracing::info!(%address, "listening");
@@ -1063,29 +582,29 @@ fn handle(
         SwarmEvent::ConnectionEstablished {
             peer_id, endpoint, ..
         } => {
-            if state.is_banned(&peer_id) {
+            if state.is_banned(&peer_id, now) {
                 let _ = swarm.disconnect_peer_id(peer_id);
                 return;
             }
             if is_loopback(endpoint.get_remote_address()) {
-                state.loopback_peers.insert(peer_id);
+                dialing.loopback_peers.insert(peer_id);
             }
-            if let Some(w) = state.wanted.get_mut(&peer_id) {
+            if let Some(w) = dialing.wanted.get_mut(&peer_id) {
                 w.backoff = Duration::from_millis(250);
             }
-            if !state.members.contains_key(&peer_id) {
+            if !state.is_member(&peer_id) {
                 swarm
                     .behaviour_mut()
                     .ctl
-                    .send_request(&peer_id, CtlRequest::Hello(state.hello.clone()));
+                    .send_request(&peer_id, CtlRequest::Hello(state.hello().clone()));
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
             for (peer, addr) in list {
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                state.wanted.entry(peer).or_insert(Wanted {
+                dialing.wanted.entry(peer).or_insert(Wanted {
                     addr,
-                    next_try: Instant::now(),
+                    next_try: now,
                     backoff: Duration::from_millis(250),
                 });
             }
@@ -1095,14 +614,14 @@ fn handle(
             info,
             ..
         })) => {
-            let local = state.loopback_peers.contains(&peer_id);
+            let local = dialing.loopback_peers.contains(&peer_id);
             for a in info.listen_addrs {
                 if local || !is_loopback(&a) {
                     swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
                     // Every peer met is worth redialling after a drop or a partition.
-                    state.wanted.entry(peer_id).or_insert(Wanted {
+                    dialing.wanted.entry(peer_id).or_insert(Wanted {
                         addr: a,
-                        next_try: Instant::now(),
+                        next_try: now,
                         backoff: Duration::from_millis(250),
                     });
                 }
@@ -1112,97 +631,26 @@ fn handle(
             peer,
             message,
             ..
-        })) => {
-            match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let resp = match request {
-                        CtlRequest::Hello(h) => match state.admit(peer, &h) {
-                            Ok(()) => CtlResponse::Hello(state.hello.clone()),
-                            Err(why) => CtlResponse::Rejected(why),
-                        },
-                        CtlRequest::Report(r) => match state.members.get_mut(&peer) {
-                            Some(m) => {
-                                m.last_seen = Instant::now();
-                                m.running_jobs = r.running_jobs;
-                                m.cores = r.cores;
-                                m.toolchains = r.toolchains.len() as u32;
-                                m.load = r.load;
-                                if m.builds {
-                                    let held =
-                                        r.toolchains.iter().take(MAX_REPORTED_TOOLCHAINS).copied();
-                                    state.alloc.report(
-                                        &peer.to_string(),
-                                        r.cores,
-                                        r.running_jobs,
-                                        held,
-                                    );
-                                    state.alloc.set_load(&peer.to_string(), r.load);
-                                    let taken = &r.grants[..r
-                                        .grants
-                                        .len()
-                                        .min(crate::coordinator::MAX_REPORTED_GRANTS)];
-                                    state.alloc.report_grants(
-                                        &peer.to_string(),
-                                        taken,
-                                        Instant::now(),
-                                    );
-                                }
-                                state.consider(r.term, r.leader.as_deref());
-                                CtlResponse::Ack
-                            }
-                            None => {
-                                // Not (or no longer) a member: ask for a Hello again.
-                                swarm
-                                    .behaviour_mut()
-                                    .ctl
-                                    .send_request(&peer, CtlRequest::Hello(state.hello.clone()));
-                                CtlResponse::Rejected("not a member; send Hello".into())
-                            }
-                        },
-                        // Only members (their office token verified) get builders:
-                        // the scheduler's client authentication.
-                        CtlRequest::Alloc(req) => {
-                            if state.members.contains_key(&peer) {
-                                state.grant(&peer, &req)
-                            } else {
-                                state.count("allocations_refused");
-                                tracing::warn!(%peer, reason = "not a member", "allocation refused");
-                                CtlResponse::Rejected("not a member of this office".into())
-                            }
-                        }
-                        CtlRequest::Release { grant, failed } => {
-                            state.release(&peer, grant, failed);
-                            CtlResponse::Ack
-                        }
-                    };
-                    let _ = swarm.behaviour_mut().ctl.send_response(channel, resp);
-                }
-                request_response::Message::Response {
-                    response,
-                    request_id,
-                } => {
-                    if let Some(w) = waiting.remove(&request_id) {
-                        let _ = w.send(Ok(response.clone()));
-                    }
-                    match response {
-                        CtlResponse::Hello(h) => {
-                            let _ = state.admit(peer, &h);
-                        }
-                        CtlResponse::Ack => {
-                            if let Some(m) = state.members.get_mut(&peer) {
-                                m.last_seen = Instant::now();
-                            }
-                        }
-                        CtlResponse::Rejected(why) => {
-                            tracing::debug!(%peer, why, "peer refused our request")
-                        }
-                        _ => {}
-                    }
+        })) => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => {
+                let (resp, back) = state.on_request(peer, request, now);
+                let _ = swarm.behaviour_mut().ctl.send_response(channel, resp);
+                if let Some(req) = back {
+                    swarm.behaviour_mut().ctl.send_request(&peer, req);
                 }
             }
-        }
+            request_response::Message::Response {
+                response,
+                request_id,
+            } => {
+                state.on_response(peer, &response, now);
+                if let Some(w) = waiting.remove(&request_id) {
+                    let _ = w.send(Ok(response));
+                }
+            }
+        },
         SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::OutboundFailure {
             peer,
             error,

@@ -19,6 +19,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 rm -f "${CARGO_TARGET_DIR:-target}/tmp/simulations-report.md"
 cargo test --workspace
+# The office model (1,000 simulated nodes on a virtual clock) runs optimized;
+# a debug build skips its large scenarios.
+cargo test --release --test model
 if [ -f "${CARGO_TARGET_DIR:-target}/tmp/simulations-report.md" ]; then
   echo "== network simulations: figures =="
   cat "${CARGO_TARGET_DIR:-target}/tmp/simulations-report.md"

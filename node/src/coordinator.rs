@@ -72,6 +72,17 @@ impl Builder {
 /// toolchain, free share of its slots, free slots, lower machine load.
 type Preference = (bool, u64, u32, std::cmp::Reverse<u32>);
 
+/// What a builder's report tells the allocator.
+pub struct Reported<'a> {
+    pub slots: u32,
+    pub running: u32,
+    pub toolchains: &'a [ToolchainId],
+    /// 1-minute load average ×100.
+    pub load: u32,
+    /// Grants it has taken (counted in `running`).
+    pub grants: &'a [u64],
+}
+
 /// Allocation state, rebuilt from builders' reports. Builders live in a
 /// vector (a linear scan of it is what allocation costs) with an index by
 /// peer id; ties go to the builder reported first.
@@ -118,6 +129,40 @@ impl Allocator {
             b.released = 0;
             b.toolchains = bits;
         }
+    }
+
+    /// A builder's whole report at once (one lookup): slots, running jobs,
+    /// toolchains, load and the grants it has taken.
+    pub fn update(&mut self, peer: &str, r: &Reported<'_>, now: Instant) {
+        let Some(&i) = self.index.get(peer) else {
+            self.report(peer, r.slots, r.running, r.toolchains.iter().copied());
+            self.set_load(peer, r.load);
+            self.report_grants(peer, r.grants, now);
+            return;
+        };
+        let mut bits = std::mem::take(&mut self.builders[i].1.toolchains);
+        bits.iter_mut().for_each(|w| *w = 0);
+        for tc in r.toolchains {
+            let next = self.toolchain_index.len();
+            let t = *self.toolchain_index.entry(*tc).or_insert(next);
+            if bits.len() <= t / 64 {
+                bits.resize(t / 64 + 1, 0);
+            }
+            bits[t / 64] |= 1 << (t % 64);
+        }
+        let b = &mut self.builders[i].1;
+        b.slots = r.slots;
+        b.running = r.running;
+        b.released = 0;
+        b.toolchains = bits;
+        b.load = r.load;
+        b.outstanding
+            .retain(|id, at| r.grants.contains(id) || now.duration_since(*at) < GRANT_TRAVEL);
+        b.pending = b
+            .outstanding
+            .keys()
+            .filter(|id| !r.grants.contains(id))
+            .count() as u32;
     }
 
     pub fn remove(&mut self, peer: &str) {
@@ -414,6 +459,56 @@ mod tests {
         // A report replaces what was known (a new coordinator is right after one report).
         a.report("b1", 4, 0, [tc(1)]);
         assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b1"));
+    }
+
+    #[test]
+    fn a_whole_report_in_one_update_equals_its_parts() {
+        let now = Instant::now();
+        let (mut a, mut b) = (Allocator::default(), Allocator::default());
+        for al in [&mut a, &mut b] {
+            al.report("b1", 4, 0, [tc(1)]);
+            al.report("b2", 4, 0, [tc(2)]);
+            for _ in 0..3 {
+                let p = al.allocate(&tc(1), &[], now).expect("free");
+                al.granted(&p, 7, now);
+            }
+        }
+        let toolchains = [tc(2), tc(3)];
+        a.report("b1", 8, 2, toolchains);
+        a.set_load("b1", 150);
+        a.report_grants("b1", &[7], now);
+        b.update(
+            "b1",
+            &Reported {
+                slots: 8,
+                running: 2,
+                toolchains: &toolchains,
+                load: 150,
+                grants: &[7],
+            },
+            now,
+        );
+        assert_eq!(a.totals(), b.totals());
+        for t in [tc(1), tc(2), tc(3)] {
+            assert_eq!(a.holds("b1", &t), b.holds("b1", &t), "{t:?}");
+        }
+        while let Some(p) = a.allocate(&tc(3), &[], now) {
+            assert_eq!(Some(p), b.allocate(&tc(3), &[], now));
+        }
+        assert_eq!(b.allocate(&tc(3), &[], now), None);
+        // An unknown builder is added by an update.
+        b.update(
+            "b9",
+            &Reported {
+                slots: 2,
+                running: 0,
+                toolchains: &[],
+                load: 0,
+                grants: &[],
+            },
+            now,
+        );
+        assert_eq!(b.allocate(&tc(3), &[], now).as_deref(), Some("b9"));
     }
 
     #[test]

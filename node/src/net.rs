@@ -39,7 +39,6 @@ use swarmcc_protocol::transfer::Grant;
 use swarmcc_protocol::{Hash32, ToolchainId};
 use tokio::sync::{mpsc, oneshot};
 
-
 /// Length-prefixed bincode for the control protocol, bounded by [`CTL_MAX`].
 #[derive(Clone, Default)]
 pub struct CtlCodec;
@@ -635,7 +634,7 @@ fn handle(
             request_response::Message::Request {
                 request, channel, ..
             } => {
-                let (resp, back) = state.on_request(peer, request, now);
+                let (resp, back) = state.on_request(peer, &request, now);
                 let _ = swarm.behaviour_mut().ctl.send_response(channel, resp);
                 if let Some(req) = back {
                     swarm.behaviour_mut().ctl.send_request(&peer, req);

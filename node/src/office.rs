@@ -13,6 +13,7 @@
 //! eligible peer id (this node included) starts a new term. Only a leader
 //! whose token allows coordinating is accepted.
 
+use crate::coordinator::Reported;
 use crate::util::{ct_eq, now_ms, now_secs};
 use libp2p_identity::{Keypair, PeerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -41,10 +42,15 @@ const GRANT_FORGET: Duration = Duration::from_secs(600);
 const FETCH_CHAIN_LIFE: Duration = Duration::from_secs(120);
 /// Holders of a toolchain named in a grant.
 const MAX_HOLDERS: usize = 4;
+/// A client that asked for a builder this recently shares the slots.
+const CLIENT_ACTIVE: Duration = Duration::from_secs(5);
 /// How long a refused peer's connections are closed at once.
 const BAN: Duration = Duration::from_secs(60);
 
 pub(crate) struct Member {
+    /// Its peer id as text (what the allocator and grants name), made once:
+    /// base58 is dear, and reports arrive from every member twice a second.
+    text: String,
     pub(crate) name: String,
     role: String,
     /// Its token lets it coordinate.
@@ -60,6 +66,8 @@ pub(crate) struct Member {
     version: String,
     last_seen: Instant,
 }
+
+type FixedHash = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
 /// A token check's answer: (role, token id) or (reason key, detail).
 type Verdict = Result<(String, [u8; 16]), (&'static str, String)>;
@@ -116,17 +124,22 @@ pub struct Office {
     pub(crate) key: OfficePublicKey,
     pub(crate) revoked: Option<RevocationList>,
     pub(crate) hello: Hello,
-    /// Ordered, so that whatever walks it (reports, losses, the election)
-    /// does so in the same order every run (the model's same seed, same run).
-    pub(crate) members: BTreeMap<PeerId, Member>,
+    /// With a fixed hasher, so that whatever walks it (reports, losses) does
+    /// so in the same order for the same history (the model's same seed,
+    /// same run). Only peers whose token verified are keys.
+    pub(crate) members: HashMap<PeerId, Member, FixedHash>,
     to_drop: HashSet<PeerId>,
     rejections: BTreeMap<String, u64>,
     /// Addresses this node listens on (for status).
     pub(crate) listen: Vec<String>,
     me: PeerId,
+    me_text: String,
     /// Coordinator election: the highest term seen and its leader.
     term: u64,
     leader: Option<PeerId>,
+    /// `leader` as text: most reports name the leader we already follow,
+    /// and comparing text is cheaper than parsing a peer id.
+    leader_text: Option<String>,
     /// Whether this node's own token lets it coordinate.
     pub(crate) eligible: bool,
     /// A joiner listens this long before it may start an election, so it
@@ -143,6 +156,10 @@ pub struct Office {
     /// Grants this node issued as coordinator and not yet released:
     /// id → (client, builder, when).
     grants: HashMap<u64, (PeerId, String, Instant)>,
+    /// Grants outstanding per client, and when each client last asked:
+    /// the clients that share the slots.
+    held: HashMap<PeerId, u32>,
+    asked: HashMap<PeerId, Instant>,
     next_grant: u64,
     /// Event counters (allocations, elections, ...), for status and metrics.
     counters: BTreeMap<String, u64>,
@@ -156,6 +173,16 @@ pub struct Office {
     load_now: u32,
     toolchains_now: u32,
     shared_checks: Option<Arc<SharedChecks>>,
+}
+
+/// One grant of `client` ended.
+fn unhold(held: &mut HashMap<PeerId, u32>, client: &PeerId) {
+    if let Some(n) = held.get_mut(client) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            held.remove(client);
+        }
+    }
 }
 
 fn reason_key(e: &TokenError) -> &'static str {
@@ -201,13 +228,15 @@ impl Office {
             shared_token: init.shared_token,
             key: init.key,
             revoked: None,
-            members: BTreeMap::new(),
+            members: HashMap::default(),
             to_drop: HashSet::new(),
             rejections: BTreeMap::new(),
             listen: Vec::new(),
             me,
+            me_text: me.to_string(),
             term: 0,
             leader: None,
+            leader_text: None,
             eligible,
             quiet_until: now + init.quiet,
             banned: HashMap::new(),
@@ -215,6 +244,8 @@ impl Office {
             alloc: crate::coordinator::Allocator::default(),
             keypair: init.keypair,
             grants: HashMap::new(),
+            held: HashMap::new(),
+            asked: HashMap::new(),
             next_grant: init.first_grant,
             counters: BTreeMap::new(),
             fetch_chains: HashMap::new(),
@@ -299,7 +330,12 @@ impl Office {
             *peer,
             self.revoked.as_ref().map_or(0, |r| r.body.issued_at),
         );
-        if let Some(v) = checks.seen.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(v) = checks
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return v.clone();
         }
         let v = self.verify_token(&h.token, peer);
@@ -382,7 +418,7 @@ impl Office {
     fn forget(&mut self, peer: &PeerId) {
         if let Some(m) = self.members.remove(peer) {
             if m.builds {
-                self.alloc.remove(&peer.to_string());
+                self.alloc.remove(&m.text);
             }
         }
     }
@@ -410,7 +446,8 @@ impl Office {
         match self.verify(h, &peer) {
             Ok((role, token_id)) => {
                 let new = !self.members.contains_key(&peer);
-                let entry = self.members.entry(peer).or_insert(Member {
+                let entry = self.members.entry(peer).or_insert_with(|| Member {
+                    text: peer.to_string(),
                     name: h.name.clone(),
                     eligible: role.ends_with("coordinator"),
                     token_id,
@@ -445,16 +482,16 @@ impl Office {
     pub fn on_request(
         &mut self,
         peer: PeerId,
-        req: CtlRequest,
+        req: &CtlRequest,
         now: Instant,
     ) -> (CtlResponse, Option<CtlRequest>) {
         let resp = match req {
-            CtlRequest::Hello(h) => match self.admit(peer, &h, now) {
+            CtlRequest::Hello(h) => match self.admit(peer, h, now) {
                 Ok(()) => CtlResponse::Hello(self.hello.clone()),
                 Err(why) => CtlResponse::Rejected(why),
             },
             CtlRequest::Report(r) => {
-                if !self.on_report(peer, &r, now) {
+                if !self.on_report(peer, r, now) {
                     // Not (or no longer) a member: ask for a Hello again.
                     return (
                         CtlResponse::Rejected("not a member; send Hello".into()),
@@ -467,7 +504,7 @@ impl Office {
             // scheduler's client authentication.
             CtlRequest::Alloc(req) => {
                 if self.members.contains_key(&peer) {
-                    self.grant(&peer, &req, now)
+                    self.grant(&peer, req, now)
                 } else {
                     self.count("allocations_refused");
                     tracing::warn!(%peer, reason = "not a member", "allocation refused");
@@ -475,7 +512,7 @@ impl Office {
                 }
             }
             CtlRequest::Release { grant, failed } => {
-                self.release(&peer, grant, failed, now);
+                self.release(&peer, *grant, *failed, now);
                 CtlResponse::Ack
             }
         };
@@ -494,12 +531,14 @@ impl Office {
         m.toolchains = r.toolchains.len() as u32;
         m.load = r.load;
         if m.builds {
-            let key = peer.to_string();
-            let held = r.toolchains.iter().take(MAX_REPORTED_TOOLCHAINS).copied();
-            self.alloc.report(&key, r.cores, r.running_jobs, held);
-            self.alloc.set_load(&key, r.load);
-            let taken = &r.grants[..r.grants.len().min(crate::coordinator::MAX_REPORTED_GRANTS)];
-            self.alloc.report_grants(&key, taken, now);
+            let reported = Reported {
+                slots: r.cores,
+                running: r.running_jobs,
+                toolchains: &r.toolchains[..r.toolchains.len().min(MAX_REPORTED_TOOLCHAINS)],
+                load: r.load,
+                grants: &r.grants[..r.grants.len().min(crate::coordinator::MAX_REPORTED_GRANTS)],
+            };
+            self.alloc.update(&m.text, &reported, now);
         }
         self.consider(r.term, r.leader.as_deref());
         true
@@ -527,7 +566,7 @@ impl Office {
     /// (two sides of a healed partition), the lower peer id. Only a leader
     /// whose token allows coordinating is accepted.
     fn consider(&mut self, term: u64, leader: Option<&str>) {
-        if term < self.term {
+        if term < self.term || (term == self.term && leader == self.leader_text.as_deref()) {
             return;
         }
         let Some(leader) = leader.and_then(|l| l.parse::<PeerId>().ok()) else {
@@ -549,7 +588,7 @@ impl Office {
                 self.count("coordinator_changes");
             }
             self.term = term;
-            self.leader = Some(leader);
+            self.set_leader(Some(leader));
         }
     }
 
@@ -575,11 +614,16 @@ impl Office {
         (lost, before != (self.term, self.leader))
     }
 
+    fn set_leader(&mut self, leader: Option<PeerId>) {
+        self.leader = leader;
+        self.leader_text = leader.map(|l| l.to_string());
+    }
+
     fn elect(&mut self, now: Instant) {
         if let Some(l) = self.leader {
             if l != self.me && !self.members.contains_key(&l) {
                 tracing::warn!(leader = %l, term = self.term, "coordinator lost");
-                self.leader = None;
+                self.set_leader(None);
             }
         }
         if self.leader.is_some() || now < self.quiet_until {
@@ -594,7 +638,7 @@ impl Office {
             .min();
         if candidate == Some(self.me) {
             self.term += 1;
-            self.leader = Some(self.me);
+            self.set_leader(Some(self.me));
             tracing::info!(term = self.term, "became coordinator");
             self.count("elections_won");
             self.count("coordinator_changes");
@@ -605,13 +649,22 @@ impl Office {
     /// also the liveness signal), and the allocator brought up to date with
     /// the live builders and this node's own state.
     pub fn tick(&mut self, now: Instant, local: LocalReport) -> Outgoing {
-        let me = self.me;
         self.running_now = local.running_jobs;
         self.load_now = local.load;
         self.hello.term = self.term;
         self.hello.leader = self.leader.map(|l| l.to_string());
-        self.grants
-            .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < GRANT_FORGET);
+        let held = &mut self.held;
+        self.grants.retain(|_, (client, _, at)| {
+            let keep = now.saturating_duration_since(*at) < GRANT_FORGET;
+            if !keep {
+                unhold(held, client);
+            }
+            keep
+        });
+        let held = &self.held;
+        self.asked.retain(|client, at| {
+            now.saturating_duration_since(*at) < CLIENT_ACTIVE || held.contains_key(client)
+        });
         self.fetch_chains.retain(|_, chain| {
             chain.retain(|(_, at)| now.saturating_duration_since(*at) < FETCH_CHAIN_LIFE);
             !chain.is_empty()
@@ -628,16 +681,16 @@ impl Office {
         self.toolchains_now = report.toolchains.len() as u32;
         // The allocator holds the live builders (a member leaving is removed
         // from it at once) and this node.
-        let me_str = me.to_string();
+        let me_str = self.me_text.clone();
         if self.hello.builds {
-            self.alloc.report(
-                &me_str,
-                report.cores,
-                report.running_jobs,
-                report.toolchains.iter().copied(),
-            );
-            self.alloc.set_load(&me_str, report.load);
-            self.alloc.report_grants(&me_str, &report.grants, now);
+            let reported = Reported {
+                slots: report.cores,
+                running: report.running_jobs,
+                toolchains: &report.toolchains,
+                load: report.load,
+                grants: &report.grants,
+            };
+            self.alloc.update(&me_str, &reported, now);
         }
         let hello = std::mem::take(&mut self.spread).then(|| self.hello.clone());
         let to = self.members.keys().copied().collect();
@@ -664,6 +717,19 @@ impl Office {
             .take(MAX_EXCLUDE)
             .map(String::as_str)
             .collect();
+        // Fair share: when slots run short, a client already holding its
+        // share of them is told "full" (it compiles locally) and the next
+        // free slot goes to a client below its share. Without this, a client
+        // whose job just ended asks again at once and takes the slot it
+        // freed, and one that lost the race once stays locked out.
+        self.asked.insert(*client, now);
+        let (_, slots, busy) = self.alloc.totals();
+        let mine = u64::from(self.held.get(client).copied().unwrap_or(0));
+        let share = slots.div_ceil(self.asked.len() as u64);
+        if mine >= share && slots.saturating_sub(busy) <= (slots / 10).max(1) {
+            self.count("allocations_over_share");
+            return CtlResponse::Full;
+        }
         let Some(builder) = self.alloc.allocate(&req.toolchain, &exclude, now) else {
             self.count("allocations_full");
             return CtlResponse::Full;
@@ -687,6 +753,7 @@ impl Office {
         self.alloc.granted(&builder, grant.body.id, now);
         self.grants
             .insert(grant.body.id, (*client, builder.clone(), now));
+        *self.held.entry(*client).or_default() += 1;
         let mut holders = self.alloc.holders(&req.toolchain, &builder, MAX_HOLDERS);
         if !self.alloc.holds(&builder, &req.toolchain) {
             let chain = self.fetch_chains.entry(req.toolchain).or_default();
@@ -712,6 +779,7 @@ impl Office {
             self.grants.insert(id, (c, builder, at));
             return;
         }
+        unhold(&mut self.held, &c);
         if failed {
             self.count("builder_failures");
             self.alloc.failed(&builder, now);
@@ -764,5 +832,308 @@ impl Office {
                 "builders' reports received by this node (at most one report interval old)".into()
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarmcc_protocol::token::OfficeKey;
+
+    struct Peer {
+        office: Office,
+        peer: PeerId,
+    }
+
+    /// A node of office "t": a builder that may coordinate, a builder that
+    /// may not, or a client.
+    fn node(key: &OfficeKey, kind: &str, now: Instant) -> Peer {
+        let keypair = Keypair::generate_ed25519();
+        let peer = keypair.public().to_peer_id();
+        let subject = match kind {
+            "client" => Subject::Client { user: "u".into() },
+            _ => Subject::Builder {
+                peer: peer.to_string(),
+                coordinator: kind == "coordinator",
+            },
+        };
+        let token = key.issue(subject, now_secs() - 10, 3600).to_string();
+        let office = Office::new(
+            OfficeInit {
+                office: "t".into(),
+                key: key.public(),
+                token,
+                shared_token: None,
+                name: kind.into(),
+                cores: 4,
+                builds: kind != "client",
+                keypair,
+                quiet: Duration::from_millis(300),
+                first_grant: 1,
+            },
+            now,
+        );
+        Peer { office, peer }
+    }
+
+    /// `a` and `b` exchange Hellos as a new connection does.
+    fn meet(a: &mut Peer, b: &mut Peer, now: Instant) {
+        let h = CtlRequest::Hello(a.office.hello().clone());
+        let (resp, _) = b.office.on_request(a.peer, &h, now);
+        a.office.on_response(b.peer, &resp, now);
+    }
+
+    fn report(from: &mut Peer, to: &mut Peer, now: Instant) -> CtlResponse {
+        let out = from.office.tick(
+            now,
+            LocalReport {
+                running_jobs: 0,
+                load: 0,
+                toolchains: Vec::new(),
+                grants: Vec::new(),
+            },
+        );
+        let (resp, _) = to
+            .office
+            .on_request(from.peer, &CtlRequest::Report(out.report), now);
+        resp
+    }
+
+    #[test]
+    fn the_lowest_eligible_peer_is_elected_after_the_quiet_time_and_everyone_follows() {
+        let key = OfficeKey::generate("t");
+        let t0 = Instant::now();
+        let mut nodes: Vec<Peer> = ["coordinator", "coordinator", "builder", "client"]
+            .iter()
+            .map(|k| node(&key, k, t0))
+            .collect();
+        for i in 0..nodes.len() {
+            for j in i + 1..nodes.len() {
+                let (a, b) = nodes.split_at_mut(j);
+                meet(&mut a[i], &mut b[0], t0);
+            }
+        }
+        assert!(nodes.iter().all(|n| n.office.member_count() == 3));
+        // Within the quiet time nobody takes over.
+        for n in &mut nodes {
+            n.office
+                .check(t0 + Duration::from_millis(100), Duration::from_secs(2));
+            assert_eq!(n.office.leader(), None);
+        }
+        let t1 = t0 + Duration::from_millis(400);
+        let lowest = nodes[..2].iter().map(|n| n.peer).min().expect("two");
+        for n in &mut nodes {
+            n.office.check(t1, Duration::from_secs(2));
+        }
+        let winner = nodes.iter().position(|n| n.peer == lowest).expect("there");
+        assert!(nodes[winner].office.is_coordinator());
+        assert_eq!(nodes[winner].office.term(), 1);
+        for i in 0..nodes.len() {
+            if i != winner {
+                let (a, b) = if i < winner {
+                    let (a, b) = nodes.split_at_mut(winner);
+                    (&mut b[0], &mut a[i])
+                } else {
+                    let (a, b) = nodes.split_at_mut(i);
+                    (&mut a[winner], &mut b[0])
+                };
+                assert_eq!(report(a, b, t1), CtlResponse::Ack);
+            }
+        }
+        assert!(nodes
+            .iter()
+            .all(|n| n.office.leader() == Some(lowest) && n.office.term() == 1));
+    }
+
+    #[test]
+    fn a_lost_coordinator_is_replaced_in_a_new_term_and_equal_terms_go_to_the_lower_id() {
+        let key = OfficeKey::generate("t");
+        let t0 = Instant::now();
+        let mut a = node(&key, "coordinator", t0);
+        let mut b = node(&key, "coordinator", t0);
+        // Apart (a partition), each elects itself.
+        let t1 = t0 + Duration::from_millis(400);
+        for n in [&mut a, &mut b] {
+            n.office.check(t1, Duration::from_secs(2));
+            assert!(n.office.is_coordinator());
+            assert_eq!(n.office.term(), 1);
+            report(n, &mut node(&key, "client", t0), t1);
+        }
+        // Healed: at equal terms the lower peer id wins, on both sides.
+        meet(&mut a, &mut b, t1);
+        let low = a.peer.min(b.peer);
+        assert_eq!(a.office.leader(), Some(low));
+        assert_eq!(b.office.leader(), Some(low));
+        // The leader goes silent: lost after the timeout, a new term begins.
+        let high = if a.peer == low { &mut b } else { &mut a };
+        let (lost, changed) = high
+            .office
+            .check(t1 + Duration::from_secs(3), Duration::from_secs(2));
+        assert_eq!(lost, vec![low]);
+        assert!(changed);
+        assert!(high.office.is_coordinator());
+        assert_eq!(high.office.term(), 2);
+        assert_eq!(high.office.counter("members_lost"), 1);
+    }
+
+    #[test]
+    fn strangers_and_forgers_get_nothing() {
+        let key = OfficeKey::generate("t");
+        let other = OfficeKey::generate("t");
+        let t0 = Instant::now();
+        let mut a = node(&key, "coordinator", t0);
+        let mut stranger = node(&other, "coordinator", t0);
+        // A report from a non-member: refused, and asked for a Hello.
+        let out = stranger.office.tick(
+            t0,
+            LocalReport {
+                running_jobs: 0,
+                load: 0,
+                toolchains: Vec::new(),
+                grants: Vec::new(),
+            },
+        );
+        let (resp, back) = a
+            .office
+            .on_request(stranger.peer, &CtlRequest::Report(out.report), t0);
+        assert!(matches!(resp, CtlResponse::Rejected(_)));
+        assert!(matches!(back, Some(CtlRequest::Hello(_))));
+        // Its Hello (signed by another office key) is refused and it is banned.
+        meet(&mut stranger, &mut a, t0);
+        assert!(!a.office.is_member(&stranger.peer));
+        assert!(a.office.is_banned(&stranger.peer, t0));
+        assert_eq!(a.office.take_drops(), vec![stranger.peer]);
+        assert_eq!(a.office.view(t0).rejections.get("forged token"), Some(&1));
+        // Nor does it get a builder.
+        a.office
+            .check(t0 + Duration::from_millis(400), Duration::from_secs(2));
+        assert!(a.office.is_coordinator());
+        let req = CtlRequest::Alloc(AllocRequest {
+            job: Hash32::of(b"j"),
+            toolchain: ToolchainId(Hash32::of(b"t")),
+            exclude: Vec::new(),
+        });
+        let (resp, _) = a.office.on_request(stranger.peer, &req, t0);
+        assert!(matches!(resp, CtlResponse::Rejected(_)));
+        // A member's token replayed by another peer is refused too.
+        let member = node(&key, "coordinator", t0);
+        let thief = node(&key, "builder", t0);
+        let mut h = thief.office.hello().clone();
+        h.token = member.office.hello().token.clone();
+        let (resp, _) = a.office.on_request(thief.peer, &CtlRequest::Hello(h), t0);
+        assert!(matches!(resp, CtlResponse::Rejected(ref w) if w.contains("another peer")));
+        assert!(!a.office.is_member(&thief.peer));
+    }
+
+    #[test]
+    fn when_slots_run_short_a_client_over_its_share_yields_to_one_below() {
+        let key = OfficeKey::generate("t");
+        let t0 = Instant::now();
+        let mut c = node(&key, "coordinator", t0);
+        let mut a = node(&key, "client", t0);
+        let mut b = node(&key, "client", t0);
+        meet(&mut a, &mut c, t0);
+        meet(&mut b, &mut c, t0);
+        let t1 = t0 + Duration::from_millis(400);
+        c.office.check(t1, Duration::from_secs(2));
+        let idle = || LocalReport {
+            running_jobs: 0,
+            load: 0,
+            toolchains: Vec::new(),
+            grants: Vec::new(),
+        };
+        c.office.tick(t1, idle());
+        let req = CtlRequest::Alloc(AllocRequest {
+            job: Hash32::of(b"j"),
+            toolchain: ToolchainId(Hash32::of(b"t")),
+            exclude: Vec::new(),
+        });
+        let mut ask = |who: &Peer, c: &mut Peer| match c.office.on_request(who.peer, &req, t1).0 {
+            CtlResponse::Granted { grant, .. } => Some(grant.body.id),
+            _ => None,
+        };
+        // Alone, `a` may take every slot (4 cores).
+        let held: Vec<u64> = (0..4).filter_map(|_| ask(&a, &mut c)).collect();
+        assert_eq!(held.len(), 4);
+        assert_eq!(ask(&b, &mut c), None, "full");
+        // A slot frees; `a` asks first but holds more than its share of 2.
+        let release = CtlRequest::Release {
+            grant: held[0],
+            failed: false,
+        };
+        c.office.on_request(a.peer, &release, t1);
+        assert_eq!(ask(&a, &mut c), None, "over its share");
+        assert!(ask(&b, &mut c).is_some(), "below its share");
+        assert_eq!(c.office.counter("allocations_over_share"), 1);
+    }
+
+    #[test]
+    fn the_coordinator_grants_a_member_a_slot_and_a_release_frees_it() {
+        let key = OfficeKey::generate("t");
+        let t0 = Instant::now();
+        let mut c = node(&key, "coordinator", t0);
+        let mut client = node(&key, "client", t0);
+        meet(&mut client, &mut c, t0);
+        let t1 = t0 + Duration::from_millis(400);
+        c.office.check(t1, Duration::from_secs(2));
+        c.office.tick(
+            t1,
+            LocalReport {
+                running_jobs: 0,
+                load: 0,
+                toolchains: Vec::new(),
+                grants: Vec::new(),
+            },
+        );
+        let req = AllocRequest {
+            job: Hash32::of(b"j"),
+            toolchain: ToolchainId(Hash32::of(b"t")),
+            exclude: Vec::new(),
+        };
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let (resp, _) = c
+                .office
+                .on_request(client.peer, &CtlRequest::Alloc(req.clone()), t1);
+            let CtlResponse::Granted { grant, .. } = resp else {
+                panic!("no grant: {resp:?}");
+            };
+            assert_eq!(grant.body.builder, c.peer.to_string());
+            assert_eq!(grant.body.client, client.peer.to_string());
+            let me = c.peer.to_string();
+            let signer =
+                crate::coordinator::verify_grant(&grant, &me, &req.job, now_ms(), |p| p == me);
+            assert_eq!(signer.as_deref(), Ok(me.as_str()));
+            ids.push(grant.body.id);
+        }
+        let (resp, _) = c
+            .office
+            .on_request(client.peer, &CtlRequest::Alloc(req.clone()), t1);
+        assert_eq!(resp, CtlResponse::Full, "4 cores, 4 grants");
+        // Only the client a grant names may release it.
+        let (_, _) = c.office.on_request(
+            c.peer,
+            &CtlRequest::Release {
+                grant: ids[0],
+                failed: false,
+            },
+            t1,
+        );
+        let (resp, _) = c
+            .office
+            .on_request(client.peer, &CtlRequest::Alloc(req.clone()), t1);
+        assert_eq!(resp, CtlResponse::Full);
+        c.office.on_request(
+            client.peer,
+            &CtlRequest::Release {
+                grant: ids[0],
+                failed: false,
+            },
+            t1,
+        );
+        let (resp, _) = c
+            .office
+            .on_request(client.peer, &CtlRequest::Alloc(req), t1);
+        assert!(matches!(resp, CtlResponse::Granted { .. }));
     }
 }

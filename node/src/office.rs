@@ -1048,7 +1048,7 @@ mod tests {
             toolchain: ToolchainId(Hash32::of(b"t")),
             exclude: Vec::new(),
         });
-        let mut ask = |who: &Peer, c: &mut Peer| match c.office.on_request(who.peer, &req, t1).0 {
+        let ask = |who: &Peer, c: &mut Peer| match c.office.on_request(who.peer, &req, t1).0 {
             CtlResponse::Granted { grant, .. } => Some(grant.body.id),
             _ => None,
         };

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-debian.sh
 # Headless Chromium for the dashboard test.
 if ! dpkg -s chromium >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium >/dev/null
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 # The real sccache client for the compatibility tests (kept in ~/.cargo/bin

@@ -39,6 +39,7 @@ use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use swarmcc_node::coordinator::{Taken, LARGE_JOB};
 use swarmcc_node::office::{LocalReport, Office, OfficeInit, SharedChecks};
 use swarmcc_protocol::swarm::{AllocRequest, CtlRequest, CtlResponse};
 use swarmcc_protocol::token::{OfficeKey, Subject};
@@ -257,8 +258,10 @@ struct Node {
     link: Link,
     up_free: Us,
     down_free: Us,
-    // As a builder: jobs taken (grant ids), running, queued beyond its cores.
+    // As a builder: jobs taken (grant ids), running, queued beyond its cores,
+    // and the real builder's meter of the rate job sources arrive at.
     taken: Vec<u64>,
+    meter: Taken,
     running: u32,
     queued: VecDeque<usize>,
     busy: Us,
@@ -293,6 +296,7 @@ struct Job {
     exclude: Vec<String>,
     grant: Option<Grant>,
     builder: Option<usize>,
+    sent_at: Us,
     /// Bumped whenever the job moves on, so stale events about it are ignored.
     epoch: u32,
 }
@@ -352,6 +356,9 @@ struct Sim {
     toolchain: ToolchainId,
     counts: Counts,
     done: usize,
+    measure_rates: bool,
+    /// Large jobs' source transfers: (time taken, to a slow builder).
+    large: Vec<(Us, bool)>,
     /// A digest of every event handled, to compare runs.
     trace: blake3::Hasher,
 }
@@ -365,6 +372,9 @@ struct Plan {
     start_within: Us,
     /// Some hosts get slow, lossy links: (every nth host, link).
     slow: Option<(usize, Link)>,
+    /// Builders measure and report the rate job sources reach them at
+    /// (as real builders do); off: they report nothing, for comparison.
+    measure_rates: bool,
 }
 
 impl Sim {
@@ -435,6 +445,7 @@ impl Sim {
                 up_free: 0,
                 down_free: 0,
                 taken: Vec::new(),
+                meter: Taken::default(),
                 running: 0,
                 queued: VecDeque::new(),
                 busy: 0,
@@ -464,6 +475,8 @@ impl Sim {
             toolchain: ToolchainId(Hash32::of(b"the office's toolchain")),
             counts: Counts::default(),
             done: 0,
+            measure_rates: plan.measure_rates,
+            large: Vec::new(),
             trace: blake3::Hasher::new(),
         };
         for i in 0..sim.nodes.len() {
@@ -610,6 +623,11 @@ impl Sim {
                             Vec::new()
                         },
                         grants: n.taken.clone(),
+                        inbound_rate: if self.measure_rates {
+                            n.meter.inbound_rate()
+                        } else {
+                            0
+                        },
                     }
                 };
                 let out = self.nodes[i].office.tick(now, local);
@@ -693,6 +711,14 @@ impl Sim {
                 let grant = j.grant.as_ref().map_or(0, |g| g.body.id);
                 if !self.nodes[b].alive {
                     return;
+                }
+                let (took, input) = (self.now - j.sent_at, j.input);
+                self.nodes[b]
+                    .meter
+                    .record_inbound(input, Duration::from_micros(took));
+                if input >= LARGE_JOB {
+                    let slow = self.nodes[b].link.bytes_per_us < 10.0;
+                    self.large.push((took, slow));
                 }
                 self.nodes[b].taken.push(grant);
                 if self.nodes[b].running < self.nodes[b].cores {
@@ -790,6 +816,7 @@ impl Sim {
             job: Hash32::of(&(job as u64).to_le_bytes()),
             toolchain: self.toolchain,
             exclude: j.exclude.clone(),
+            bytes: j.input,
         };
         self.next_id += 1;
         let id = self.next_id;
@@ -820,6 +847,7 @@ impl Sim {
                 j.state = JobState::Remote;
                 j.builder = Some(b);
                 j.grant = Some(grant);
+                j.sent_at = self.now;
                 let (c, input) = (j.client, j.input);
                 let t = self.travel(c, b, input);
                 self.at(t, Ev::JobArrive(job, epoch));
@@ -913,6 +941,12 @@ impl Sim {
 
     /// Give each client its share of `total` jobs.
     fn add_jobs(&mut self, total: usize) {
+        self.add_jobs_with(total, 0.0);
+    }
+
+    /// Jobs of which a share `large` carries 2–8 MB of sources (a generated
+    /// file, an amalgamation) instead of 50–450 KB.
+    fn add_jobs_with(&mut self, total: usize, large: f64) {
         let clients: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].role == Role::Client)
             .collect();
@@ -920,7 +954,11 @@ impl Sim {
             let c = clients[k % clients.len()];
             // Compile times of a real code base: mostly short, a long tail.
             let duration = 200 * MS + (-(1.0 - self.rng.unit()).ln() * 800_000.0) as Us;
-            let input = 50_000 + self.rng.below(400_000);
+            let input = if self.rng.unit() < large {
+                2_000_000 + self.rng.below(6_000_000)
+            } else {
+                50_000 + self.rng.below(400_000)
+            };
             let id = self.jobs.len();
             self.jobs.push(Job {
                 client: c,
@@ -932,6 +970,7 @@ impl Sim {
                 exclude: Vec::new(),
                 grant: None,
                 builder: None,
+                sent_at: 0,
                 epoch: 0,
             });
             self.nodes[c].todo.push_back(id);
@@ -1026,6 +1065,7 @@ fn election_and_failover_with_1000_nodes() {
         builders: 990,
         clients: 10,
         start_within: 2 * SEC,
+        measure_rates: true,
         slow: Some((
             10,
             Link {
@@ -1106,6 +1146,7 @@ fn burst_of_100k_jobs_on_1000_builders() {
         builders: 1000,
         clients: 40,
         start_within: SEC,
+        measure_rates: true,
         slow: None,
     });
     let all = sim.nodes.len();
@@ -1196,6 +1237,7 @@ fn ten_percent_vanish_at_once() {
         builders: 980,
         clients: 20,
         start_within: SEC,
+        measure_rates: true,
         slow: None,
     });
     let all = sim.nodes.len();
@@ -1254,6 +1296,80 @@ fn ten_percent_vanish_at_once() {
     assert!(failover < 5 * SEC, "failover took {:.2} s", secs(failover));
 }
 
+/// Large jobs and slow links: 10% of 200 builders sit on 20 Mbit/s links
+/// and 10% of the jobs carry 2–8 MB of sources. Builders report the rate
+/// their job sources arrive at, and the coordinator keeps large jobs off the
+/// much slower links while faster builders are free; compared with the same
+/// office where builders report nothing.
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "two offices of 200 simulated nodes: run optimized (cargo test --release --test model)"
+)]
+fn large_jobs_keep_off_slow_links() {
+    let run = |measure_rates| {
+        let mut sim = Sim::new(&Plan {
+            seed: 4,
+            builders: 200,
+            clients: 4,
+            start_within: SEC,
+            measure_rates,
+            slow: Some((
+                10,
+                Link {
+                    latency: 500,
+                    bytes_per_us: 2.5,
+                    loss: 0.0,
+                },
+            )),
+        });
+        let all = sim.nodes.len();
+        assert!(sim.run_until(30 * SEC, |s| s.live().count() == all
+            && s.agreed().is_some()));
+        let jobs = 20_000;
+        let t0 = sim.now;
+        sim.add_jobs_with(jobs, 0.1);
+        assert!(sim.run_until(t0 + 600 * SEC, |s| s.jobs_done() == jobs));
+        // Measured from the second half on: the rates are known by then.
+        let later = &sim.large[sim.large.len() / 2..];
+        let on_slow = later.iter().filter(|(_, slow)| *slow).count();
+        let mut times: Vec<Us> = later.iter().map(|(t, _)| *t).collect();
+        times.sort_unstable();
+        let mean = times.iter().sum::<Us>() / times.len().max(1) as Us;
+        let p95 = times.get(times.len() * 95 / 100).copied().unwrap_or(0);
+        let share = on_slow as f64 / later.len().max(1) as f64;
+        (share, mean, p95, sim.now - t0)
+    };
+    let (slow_share, mean, p95, makespan) = run(true);
+    let (blind_share, blind_mean, blind_p95, blind_makespan) = run(false);
+    report(format!(
+        "model, large jobs and slow links (10% of 200 builders at 20 Mbit/s, 10% of 20,000 jobs carrying 2–8 MB): with measured rates {:.1}% of large jobs went to a slow builder, their sources took {:.0} ms on average and {:.0} ms at the 95th percentile, all done in {:.1} s; with no rates reported {:.1}%, {:.0} ms, {:.0} ms, {:.1} s",
+        slow_share * 100.0,
+        mean as f64 / 1e3,
+        p95 as f64 / 1e3,
+        secs(makespan),
+        blind_share * 100.0,
+        blind_mean as f64 / 1e3,
+        blind_p95 as f64 / 1e3,
+        secs(blind_makespan),
+    ));
+    assert!(
+        blind_share > 0.03,
+        "the comparison office put no large job on a slow link"
+    );
+    assert!(
+        slow_share < blind_share / 4.0,
+        "large jobs on slow links: {slow_share:.3} with rates, {blind_share:.3} without"
+    );
+    // A large job on a 20 Mbit/s link takes 0.8–3.2 s to arrive: the slowest
+    // twentieth of transfers shows whether any still go there.
+    assert!(
+        p95 * 2 < blind_p95,
+        "95th percentile {p95} µs with rates, {blind_p95} µs without"
+    );
+    assert!(mean < blind_mean);
+}
+
 /// The same seed gives the same run (every event, in order, at the same
 /// virtual time); another seed gives another.
 #[test]
@@ -1264,6 +1380,7 @@ fn same_seed_same_run() {
             builders: 60,
             clients: 4,
             start_within: SEC,
+            measure_rates: true,
             slow: Some((
                 5,
                 Link {

@@ -154,6 +154,18 @@ impl Builder {
         std::fs::read(path).ok().filter(|d| Hash32::of(d) == *h)
     }
 
+    /// The size of a stored source blob (for the coordinator's choice of
+    /// builder; not verified, it only has to be roughly right).
+    pub fn blob_size(&self, h: &Hash32) -> Option<u64> {
+        let k = h.to_hex();
+        if !self.blobs.contains(&k) {
+            return None;
+        }
+        std::fs::metadata(self.blobs.path_of(&k))
+            .ok()
+            .map(|m| m.len())
+    }
+
     /// Which of these source hashes this builder lacks.
     pub fn missing_blobs(&self, hashes: &[Hash32]) -> Vec<Hash32> {
         hashes

@@ -4,8 +4,10 @@
 //! toolchains held) plus the allocations it made since their last report, so
 //! a newly elected coordinator is correct within one report interval. For
 //! each job it picks a builder with a free slot, preferring one that already
-//! holds the toolchain, then the one with the most free capacity, avoiding
-//! builders that just failed; when every slot is taken it says so at once.
+//! holds the toolchain, then (for a large job) one whose link is not much
+//! slower than the office's fastest, then the one with the most free
+//! capacity, avoiding builders that just failed; when every slot is taken it
+//! says so at once.
 //! A grant is signed by the coordinator's node key and names the job, the
 //! builder and the client, so a builder runs nothing it was not granted.
 
@@ -33,6 +35,8 @@ struct Builder {
     failed_until: Option<Instant>,
     /// The machine's load average ×100 (other work on it): last tie-breaker.
     load: u32,
+    /// Bytes per second it receives job sources at (0: not measured).
+    rate: u64,
     /// Grants this coordinator issued for it and not yet released, with
     /// when: a report that does not list one yet (the job is still on its
     /// way) must not free its slot.
@@ -69,8 +73,15 @@ impl Builder {
 }
 
 /// How much a builder is wanted for a job, compared as a tuple: holds the
-/// toolchain, free share of its slots, free slots, lower machine load.
-type Preference = (bool, u64, u32, std::cmp::Reverse<u32>);
+/// toolchain, not slow for this job, free share of its slots, free slots,
+/// lower machine load.
+type Preference = (bool, bool, u64, u32, std::cmp::Reverse<u32>);
+
+/// A job carrying this many bytes of sources is large: it goes to a builder
+/// whose link is not much slower than the office's fastest, if one is free.
+pub const LARGE_JOB: u64 = 1 << 20;
+/// "Much slower": below the fastest measured rate divided by this.
+const SLOW_FACTOR: u64 = 4;
 
 /// What a builder's report tells the allocator.
 pub struct Reported<'a> {
@@ -81,6 +92,8 @@ pub struct Reported<'a> {
     pub load: u32,
     /// Grants it has taken (counted in `running`).
     pub grants: &'a [u64],
+    /// Bytes per second it receives job sources at (0: not measured).
+    pub rate: u64,
 }
 
 /// Allocation state, rebuilt from builders' reports. Builders live in a
@@ -138,6 +151,9 @@ impl Allocator {
             self.report(peer, r.slots, r.running, r.toolchains.iter().copied());
             self.set_load(peer, r.load);
             self.report_grants(peer, r.grants, now);
+            if let Some(b) = self.get_mut(peer) {
+                b.rate = r.rate;
+            }
             return;
         };
         let mut bits = std::mem::take(&mut self.builders[i].1.toolchains);
@@ -156,6 +172,7 @@ impl Allocator {
         b.released = 0;
         b.toolchains = bits;
         b.load = r.load;
+        b.rate = r.rate;
         b.outstanding
             .retain(|id, at| r.grants.contains(id) || now.duration_since(*at) < GRANT_TRAVEL);
         b.pending = b
@@ -194,17 +211,37 @@ impl Allocator {
         exclude: &[&str],
         now: Instant,
     ) -> Option<String> {
+        self.allocate_for(toolchain, exclude, 0, now)
+    }
+
+    /// Pick a builder for a job carrying `bytes` of sources.
+    pub fn allocate_for(
+        &mut self,
+        toolchain: &ToolchainId,
+        exclude: &[&str],
+        bytes: u64,
+        now: Instant,
+    ) -> Option<String> {
         let idx = self.toolchain_index.get(toolchain).copied();
+        let usable = |b: &Builder| b.free() > 0 && b.failed_until.is_none_or(|t| now >= t);
+        // For a large job: the office's fastest link, the yardstick of "slow".
+        let fastest = if bytes >= LARGE_JOB {
+            self.builders.iter().map(|(_, b)| b.rate).max().unwrap_or(0)
+        } else {
+            0
+        };
         let mut best: Option<(usize, Preference)> = None;
         for (i, (peer, b)) in self.builders.iter().enumerate() {
-            let free = b.free();
-            if free == 0 || b.failed_until.is_some_and(|t| now < t) {
+            if !usable(b) {
                 continue;
             }
-            // Toolchain first, then the largest free share of its slots, then
-            // free slots, then the machine least loaded by other work.
+            let free = b.free();
+            // Toolchain first (fetching one costs more than any job), then a
+            // link fit for the job, then the largest free share of its slots,
+            // then free slots, then the machine least loaded by other work.
+            let slow = b.rate > 0 && b.rate.saturating_mul(SLOW_FACTOR) < fastest;
             let share = u64::from(free) * 1_000_000 / u64::from(b.slots.max(1));
-            let key = (b.holds(idx), share, free, std::cmp::Reverse(b.load));
+            let key = (b.holds(idx), !slow, share, free, std::cmp::Reverse(b.load));
             if best.as_ref().is_none_or(|(_, bk)| key > *bk) && !exclude.contains(&peer.as_str()) {
                 best = Some((i, key));
             }
@@ -305,7 +342,12 @@ pub use swarmcc_protocol::transfer::{Grant, GrantBody};
 #[derive(Default)]
 pub struct Taken {
     jobs: std::sync::Mutex<Vec<Option<u64>>>,
+    /// Bytes per second job sources arrived at (moving average).
+    inbound_rate: std::sync::atomic::AtomicU64,
 }
+
+/// Transfers smaller than this say more about latency than about the link.
+pub const RATE_MIN_BYTES: u64 = 256 << 10;
 
 /// Bound on the grant ids one report lists.
 pub const MAX_REPORTED_GRANTS: usize = 1024;
@@ -326,6 +368,28 @@ impl Taken {
 
     pub fn count(&self) -> u32 {
         self.lock().len() as u32
+    }
+
+    /// A job's sources arrived: `bytes` in `took`. Large transfers update
+    /// the moving average this builder reports.
+    pub fn record_inbound(&self, bytes: u64, took: Duration) {
+        if bytes < RATE_MIN_BYTES {
+            return;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        let rate = (bytes as f64 / took.as_secs_f64().max(1e-6)) as u64;
+        let old = self.inbound_rate.load(Relaxed);
+        let new = if old == 0 {
+            rate
+        } else {
+            (old * 7 + rate * 3) / 10
+        };
+        self.inbound_rate.store(new.max(1), Relaxed);
+    }
+
+    /// Bytes per second job sources arrived at lately (0: not measured).
+    pub fn inbound_rate(&self) -> u64 {
+        self.inbound_rate.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The grant ids of the jobs taken on (at most [`MAX_REPORTED_GRANTS`]).
@@ -485,6 +549,7 @@ mod tests {
                 toolchains: &toolchains,
                 load: 150,
                 grants: &[7],
+                rate: 0,
             },
             now,
         );
@@ -505,10 +570,81 @@ mod tests {
                 toolchains: &[],
                 load: 0,
                 grants: &[],
+                rate: 0,
             },
             now,
         );
         assert_eq!(b.allocate(&tc(3), &[], now).as_deref(), Some("b9"));
+    }
+
+    #[test]
+    fn large_jobs_avoid_builders_on_much_slower_links_while_others_are_free() {
+        let now = Instant::now();
+        let mut a = Allocator::default();
+        let report = |a: &mut Allocator, peer: &str, rate: u64| {
+            let r = Reported {
+                slots: 2,
+                running: 0,
+                toolchains: &[tc(1)],
+                load: 0,
+                grants: &[],
+                rate,
+            };
+            a.update(peer, &r, now);
+        };
+        // "slow" is the idlest (reported first, most free), but its link
+        // takes job sources at 2 MB/s against 100 MB/s.
+        report(&mut a, "slow", 2_000_000);
+        report(&mut a, "fast", 100_000_000);
+        report(&mut a, "new", 0);
+        let large = LARGE_JOB;
+        assert_eq!(
+            a.allocate_for(&tc(1), &[], 1000, now).as_deref(),
+            Some("slow")
+        );
+        a.release("slow");
+        // A large job goes to a fast (or not yet measured) link first...
+        let mut got: Vec<String> = (0..4)
+            .map(|_| a.allocate_for(&tc(1), &[], large, now).expect("free"))
+            .collect();
+        got.sort();
+        assert_eq!(got, ["fast", "fast", "new", "new"]);
+        // ...and to the slow one only when nothing else is free.
+        assert_eq!(
+            a.allocate_for(&tc(1), &[], large, now).as_deref(),
+            Some("slow")
+        );
+        // Holding the toolchain still comes first.
+        let mut b = Allocator::default();
+        report(&mut b, "slow", 2_000_000);
+        b.update(
+            "fast",
+            &Reported {
+                slots: 2,
+                running: 0,
+                toolchains: &[],
+                load: 0,
+                grants: &[],
+                rate: 100_000_000,
+            },
+            now,
+        );
+        assert_eq!(
+            b.allocate_for(&tc(1), &[], large, now).as_deref(),
+            Some("slow")
+        );
+    }
+
+    #[test]
+    fn a_builders_inbound_rate_is_a_moving_average_of_large_transfers() {
+        let t = Taken::default();
+        assert_eq!(t.inbound_rate(), 0);
+        t.record_inbound(1000, Duration::from_millis(100));
+        assert_eq!(t.inbound_rate(), 0, "small transfers say nothing");
+        t.record_inbound(10_000_000, Duration::from_secs(1));
+        assert_eq!(t.inbound_rate(), 10_000_000);
+        t.record_inbound(1_000_000, Duration::from_secs(1));
+        assert_eq!(t.inbound_rate(), 7_300_000);
     }
 
     #[test]

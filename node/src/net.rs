@@ -184,18 +184,20 @@ impl Net {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A builder for a job: from this node itself when it coordinates,
-    /// otherwise from the coordinator it knows.
+    /// A builder for a job carrying `bytes` of sources: from this node
+    /// itself when it coordinates, otherwise from the coordinator it knows.
     pub async fn allocate(
         &self,
         job: Hash32,
         toolchain: ToolchainId,
         exclude: Vec<String>,
+        bytes: u64,
     ) -> Alloc {
         let req = AllocRequest {
             job,
             toolchain,
             exclude,
+            bytes,
         };
         let leader = {
             let mut st = self.lock();
@@ -524,6 +526,7 @@ fn on_tick(
             load: load_average(),
             toolchains: toolchains.ids(MAX_REPORTED_TOOLCHAINS),
             grants: running_jobs.grants(),
+            inbound_rate: running_jobs.inbound_rate(),
         },
     );
     for peer in &out.to {

@@ -107,6 +107,8 @@ pub struct LocalReport {
     pub load: u32,
     pub toolchains: Vec<ToolchainId>,
     pub grants: Vec<u64>,
+    /// Bytes per second job sources arrived at (0: not measured).
+    pub inbound_rate: u64,
 }
 
 /// What a tick sends: the report to every member (and this node's Hello
@@ -537,6 +539,7 @@ impl Office {
                 toolchains: &r.toolchains[..r.toolchains.len().min(MAX_REPORTED_TOOLCHAINS)],
                 load: r.load,
                 grants: &r.grants[..r.grants.len().min(crate::coordinator::MAX_REPORTED_GRANTS)],
+                rate: r.inbound_rate,
             };
             self.alloc.update(&m.text, &reported, now);
         }
@@ -677,6 +680,7 @@ impl Office {
             toolchains: local.toolchains,
             load: local.load,
             grants: local.grants,
+            inbound_rate: local.inbound_rate,
         };
         self.toolchains_now = report.toolchains.len() as u32;
         // The allocator holds the live builders (a member leaving is removed
@@ -689,6 +693,7 @@ impl Office {
                 toolchains: &report.toolchains,
                 load: report.load,
                 grants: &report.grants,
+                rate: report.inbound_rate,
             };
             self.alloc.update(&me_str, &reported, now);
         }
@@ -730,7 +735,10 @@ impl Office {
             self.count("allocations_over_share");
             return CtlResponse::Full;
         }
-        let Some(builder) = self.alloc.allocate(&req.toolchain, &exclude, now) else {
+        let Some(builder) = self
+            .alloc
+            .allocate_for(&req.toolchain, &exclude, req.bytes, now)
+        else {
             self.count("allocations_full");
             return CtlResponse::Full;
         };
@@ -891,6 +899,7 @@ mod tests {
                 load: 0,
                 toolchains: Vec::new(),
                 grants: Vec::new(),
+                inbound_rate: 0,
             },
         );
         let (resp, _) = to
@@ -991,6 +1000,7 @@ mod tests {
                 load: 0,
                 toolchains: Vec::new(),
                 grants: Vec::new(),
+                inbound_rate: 0,
             },
         );
         let (resp, back) = a
@@ -1012,6 +1022,7 @@ mod tests {
             job: Hash32::of(b"j"),
             toolchain: ToolchainId(Hash32::of(b"t")),
             exclude: Vec::new(),
+            bytes: 0,
         });
         let (resp, _) = a.office.on_request(stranger.peer, &req, t0);
         assert!(matches!(resp, CtlResponse::Rejected(_)));
@@ -1041,12 +1052,14 @@ mod tests {
             load: 0,
             toolchains: Vec::new(),
             grants: Vec::new(),
+            inbound_rate: 0,
         };
         c.office.tick(t1, idle());
         let req = CtlRequest::Alloc(AllocRequest {
             job: Hash32::of(b"j"),
             toolchain: ToolchainId(Hash32::of(b"t")),
             exclude: Vec::new(),
+            bytes: 0,
         });
         let ask = |who: &Peer, c: &mut Peer| match c.office.on_request(who.peer, &req, t1).0 {
             CtlResponse::Granted { grant, .. } => Some(grant.body.id),
@@ -1083,12 +1096,14 @@ mod tests {
                 load: 0,
                 toolchains: Vec::new(),
                 grants: Vec::new(),
+                inbound_rate: 0,
             },
         );
         let req = AllocRequest {
             job: Hash32::of(b"j"),
             toolchain: ToolchainId(Hash32::of(b"t")),
             exclude: Vec::new(),
+            bytes: 0,
         };
         let mut ids = Vec::new();
         for _ in 0..4 {

@@ -198,10 +198,15 @@ impl Remote {
         let me = self.net.me.to_string();
         let started = Instant::now();
         let mut exclude: Vec<String> = Vec::new();
+        let bytes: u64 = job
+            .sources
+            .iter()
+            .filter_map(|s| self.builder.blob_size(&s.hash))
+            .sum();
         loop {
             let (grant, holders) = match self
                 .net
-                .allocate(hash, job.toolchain, exclude.clone())
+                .allocate(hash, job.toolchain, exclude.clone(), bytes)
                 .await
             {
                 Alloc::Granted { grant, holders } => (grant, holders),
@@ -381,14 +386,20 @@ impl Remote {
         wanted.dedup();
         let need = self.builder.missing_blobs(&wanted);
         write_frame(&mut s, &OfferAnswer::Need(need.clone()), SMALL_MAX).await?;
+        // The time from asking to the last blob: this link's rate, reported
+        // to the coordinator (which keeps large jobs off slow links).
+        let asked = Instant::now();
+        let mut received = 0u64;
         for h in need {
             let blob: Blob = timed(read_frame(&mut s, BLOB_MAX)).await?;
             if blob.hash != h {
                 bail!("sent blob {} instead of {h}", blob.hash);
             }
+            received += blob.data.len() as u64;
             self.bytes("job_received", blob.data.len() as u64);
             self.builder.add_blobs(&[blob])?;
         }
+        self.accepted.record_inbound(received, asked.elapsed());
         if let Some(fetch) = fetch {
             let res = fetch
                 .await

@@ -48,6 +48,10 @@ pub struct Report {
     /// Grant ids of the jobs counted in `running_jobs` (bounded), so that
     /// the coordinator knows which of its grants have arrived.
     pub grants: Vec<u64>,
+    /// Bytes per second at which this builder has been receiving job
+    /// sources (a moving average over large transfers; 0: not measured), so
+    /// that the coordinator can keep large jobs off slow links.
+    pub inbound_rate: u64,
 }
 
 /// Bound on the toolchains one report lists.
@@ -61,6 +65,8 @@ pub struct AllocRequest {
     pub toolchain: crate::ToolchainId,
     /// Builders that just failed this job (bounded by [`MAX_EXCLUDE`]).
     pub exclude: Vec<String>,
+    /// Bytes of sources the job carries (at most what the builder receives).
+    pub bytes: u64,
 }
 
 /// Bound on [`AllocRequest::exclude`].

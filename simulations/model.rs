@@ -32,7 +32,10 @@
 //! ordered by (time, sequence number), ordered maps in the state machine;
 //! `same_seed_same_run` checks it.
 
+mod report;
+
 use libp2p_identity::{Keypair, PeerId};
+use report::report;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -483,6 +486,19 @@ impl Sim {
             let at = sim.rng.below(plan.start_within);
             sim.at(at, Ev::Start(i));
         }
+        sim
+    }
+
+    /// An office of `plan`, run until every node has started and all
+    /// agree on one coordinator.
+    fn settled(plan: &Plan) -> Sim {
+        let mut sim = Sim::new(plan);
+        let all = sim.nodes.len();
+        assert!(
+            sim.run_until(30 * SEC, |s| s.live().count() == all
+                && s.agreed().is_some()),
+            "no single coordinator within 30 s"
+        );
         sim
     }
 
@@ -1036,20 +1052,6 @@ fn secs(us: Us) -> f64 {
     us as f64 / 1e6
 }
 
-/// A figure for the report (`target/tmp/simulations-report.md`).
-fn report(line: String) {
-    println!("{line}");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("simulations-report.md");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "- {line}");
-    }
-}
-
 /// 1,000 nodes start within two seconds: one coordinator, agreed by all;
 /// then it is killed: one new coordinator, agreed by all, within the
 /// liveness timeout plus a second, after exactly one more election.
@@ -1141,7 +1143,7 @@ fn election_and_failover_with_1000_nodes() {
 )]
 fn burst_of_100k_jobs_on_1000_builders() {
     let started = Instant::now();
-    let mut sim = Sim::new(&Plan {
+    let mut sim = Sim::settled(&Plan {
         seed: 2,
         builders: 1000,
         clients: 40,
@@ -1149,9 +1151,6 @@ fn burst_of_100k_jobs_on_1000_builders() {
         measure_rates: true,
         slow: None,
     });
-    let all = sim.nodes.len();
-    assert!(sim.run_until(30 * SEC, |s| s.live().count() == all
-        && s.agreed().is_some()));
     let slots: u64 = sim
         .nodes
         .iter()
@@ -1232,7 +1231,7 @@ fn burst_of_100k_jobs_on_1000_builders() {
 )]
 fn ten_percent_vanish_at_once() {
     let started = Instant::now();
-    let mut sim = Sim::new(&Plan {
+    let mut sim = Sim::settled(&Plan {
         seed: 3,
         builders: 980,
         clients: 20,
@@ -1241,8 +1240,6 @@ fn ten_percent_vanish_at_once() {
         slow: None,
     });
     let all = sim.nodes.len();
-    assert!(sim.run_until(30 * SEC, |s| s.live().count() == all
-        && s.agreed().is_some()));
     let (leader, term) = sim.agreed().expect("agreed");
     let jobs = 15_000;
     let t0 = sim.now;
@@ -1308,7 +1305,7 @@ fn ten_percent_vanish_at_once() {
 )]
 fn large_jobs_keep_off_slow_links() {
     let run = |measure_rates| {
-        let mut sim = Sim::new(&Plan {
+        let mut sim = Sim::settled(&Plan {
             seed: 4,
             builders: 200,
             clients: 4,
@@ -1323,9 +1320,6 @@ fn large_jobs_keep_off_slow_links() {
                 },
             )),
         });
-        let all = sim.nodes.len();
-        assert!(sim.run_until(30 * SEC, |s| s.live().count() == all
-            && s.agreed().is_some()));
         let jobs = 20_000;
         let t0 = sim.now;
         sim.add_jobs_with(jobs, 0.1);

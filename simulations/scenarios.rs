@@ -7,7 +7,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod netns;
+mod report;
 mod spread;
+
+use report::report;
 
 use common::*;
 use std::time::{Duration, Instant};
@@ -19,21 +22,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Print a scenario's figures and add them to the run's report
-/// (`target/tmp/simulations-report.md`, printed by the test command).
-fn report(line: String) {
-    println!("{line}");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("simulations-report.md");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "- {line}");
-    }
 }
 
 /// Scenario 1, cold start: every node discovers the others by mDNS alone;

@@ -492,6 +492,18 @@ mod tests {
         ToolchainId(Hash32::of(&[n]))
     }
 
+    /// An idle builder's report: two slots, these toolchains, this rate.
+    fn idle(toolchains: &[ToolchainId], rate: u64) -> Reported<'_> {
+        Reported {
+            slots: 2,
+            running: 0,
+            toolchains,
+            load: 0,
+            grants: &[],
+            rate,
+        }
+    }
+
     #[test]
     fn allocation_prefers_the_toolchain_then_free_capacity_and_knows_when_full() {
         let now = Instant::now();
@@ -562,18 +574,7 @@ mod tests {
         }
         assert_eq!(b.allocate(&tc(3), &[], now), None);
         // An unknown builder is added by an update.
-        b.update(
-            "b9",
-            &Reported {
-                slots: 2,
-                running: 0,
-                toolchains: &[],
-                load: 0,
-                grants: &[],
-                rate: 0,
-            },
-            now,
-        );
+        b.update("b9", &idle(&[], 0), now);
         assert_eq!(b.allocate(&tc(3), &[], now).as_deref(), Some("b9"));
     }
 
@@ -581,16 +582,9 @@ mod tests {
     fn large_jobs_avoid_builders_on_much_slower_links_while_others_are_free() {
         let now = Instant::now();
         let mut a = Allocator::default();
+        let held = [tc(1)];
         let report = |a: &mut Allocator, peer: &str, rate: u64| {
-            let r = Reported {
-                slots: 2,
-                running: 0,
-                toolchains: &[tc(1)],
-                load: 0,
-                grants: &[],
-                rate,
-            };
-            a.update(peer, &r, now);
+            a.update(peer, &idle(&held, rate), now);
         };
         // "slow" is the idlest (reported first, most free), but its link
         // takes job sources at 2 MB/s against 100 MB/s.
@@ -617,18 +611,7 @@ mod tests {
         // Holding the toolchain still comes first.
         let mut b = Allocator::default();
         report(&mut b, "slow", 2_000_000);
-        b.update(
-            "fast",
-            &Reported {
-                slots: 2,
-                running: 0,
-                toolchains: &[],
-                load: 0,
-                grants: &[],
-                rate: 100_000_000,
-            },
-            now,
-        );
+        b.update("fast", &idle(&[], 100_000_000), now);
         assert_eq!(
             b.allocate_for(&tc(1), &[], large, now).as_deref(),
             Some("slow")

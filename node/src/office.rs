@@ -891,17 +891,19 @@ mod tests {
         a.office.on_response(b.peer, &resp, now);
     }
 
+    /// What a node with nothing running reports about itself.
+    fn idle() -> LocalReport {
+        LocalReport {
+            running_jobs: 0,
+            load: 0,
+            toolchains: Vec::new(),
+            grants: Vec::new(),
+            inbound_rate: 0,
+        }
+    }
+
     fn report(from: &mut Peer, to: &mut Peer, now: Instant) -> CtlResponse {
-        let out = from.office.tick(
-            now,
-            LocalReport {
-                running_jobs: 0,
-                load: 0,
-                toolchains: Vec::new(),
-                grants: Vec::new(),
-                inbound_rate: 0,
-            },
-        );
+        let out = from.office.tick(now, idle());
         let (resp, _) = to
             .office
             .on_request(from.peer, &CtlRequest::Report(out.report), now);
@@ -993,16 +995,7 @@ mod tests {
         let mut a = node(&key, "coordinator", t0);
         let mut stranger = node(&other, "coordinator", t0);
         // A report from a non-member: refused, and asked for a Hello.
-        let out = stranger.office.tick(
-            t0,
-            LocalReport {
-                running_jobs: 0,
-                load: 0,
-                toolchains: Vec::new(),
-                grants: Vec::new(),
-                inbound_rate: 0,
-            },
-        );
+        let out = stranger.office.tick(t0, idle());
         let (resp, back) = a
             .office
             .on_request(stranger.peer, &CtlRequest::Report(out.report), t0);
@@ -1047,13 +1040,6 @@ mod tests {
         meet(&mut b, &mut c, t0);
         let t1 = t0 + Duration::from_millis(400);
         c.office.check(t1, Duration::from_secs(2));
-        let idle = || LocalReport {
-            running_jobs: 0,
-            load: 0,
-            toolchains: Vec::new(),
-            grants: Vec::new(),
-            inbound_rate: 0,
-        };
         c.office.tick(t1, idle());
         let req = CtlRequest::Alloc(AllocRequest {
             job: Hash32::of(b"j"),
@@ -1089,16 +1075,7 @@ mod tests {
         meet(&mut client, &mut c, t0);
         let t1 = t0 + Duration::from_millis(400);
         c.office.check(t1, Duration::from_secs(2));
-        c.office.tick(
-            t1,
-            LocalReport {
-                running_jobs: 0,
-                load: 0,
-                toolchains: Vec::new(),
-                grants: Vec::new(),
-                inbound_rate: 0,
-            },
-        );
+        c.office.tick(t1, idle());
         let req = AllocRequest {
             job: Hash32::of(b"j"),
             toolchain: ToolchainId(Hash32::of(b"t")),
@@ -1121,34 +1098,19 @@ mod tests {
             assert_eq!(signer.as_deref(), Ok(me.as_str()));
             ids.push(grant.body.id);
         }
-        let (resp, _) = c
-            .office
-            .on_request(client.peer, &CtlRequest::Alloc(req.clone()), t1);
+        let alloc = CtlRequest::Alloc(req);
+        let release = CtlRequest::Release {
+            grant: ids[0],
+            failed: false,
+        };
+        let (resp, _) = c.office.on_request(client.peer, &alloc, t1);
         assert_eq!(resp, CtlResponse::Full, "4 cores, 4 grants");
         // Only the client a grant names may release it.
-        let (_, _) = c.office.on_request(
-            c.peer,
-            &CtlRequest::Release {
-                grant: ids[0],
-                failed: false,
-            },
-            t1,
-        );
-        let (resp, _) = c
-            .office
-            .on_request(client.peer, &CtlRequest::Alloc(req.clone()), t1);
+        c.office.on_request(c.peer, &release, t1);
+        let (resp, _) = c.office.on_request(client.peer, &alloc, t1);
         assert_eq!(resp, CtlResponse::Full);
-        c.office.on_request(
-            client.peer,
-            &CtlRequest::Release {
-                grant: ids[0],
-                failed: false,
-            },
-            t1,
-        );
-        let (resp, _) = c
-            .office
-            .on_request(client.peer, &CtlRequest::Alloc(req), t1);
+        c.office.on_request(client.peer, &release, t1);
+        let (resp, _) = c.office.on_request(client.peer, &alloc, t1);
         assert!(matches!(resp, CtlResponse::Granted { .. }));
     }
 }

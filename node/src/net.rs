@@ -131,6 +131,11 @@ struct Dialing {
     loopback_peers: HashSet<PeerId>,
 }
 
+/// How long a connection may take to set up (TCP, noise, yamux).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest wait between dials of a wanted peer that does not answer.
+const REDIAL_MAX: Duration = Duration::from_secs(2);
+
 /// How often lost members and the election are checked.
 const LIVENESS_CHECK: Duration = Duration::from_millis(100);
 
@@ -383,6 +388,10 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
         })
         .map_err(|e| anyhow::anyhow!("network set-up: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        // A dial that has not connected in a few seconds is retried rather
+        // than left to TCP's growing SYN back-off, so that a healed
+        // partition is noticed within about one redial interval.
+        .with_connection_timeout(DIAL_TIMEOUT)
         .build();
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
     for a in &p.network.listen {
@@ -552,7 +561,7 @@ fn on_tick(
                 .build();
             let _ = swarm.dial(opts);
             w.next_try = now + w.backoff;
-            w.backoff = (w.backoff * 2).min(Duration::from_secs(5));
+            w.backoff = (w.backoff * 2).min(REDIAL_MAX);
         }
     }
 }

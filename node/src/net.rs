@@ -122,6 +122,47 @@ struct Wanted {
     addr: Multiaddr,
     next_try: Instant,
     backoff: Duration,
+    /// Last connected to it, or heard it announce itself on mDNS.
+    last_seen: Instant,
+    /// A bootstrap address from the configuration: never given up.
+    configured: bool,
+}
+
+/// A peer not reached nor heard of for this long has left for good (mDNS,
+/// identify or its own dial bring it back if it returns): stop dialling it.
+const GIVE_UP: Duration = Duration::from_secs(600);
+
+impl Wanted {
+    fn new(addr: Multiaddr, now: Instant, configured: bool) -> Wanted {
+        Wanted {
+            addr,
+            next_try: now,
+            backoff: Duration::from_millis(250),
+            last_seen: now,
+            configured,
+        }
+    }
+
+    /// Connected (or announced) now: dial at once after a drop.
+    fn seen(&mut self, now: Instant) {
+        self.last_seen = now;
+        self.next_try = now;
+        self.backoff = Duration::from_millis(250);
+    }
+
+    /// Whether to dial it now (not connected); if so, the next try backs off.
+    fn due(&mut self, now: Instant) -> bool {
+        if self.next_try > now {
+            return false;
+        }
+        self.next_try = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(REDIAL_MAX);
+        true
+    }
+
+    fn worth_keeping(&self, now: Instant) -> bool {
+        self.configured || now.saturating_duration_since(self.last_seen) < GIVE_UP
+    }
 }
 
 /// What the network task keeps beside the office state: whom to dial.
@@ -431,14 +472,9 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
         };
         if peer != me {
             swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-            dialing.wanted.insert(
-                peer,
-                Wanted {
-                    addr,
-                    next_try: Instant::now(),
-                    backoff: Duration::from_millis(250),
-                },
-            );
+            dialing
+                .wanted
+                .insert(peer, Wanted::new(addr, Instant::now(), true));
         }
     }
     let view = Arc::new(Mutex::new(state.view(Instant::now())));
@@ -554,16 +590,17 @@ fn on_tick(
         let _ = swarm.disconnect_peer_id(peer);
     }
     for (peer, w) in dialing.wanted.iter_mut() {
-        if !state.is_banned(peer, now) && !swarm.is_connected(peer) && w.next_try <= now {
+        if swarm.is_connected(peer) {
+            w.last_seen = now;
+        } else if !state.is_banned(peer, now) && w.due(now) {
             let opts = DialOpts::peer_id(*peer)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .addresses(vec![w.addr.clone()])
                 .build();
             let _ = swarm.dial(opts);
-            w.next_try = now + w.backoff;
-            w.backoff = (w.backoff * 2).min(REDIAL_MAX);
         }
     }
+    dialing.wanted.retain(|_, w| w.worth_keeping(now));
 }
 
 fn is_loopback(a: &Multiaddr) -> bool {
@@ -601,7 +638,7 @@ fn handle(
                 dialing.loopback_peers.insert(peer_id);
             }
             if let Some(w) = dialing.wanted.get_mut(&peer_id) {
-                w.backoff = Duration::from_millis(250);
+                w.seen(now);
             }
             if !state.is_member(&peer_id) {
                 swarm
@@ -613,11 +650,12 @@ fn handle(
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
             for (peer, addr) in list {
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                dialing.wanted.entry(peer).or_insert(Wanted {
-                    addr,
-                    next_try: now,
-                    backoff: Duration::from_millis(250),
-                });
+                // An announcement is a sign of life: keep (or start) dialling.
+                dialing
+                    .wanted
+                    .entry(peer)
+                    .or_insert_with(|| Wanted::new(addr, now, false))
+                    .last_seen = now;
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -630,11 +668,10 @@ fn handle(
                 if local || !is_loopback(&a) {
                     swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
                     // Every peer met is worth redialling after a drop or a partition.
-                    dialing.wanted.entry(peer_id).or_insert(Wanted {
-                        addr: a,
-                        next_try: now,
-                        backoff: Duration::from_millis(250),
-                    });
+                    dialing
+                        .wanted
+                        .entry(peer_id)
+                        .or_insert_with(|| Wanted::new(a, now, false));
                 }
             }
         }
@@ -674,5 +711,35 @@ fn handle(
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wanted_peer_is_redialled_with_backoff_and_given_up_after_long_silence() {
+        let t0 = Instant::now();
+        let addr: Multiaddr = "/ip4/10.0.0.1/tcp/1".parse().expect("addr");
+        let mut w = Wanted::new(addr.clone(), t0, false);
+        // Dials at 0, 0.25, 0.75, 1.75, 3.75, then every 2 s.
+        let mut dials = Vec::new();
+        for ms in (0..8000).step_by(50) {
+            if w.due(t0 + Duration::from_millis(ms)) {
+                dials.push(ms);
+            }
+        }
+        assert_eq!(dials, [0, 250, 750, 1750, 3750, 5750, 7750]);
+        // Connected again: the next drop is redialled at once.
+        let t1 = t0 + Duration::from_secs(9);
+        w.seen(t1);
+        assert!(w.due(t1));
+        assert!(!w.due(t1 + Duration::from_millis(100)));
+        // Silent for GIVE_UP: dropped, unless it is a bootstrap address.
+        assert!(w.worth_keeping(t1 + GIVE_UP - Duration::from_secs(1)));
+        assert!(!w.worth_keeping(t1 + GIVE_UP + Duration::from_secs(1)));
+        let boot = Wanted::new(addr, t0, true);
+        assert!(boot.worth_keeping(t0 + GIVE_UP * 10));
     }
 }

@@ -19,6 +19,9 @@ use swarmcc_protocol::{Hash32, ToolchainId};
 /// Longest a granted job can take to reach its builder (the grant's life).
 pub const GRANT_TRAVEL: Duration = Duration::from_secs(30);
 
+/// How long an ended grant is remembered (longer than a report can lag).
+const ENDED_MEMORY: Duration = Duration::from_secs(5);
+
 /// How long a builder that failed a job is passed over.
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(10);
 
@@ -37,6 +40,10 @@ struct Builder {
     load: u32,
     /// Bytes per second it receives job sources at (0: not measured).
     rate: u64,
+    /// Grants whose jobs ended lately: a report sent before the end (it
+    /// can arrive after the client's release, on another connection) still
+    /// lists them, and must not take their slots back.
+    ended: HashMap<u64, Instant>,
     /// Grants this coordinator issued for it and not yet released, with
     /// when: a report that does not list one yet (the job is still on its
     /// way) must not free its slot.
@@ -167,8 +174,11 @@ impl Allocator {
             bits[t / 64] |= 1 << (t % 64);
         }
         let b = &mut self.builders[i].1;
+        b.ended
+            .retain(|_, at| now.saturating_duration_since(*at) < ENDED_MEMORY);
+        let stale = r.grants.iter().filter(|g| b.ended.contains_key(g)).count() as u32;
         b.slots = r.slots;
-        b.running = r.running;
+        b.running = r.running.saturating_sub(stale);
         b.released = 0;
         b.toolchains = bits;
         b.load = r.load;
@@ -267,9 +277,10 @@ impl Allocator {
     }
 
     /// A granted job ended: its grant no longer holds a slot.
-    pub fn forget_grant(&mut self, peer: &str, grant: u64) {
+    pub fn forget_grant(&mut self, peer: &str, grant: u64, now: Instant) {
         if let Some(b) = self.get_mut(peer) {
             b.outstanding.remove(&grant);
+            b.ended.insert(grant, now);
         }
     }
 
@@ -674,7 +685,19 @@ mod tests {
         assert_eq!(a.totals(), (1, 1, 1));
         // It ends: free at once.
         a.release("b1");
-        a.forget_grant("b1", 7);
+        a.forget_grant("b1", 7, t0);
+        assert_eq!(a.totals(), (1, 1, 0));
+        // A report sent before the job ended, arriving after the release,
+        // does not take the slot back.
+        let late = Reported {
+            slots: 1,
+            running: 1,
+            toolchains: &[],
+            load: 0,
+            grants: &[7],
+            rate: 0,
+        };
+        a.update("b1", &late, t0);
         assert_eq!(a.totals(), (1, 1, 0));
         // A grant whose job never arrived is dropped once it has expired.
         assert_eq!(a.allocate(&tc(1), &[], t0).as_deref(), Some("b1"));

@@ -794,7 +794,7 @@ impl Office {
         } else {
             self.alloc.release(&builder);
         }
-        self.alloc.forget_grant(&builder, id);
+        self.alloc.forget_grant(&builder, id, now);
     }
 
     pub fn view(&self, now: Instant) -> OfficeView {

@@ -72,6 +72,18 @@ impl Builder {
         self.slots.saturating_sub(self.busy())
     }
 
+    /// The grants its report lists as taken: the others are still on their
+    /// way and keep their slots, until long after their expiry.
+    fn take_grants(&mut self, taken: &[u64], now: Instant) {
+        self.outstanding
+            .retain(|id, at| taken.contains(id) || now.duration_since(*at) < GRANT_TRAVEL);
+        self.pending = self
+            .outstanding
+            .keys()
+            .filter(|id| !taken.contains(id))
+            .count() as u32;
+    }
+
     fn release_one(&mut self) {
         if self.busy() > 0 {
             self.released += 1;
@@ -129,11 +141,33 @@ impl Allocator {
         running: u32,
         toolchains: impl IntoIterator<Item = ToolchainId>,
     ) {
-        if !self.index.contains_key(peer) {
-            self.index.insert(peer.to_string(), self.builders.len());
-            self.builders.push((peer.to_string(), Builder::default()));
+        let i = self.entry(peer);
+        let bits = self.toolchain_bits(toolchains, Vec::new());
+        let b = &mut self.builders[i].1;
+        b.slots = slots;
+        b.running = running;
+        b.pending = 0;
+        b.released = 0;
+        b.toolchains = bits;
+    }
+
+    /// The index of `peer`'s entry, made if it is new.
+    fn entry(&mut self, peer: &str) -> usize {
+        if let Some(&i) = self.index.get(peer) {
+            return i;
         }
-        let mut bits: Vec<u64> = Vec::new();
+        self.index.insert(peer.to_string(), self.builders.len());
+        self.builders.push((peer.to_string(), Builder::default()));
+        self.builders.len() - 1
+    }
+
+    /// A set of toolchains as bits (numbering new ones), in `bits`' memory.
+    fn toolchain_bits(
+        &mut self,
+        toolchains: impl IntoIterator<Item = ToolchainId>,
+        mut bits: Vec<u64>,
+    ) -> Vec<u64> {
+        bits.iter_mut().for_each(|w| *w = 0);
         for tc in toolchains {
             let next = self.toolchain_index.len();
             let i = *self.toolchain_index.entry(tc).or_insert(next);
@@ -142,37 +176,15 @@ impl Allocator {
             }
             bits[i / 64] |= 1 << (i % 64);
         }
-        if let Some(b) = self.get_mut(peer) {
-            b.slots = slots;
-            b.running = running;
-            b.pending = 0;
-            b.released = 0;
-            b.toolchains = bits;
-        }
+        bits
     }
 
     /// A builder's whole report at once (one lookup): slots, running jobs,
     /// toolchains, load and the grants it has taken.
     pub fn update(&mut self, peer: &str, r: &Reported<'_>, now: Instant) {
-        let Some(&i) = self.index.get(peer) else {
-            self.report(peer, r.slots, r.running, r.toolchains.iter().copied());
-            self.set_load(peer, r.load);
-            self.report_grants(peer, r.grants, now);
-            if let Some(b) = self.get_mut(peer) {
-                b.rate = r.rate;
-            }
-            return;
-        };
-        let mut bits = std::mem::take(&mut self.builders[i].1.toolchains);
-        bits.iter_mut().for_each(|w| *w = 0);
-        for tc in r.toolchains {
-            let next = self.toolchain_index.len();
-            let t = *self.toolchain_index.entry(*tc).or_insert(next);
-            if bits.len() <= t / 64 {
-                bits.resize(t / 64 + 1, 0);
-            }
-            bits[t / 64] |= 1 << (t % 64);
-        }
+        let i = self.entry(peer);
+        let old = std::mem::take(&mut self.builders[i].1.toolchains);
+        let bits = self.toolchain_bits(r.toolchains.iter().copied(), old);
         let b = &mut self.builders[i].1;
         b.ended
             .retain(|_, at| now.saturating_duration_since(*at) < ENDED_MEMORY);
@@ -183,13 +195,7 @@ impl Allocator {
         b.toolchains = bits;
         b.load = r.load;
         b.rate = r.rate;
-        b.outstanding
-            .retain(|id, at| r.grants.contains(id) || now.duration_since(*at) < GRANT_TRAVEL);
-        b.pending = b
-            .outstanding
-            .keys()
-            .filter(|id| !r.grants.contains(id))
-            .count() as u32;
+        b.take_grants(r.grants, now);
     }
 
     pub fn remove(&mut self, peer: &str) {
@@ -233,7 +239,6 @@ impl Allocator {
         now: Instant,
     ) -> Option<String> {
         let idx = self.toolchain_index.get(toolchain).copied();
-        let usable = |b: &Builder| b.free() > 0 && b.failed_until.is_none_or(|t| now >= t);
         // For a large job: the office's fastest link, the yardstick of "slow".
         let fastest = if bytes >= LARGE_JOB {
             self.builders.iter().map(|(_, b)| b.rate).max().unwrap_or(0)
@@ -242,10 +247,10 @@ impl Allocator {
         };
         let mut best: Option<(usize, Preference)> = None;
         for (i, (peer, b)) in self.builders.iter().enumerate() {
-            if !usable(b) {
+            let free = b.free();
+            if free == 0 || b.failed_until.is_some_and(|t| now < t) {
                 continue;
             }
-            let free = b.free();
             // Toolchain first (fetching one costs more than any job), then a
             // link fit for the job, then the largest free share of its slots,
             // then free slots, then the machine least loaded by other work.
@@ -288,16 +293,9 @@ impl Allocator {
     /// `running`): the grants not listed are on their way to it and keep
     /// their slots. One not listed long after its expiry went nowhere.
     pub fn report_grants(&mut self, peer: &str, taken: &[u64], now: Instant) {
-        let Some(b) = self.get_mut(peer) else {
-            return;
-        };
-        b.outstanding
-            .retain(|id, at| taken.contains(id) || now.duration_since(*at) < GRANT_TRAVEL);
-        b.pending = b
-            .outstanding
-            .keys()
-            .filter(|id| !taken.contains(id))
-            .count() as u32;
+        if let Some(b) = self.get_mut(peer) {
+            b.take_grants(taken, now);
+        }
     }
 
     /// A builder's machine load (1-minute load average ×100), from its report.

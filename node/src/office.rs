@@ -42,7 +42,7 @@ const GRANT_FORGET: Duration = Duration::from_secs(600);
 const FETCH_CHAIN_LIFE: Duration = Duration::from_secs(120);
 /// Holders of a toolchain named in a grant.
 const MAX_HOLDERS: usize = 4;
-/// A client that asked for a builder this recently shares the slots.
+/// A client refused a slot this recently still wants a share of them.
 const CLIENT_ACTIVE: Duration = Duration::from_secs(5);
 /// How long a refused peer's connections are closed at once.
 const BAN: Duration = Duration::from_secs(60);
@@ -158,10 +158,10 @@ pub struct Office {
     /// Grants this node issued as coordinator and not yet released:
     /// id → (client, builder, when).
     grants: HashMap<u64, (PeerId, String, Instant)>,
-    /// Grants outstanding per client, and when each client last asked:
-    /// the clients that share the slots.
+    /// Grants outstanding per client, and when a client was last refused a
+    /// slot: the clients holding or wanting slots share them.
     held: HashMap<PeerId, u32>,
-    asked: HashMap<PeerId, Instant>,
+    refused: HashMap<PeerId, Instant>,
     next_grant: u64,
     /// Event counters (allocations, elections, ...), for status and metrics.
     counters: BTreeMap<String, u64>,
@@ -247,7 +247,7 @@ impl Office {
             keypair: init.keypair,
             grants: HashMap::new(),
             held: HashMap::new(),
-            asked: HashMap::new(),
+            refused: HashMap::new(),
             next_grant: init.first_grant,
             counters: BTreeMap::new(),
             fetch_chains: HashMap::new(),
@@ -664,10 +664,8 @@ impl Office {
             }
             keep
         });
-        let held = &self.held;
-        self.asked.retain(|client, at| {
-            now.saturating_duration_since(*at) < CLIENT_ACTIVE || held.contains_key(client)
-        });
+        self.refused
+            .retain(|_, at| now.saturating_duration_since(*at) < CLIENT_ACTIVE);
         self.fetch_chains.retain(|_, chain| {
             chain.retain(|(_, at)| now.saturating_duration_since(*at) < FETCH_CHAIN_LIFE);
             !chain.is_empty()
@@ -726,12 +724,19 @@ impl Office {
         // share of them is told "full" (it compiles locally) and the next
         // free slot goes to a client below its share. Without this, a client
         // whose job just ended asks again at once and takes the slot it
-        // freed, and one that lost the race once stays locked out.
-        self.asked.insert(*client, now);
+        // freed, and one that lost the race once stays locked out. A client
+        // that got all it asked for and is done does not count.
         let (_, slots, busy) = self.alloc.totals();
         let mine = u64::from(self.held.get(client).copied().unwrap_or(0));
-        let share = slots.div_ceil(self.asked.len() as u64);
+        let others_wanting = self
+            .refused
+            .keys()
+            .filter(|c| *c != client && !self.held.contains_key(c))
+            .count();
+        let sharing = (self.held.len() + others_wanting) as u64 + u64::from(mine == 0);
+        let share = slots.div_ceil(sharing.max(1));
         if mine >= share && slots.saturating_sub(busy) <= (slots / 10).max(1) {
+            self.refused.insert(*client, now);
             self.count("allocations_over_share");
             return CtlResponse::Full;
         }
@@ -739,6 +744,7 @@ impl Office {
             .alloc
             .allocate_for(&req.toolchain, &exclude, req.bytes, now)
         else {
+            self.refused.insert(*client, now);
             self.count("allocations_full");
             return CtlResponse::Full;
         };
@@ -1064,6 +1070,40 @@ mod tests {
         assert_eq!(ask(&a, &mut c), None, "over its share");
         assert!(ask(&b, &mut c).is_some(), "below its share");
         assert_eq!(c.office.counter("allocations_over_share"), 1);
+    }
+
+    #[test]
+    fn a_client_that_is_done_does_not_shrink_the_share_of_one_still_building() {
+        let key = OfficeKey::generate("t");
+        let t0 = Instant::now();
+        let mut c = node(&key, "coordinator", t0);
+        let mut done = node(&key, "client", t0);
+        let mut a = node(&key, "client", t0);
+        meet(&mut done, &mut c, t0);
+        meet(&mut a, &mut c, t0);
+        let t1 = t0 + Duration::from_millis(400);
+        c.office.check(t1, Duration::from_secs(2));
+        c.office.tick(t1, idle());
+        let req = CtlRequest::Alloc(AllocRequest {
+            job: Hash32::of(b"j"),
+            toolchain: ToolchainId(Hash32::of(b"t")),
+            exclude: Vec::new(),
+            bytes: 0,
+        });
+        let ask = |who: &Peer, c: &mut Peer| match c.office.on_request(who.peer, &req, t1).0 {
+            CtlResponse::Granted { grant, .. } => Some(grant.body.id),
+            _ => None,
+        };
+        // `done` builds one unit and is finished.
+        let g = ask(&done, &mut c).expect("a slot");
+        let release = CtlRequest::Release {
+            grant: g,
+            failed: false,
+        };
+        c.office.on_request(done.peer, &release, t1);
+        // `a` may now take every slot (4 cores).
+        assert_eq!((0..4).filter_map(|_| ask(&a, &mut c)).count(), 4);
+        assert_eq!(c.office.counter("allocations_over_share"), 0);
     }
 
     #[test]

@@ -770,17 +770,32 @@ impl Office {
         *self.held.entry(*client).or_default() += 1;
         let mut holders = self.alloc.holders(&req.toolchain, &builder, MAX_HOLDERS);
         if !self.alloc.holds(&builder, &req.toolchain) {
-            let chain = self.fetch_chains.entry(req.toolchain).or_default();
-            chain.retain(|(_, at)| now.saturating_duration_since(*at) < FETCH_CHAIN_LIFE);
-            if let Some((tail, _)) = chain.iter().rev().find(|(b, _)| *b != builder) {
-                holders.retain(|h| h != tail);
-                holders.insert(0, tail.clone());
-            }
-            if !chain.iter().any(|(b, _)| *b == builder) {
-                chain.push((builder.clone(), now));
+            if let Some(up) = self.upstream(&req.toolchain, &builder, now) {
+                holders.retain(|h| *h != up);
+                holders.insert(0, up);
             }
         }
         CtlResponse::Granted { grant, holders }
+    }
+
+    /// The builder `builder` fetches `toolchain` from while it is not held
+    /// anywhere whole: builders that fetch it form a chain in the order they
+    /// were first granted a job needing it, each fed (as its bytes arrive)
+    /// by the one before it, the first by the holders or the client. Only
+    /// ever naming an *earlier* builder keeps the chain free of cycles: two
+    /// builders each waiting for the other's bytes would stall both (a later
+    /// job on the first builder must not name the second as its source).
+    fn upstream(&mut self, toolchain: &ToolchainId, builder: &str, now: Instant) -> Option<String> {
+        let chain = self.fetch_chains.entry(*toolchain).or_default();
+        chain.retain(|(_, at)| now.saturating_duration_since(*at) < FETCH_CHAIN_LIFE);
+        match chain.iter().position(|(b, _)| b == builder) {
+            Some(p) => p.checked_sub(1).map(|q| chain[q].0.clone()),
+            None => {
+                let tail = chain.last().map(|(b, _)| b.clone());
+                chain.push((builder.to_string(), now));
+                tail
+            }
+        }
     }
 
     /// A client says a job this coordinator granted has ended.
@@ -1104,6 +1119,63 @@ mod tests {
         // `a` may now take every slot (4 cores).
         assert_eq!((0..4).filter_map(|_| ask(&a, &mut c)).count(), 4);
         assert_eq!(c.office.counter("allocations_over_share"), 0);
+    }
+
+    #[test]
+    fn a_fetch_chain_only_ever_names_an_earlier_builder() {
+        let key = OfficeKey::generate("t");
+        let t0 = Instant::now();
+        let mut c = node(&key, "coordinator", t0);
+        let mut client = node(&key, "client", t0);
+        let mut builders: Vec<Peer> = (0..3).map(|_| node(&key, "builder", t0)).collect();
+        meet(&mut client, &mut c, t0);
+        for b in builders.iter_mut() {
+            meet(b, &mut c, t0);
+        }
+        let t1 = t0 + Duration::from_millis(400);
+        c.office.check(t1, Duration::from_secs(2));
+        for b in builders.iter_mut() {
+            report(b, &mut c, t1);
+        }
+        c.office.tick(t1, idle());
+        let req = CtlRequest::Alloc(AllocRequest {
+            job: Hash32::of(b"j"),
+            toolchain: ToolchainId(Hash32::of(b"fresh")),
+            exclude: Vec::new(),
+            bytes: 0,
+        });
+        // 4 builders of 4 slots, none holding the toolchain: every grant
+        // names at most one fetching builder as its first source, and only
+        // one granted the toolchain before.
+        let fetching: Vec<String> = std::iter::once(&c)
+            .chain(builders.iter())
+            .map(|p| p.peer.to_string())
+            .collect();
+        let mut first_granted: Vec<String> = Vec::new();
+        for _ in 0..16 {
+            let (CtlResponse::Granted { grant, holders }, _) =
+                c.office.on_request(client.peer, &req, t1)
+            else {
+                panic!("the office has 16 slots");
+            };
+            let b = grant.body.builder.clone();
+            if !first_granted.contains(&b) {
+                first_granted.push(b.clone());
+            }
+            let mine = first_granted.iter().position(|x| *x == b).expect("listed");
+            let named: Vec<&String> = holders.iter().filter(|h| fetching.contains(h)).collect();
+            assert!(named.len() <= 1, "{named:?}");
+            if let Some(up) = named.first() {
+                let theirs = first_granted.iter().position(|x| x == *up);
+                assert!(
+                    theirs.is_some_and(|t| t + 1 == mine),
+                    "builder {mine} told to fetch from {theirs:?}"
+                );
+            } else {
+                assert_eq!(mine, 0, "only the first fetches from the client");
+            }
+        }
+        assert_eq!(first_granted.len(), 4);
     }
 
     #[test]

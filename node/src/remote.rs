@@ -54,6 +54,12 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 const COORDINATOR_WAIT: Duration = Duration::from_secs(4);
 /// How long a toolchain request waits for a fetch of that id to begin here.
 const FETCH_START_GRACE: Duration = Duration::from_secs(2);
+/// How long a peer asking for an archive this node is about to receive
+/// waits for its first bytes before it is told to look elsewhere. Short:
+/// the first bytes follow within a round trip unless this node's own
+/// source failed, or (were a coordinator ever to name sources in a circle)
+/// its source waits on the asker.
+const PARTIAL_START_WAIT: Duration = Duration::from_secs(5);
 /// How often a client checks that its builder is still in the office.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 
@@ -668,7 +674,7 @@ impl Remote {
                     return Ok(());
                 }
                 Progress::Waiting => {
-                    if tokio::time::timeout(FRAME_TIMEOUT, rx.changed())
+                    if tokio::time::timeout(PARTIAL_START_WAIT, rx.changed())
                         .await
                         .map_or(true, |r| r.is_err())
                     {

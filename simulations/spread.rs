@@ -104,14 +104,30 @@ pub fn measure(count: usize, size: usize, rate: &str) -> Spread {
         Some(&lan.ns(0)),
     );
     let client_cfg = std::fs::read_to_string(c.state().join("config.toml")).unwrap();
-    let wait_office = || {
+    // Settled: every node names the same coordinator, which knows every
+    // member and has every builder's report (after builders restart, the
+    // client's own view can be complete before the coordinator's is).
+    let wait_office = |builders: &[Env]| {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while view(&c)["builders"] != count as u64 || !view(&c)["coordinator"].is_string() {
-            assert!(Instant::now() < deadline, "the office did not form");
+        loop {
+            let views: Vec<serde_json::Value> = builders.iter().chain([&c]).map(view).collect();
+            let coord = views[0]["coordinator"].as_str();
+            let agreed =
+                coord.is_some() && views.iter().all(|v| v["coordinator"].as_str() == coord);
+            let settled = agreed
+                && views.iter().any(|v| {
+                    v["me"].as_str() == coord
+                        && v["builders"] == count as u64
+                        && v["members"].as_array().map(|m| m.len()) == Some(count)
+                });
+            if settled {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the office did not settle");
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    wait_office();
+    wait_office(&builders);
     let work = tempfile::tempdir().unwrap();
     let phase = |builders: &[Env], seed: u64, units: usize| -> Duration {
         let archive = big_archive(t.path(), seed, size);
@@ -160,11 +176,14 @@ pub fn measure(count: usize, size: usize, rate: &str) -> Spread {
             .iter()
             .map(|b| b.stats_json()["jobs_run_for_peers"].as_u64().unwrap_or(0))
             .sum();
-        assert_eq!(
-            after - before,
-            units as u64,
-            "every unit ran on a builder (none fell back)"
-        );
+        if after - before != units as u64 {
+            let logs: String = builders.iter().chain([&c]).map(|n| n.diagnosis()).collect();
+            panic!(
+                "phase {seed}: {} of {units} units ran on a builder; client: {}\n{logs}",
+                after - before,
+                c.stats_json()
+            );
+        }
         took
     };
     let one = phase(&builders, 1, 1);
@@ -180,7 +199,7 @@ pub fn measure(count: usize, size: usize, rate: &str) -> Spread {
         .unwrap();
         b.start_node();
     }
-    wait_office();
+    wait_office(&builders);
     let star = phase(&builders, 3, count);
     Spread { one, chain, star }
 }

@@ -647,6 +647,14 @@ fn handle(
                     .send_request(&peer_id, CtlRequest::Hello(state.hello().clone()));
             }
         }
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            cause,
+            num_established,
+            ..
+        } => {
+            tracing::debug!(peer = %peer_id, ?cause, num_established, "connection closed");
+        }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
             for (peer, addr) in list {
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());

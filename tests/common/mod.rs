@@ -107,6 +107,28 @@ impl Env {
         format!("{a}{b}")
     }
 
+    /// The last 80 lines of the node's log and its office view's
+    /// figures: what a failing scenario prints to say why.
+    pub fn diagnosis(&self) -> String {
+        let log = self.node_log();
+        let notable: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("handled"))
+            .collect();
+        let tail = &notable[notable.len().saturating_sub(80)..];
+        let v = self
+            .cmd(swarmcc())
+            .args(["status", "--json"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        format!(
+            "--- {} ---\nview: {v}\n{}\n",
+            self.state().display(),
+            tail.join("\n")
+        )
+    }
+
     /// The node process's resident memory, in KiB.
     pub fn node_rss_kib(&self) -> Option<u64> {
         let pid = self.node.as_ref()?.id();

@@ -160,6 +160,28 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
     assert!(listener.accept().is_err(), "a connection reached the host");
     assert_clean(&env);
 
+    // Sees no network interface but an unconfigured loopback.
+    let r = run_job(
+        &env,
+        tc,
+        "for f in /proc/net/dev /proc/net/route; do while IFS= read -r l; do echo \"$l\"; done < $f; done",
+    );
+    let seen = stdout_of(&r);
+    let interfaces: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim()))
+        .filter(|name| !name.contains('|'))
+        .collect();
+    assert_eq!(interfaces, ["lo"], "{seen}");
+    assert!(seen.lines().filter(|l| l.starts_with("Iface")).count() <= 1);
+    assert!(
+        !seen
+            .lines()
+            .any(|l| l.starts_with("lo\t") || l.contains("eth")),
+        "a route: {seen}"
+    );
+    assert_clean(&env);
+
     // Reads a host file.
     let secret_dir = tempfile::tempdir().unwrap();
     let secret = secret_dir.path().join("secret.txt");

@@ -224,25 +224,24 @@ impl Builder {
             uid,
             ..self.limits.clone()
         };
+        let mounts = sandbox::assemble(&root.root, &tree, &workdir, &job.cwd, limits.output)
+            .map_err(|e| JobError::Sandbox(SandboxError::Setup(format!("{e:#}"))))?;
         tracing::debug!(
             micros = t0.elapsed().as_micros() as u64,
             sources = job.sources.len(),
+            mounts = mounts.len(),
             "job prepared"
         );
         let run = |argv: Vec<String>| {
-            let tree = &tree;
-            let root = &root.root;
-            let workdir = &workdir;
+            let mounts = &mounts;
             let limits = &limits;
             async move {
                 let mut full = vec![job.compiler.clone()];
                 full.extend(argv);
                 sandbox::run(&sandbox::RunSpec {
                     bwrap: &self.bwrap,
-                    toolchain_root: root,
-                    workdir,
+                    mounts,
                     cwd: &job.cwd,
-                    tree,
                     env: &job.env,
                     argv: &full,
                     limits,

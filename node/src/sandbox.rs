@@ -32,11 +32,9 @@ pub struct Limits {
 /// Everything one run needs.
 pub struct RunSpec<'a> {
     pub bwrap: &'a Path,
-    pub toolchain_root: &'a Path,
-    pub workdir: &'a Path,
+    /// The filesystem, from [`assemble`].
+    pub mounts: &'a [OsString],
     pub cwd: &'a str,
-    /// The job's source tree (see [`mount_args`]).
-    pub tree: &'a Path,
     pub env: &'a [(String, String)],
     pub argv: &'a [String],
     pub limits: &'a Limits,
@@ -128,15 +126,23 @@ fn resolve_in_root(root: &Path, p: &Path) -> Option<PathBuf> {
     Some(root.join(cur.strip_prefix("/").ok()?))
 }
 
-/// The bwrap arguments that build the sandbox's filesystem, parents first.
+/// Assemble the sandbox's filesystem and return the bwrap arguments that
+/// mount it, parents first.
 ///
-/// Three layers: the toolchain root `root`, the job's source tree `tree` (hard
-/// links to the carried files at their absolute paths, under `tree`), and the
-/// writable `workdir` bound at `cwd`. Whole subtrees are bound where only one
-/// layer has a directory, and a directory is split into its entries only where
-/// both do, so a compile with hundreds of headers costs a handful of mounts.
-/// The assembled root is remounted read-only; `/tmp` is a size-bounded tmpfs.
-pub fn mount_args(
+/// Three layers: the toolchain root `root`, the job's source tree `tree`
+/// (hard links to the carried files at their absolute paths, under `tree`),
+/// and the writable `workdir` bound at `cwd`. The tree itself becomes the
+/// sandbox's `/`: where a directory exists in both the tree and the
+/// toolchain, the toolchain's files are hard-linked into the tree and its
+/// symlinks copied, and only its subdirectories that the tree lacks are bound
+/// whole. Every mount costs bubblewrap time on every compile, so a C unit
+/// whose headers sit next to the compiler's files costs a handful of mounts
+/// instead of one per toolchain file. Below `/tmp` (a size-bounded tmpfs
+/// over the tree) entries are bound one by one. Everything is read-only but
+/// the cwd and `/tmp`.
+///
+/// Writes into `tree` (mount points, links): call it once per job.
+pub fn assemble(
     root: &Path,
     tree: &Path,
     workdir: &Path,
@@ -147,7 +153,8 @@ pub fn mount_args(
     if cwd == "/" {
         bail!("the job's working directory cannot be /");
     }
-    let mut args: Vec<OsString> = Vec::new();
+    fs::create_dir_all(tree)?;
+    let mut args: Vec<OsString> = vec!["--ro-bind".into(), tree.into(), "/".into()];
     let plan = Plan {
         root,
         tree,
@@ -155,9 +162,13 @@ pub fn mount_args(
         cwd: Path::new(cwd),
         tmp_size,
     };
-    plan.merge(Path::new("/"), &mut args)?;
+    plan.merge(Path::new("/"), true, &mut args)?;
     if !args.iter().any(|a| a == "/tmp") {
+        plan.mount_point(Path::new("/tmp"), true)?;
         args.extend(tmpfs_args(tmp_size));
+    }
+    for special in ["/dev", "/proc"] {
+        plan.mount_point(Path::new(special), true)?;
     }
     args.extend([
         "--dev".into(),
@@ -187,14 +198,28 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    fn merge(&self, dir: &Path, args: &mut Vec<OsString>) -> Result<()> {
-        let rel = |p: &Path| {
-            p.strip_prefix("/")
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-        };
+    fn in_tree(&self, p: &Path) -> PathBuf {
+        self.tree.join(p.strip_prefix("/").unwrap_or(p))
+    }
+
+    /// Make sure `path` exists in the tree (a directory, or an empty file to
+    /// bind a file over), so that bwrap can mount on it under a read-only `/`.
+    fn mount_point(&self, path: &Path, dir: bool) -> Result<()> {
+        let at = self.in_tree(path);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() == dir && !m.file_type().is_symlink() => Ok(()),
+            Ok(_) => bail!("{} is in the way of a mount point", path.display()),
+            Err(_) if dir => Ok(fs::create_dir(&at)?),
+            Err(_) => Ok(fs::File::create(&at).map(|_| ())?),
+        }
+    }
+
+    /// Merge the toolchain's and the tree's `dir`. `into_tree`: the tree is
+    /// visible here (toolchain entries go into it); otherwise (below the
+    /// `/tmp` tmpfs) every entry is mounted.
+    fn merge(&self, dir: &Path, into_tree: bool, args: &mut Vec<OsString>) -> Result<()> {
         let t_dir = resolve_in_root(self.root, dir).filter(|p| p.is_dir());
-        let s_dir = Some(self.tree.join(rel(dir))).filter(|p| p.is_dir());
+        let s_dir = Some(self.in_tree(dir)).filter(|p| p.is_dir());
         let mut names: BTreeSet<OsString> = BTreeSet::new();
         for d in [&t_dir, &s_dir].into_iter().flatten() {
             for e in fs::read_dir(d).with_context(|| format!("listing {}", d.display()))? {
@@ -213,40 +238,67 @@ impl Plan<'_> {
                 continue;
             }
             if path == self.cwd {
+                if into_tree {
+                    self.mount_point(&path, true)?;
+                }
                 args.extend(["--bind".into(), self.workdir.into(), path.into_os_string()]);
                 continue;
             }
             let t_raw = t_dir.as_ref().map(|d| d.join(&name));
             let t_meta = t_raw.as_ref().and_then(|p| fs::symlink_metadata(p).ok());
-            let s_path = self.tree.join(rel(&path));
-            let s_exists = fs::symlink_metadata(&s_path).is_ok();
+            let s_path = self.in_tree(&path);
+            let s_meta = fs::symlink_metadata(&s_path).ok();
+            let s_is_dir = s_meta.as_ref().is_some_and(|m| m.is_dir());
             let t_is_dir =
                 t_meta.is_some() && resolve_in_root(self.root, &path).is_some_and(|p| p.is_dir());
-            if self.cwd.starts_with(&path) || (s_path.is_dir() && t_is_dir) {
+            if self.cwd.starts_with(&path) || (s_is_dir && t_is_dir) {
                 if path == Path::new("/tmp") {
+                    if into_tree {
+                        self.mount_point(&path, true)?;
+                    }
                     args.extend(tmpfs_args(self.tmp_size));
+                    self.merge(&path, false, args)?;
                 } else {
-                    args.extend(["--dir".into(), path.clone().into_os_string()]);
+                    if into_tree {
+                        self.mount_point(&path, true)?;
+                    } else {
+                        args.extend(["--dir".into(), path.clone().into_os_string()]);
+                    }
+                    self.merge(&path, into_tree, args)?;
                 }
-                self.merge(&path, args)?;
-            } else if s_exists {
-                args.extend([
-                    "--ro-bind".into(),
-                    s_path.into_os_string(),
-                    path.into_os_string(),
-                ]);
+            } else if s_meta.is_some() {
+                // A carried file or subtree: the tree's own, unless a tmpfs hides it.
+                if !into_tree {
+                    args.extend([
+                        "--ro-bind".into(),
+                        s_path.into_os_string(),
+                        path.into_os_string(),
+                    ]);
+                }
             } else if let (Some(raw), Some(meta)) = (t_raw, t_meta) {
-                let kind = if meta.file_type().is_symlink() {
-                    "--symlink"
+                if meta.file_type().is_symlink() {
+                    let target = fs::read_link(&raw)?;
+                    if into_tree {
+                        std::os::unix::fs::symlink(&target, &s_path)?;
+                    } else {
+                        args.extend([
+                            "--symlink".into(),
+                            target.into_os_string(),
+                            path.into_os_string(),
+                        ]);
+                    }
+                } else if into_tree && meta.is_file() && fs::hard_link(&raw, &s_path).is_ok() {
+                    // A toolchain file next to carried ones: linked, not mounted.
                 } else {
-                    "--ro-bind"
-                };
-                let src = if kind == "--symlink" {
-                    fs::read_link(&raw)?.into_os_string()
-                } else {
-                    raw.into_os_string()
-                };
-                args.extend([kind.into(), src, path.into_os_string()]);
+                    if into_tree {
+                        self.mount_point(&path, meta.is_dir())?;
+                    }
+                    args.extend([
+                        "--ro-bind".into(),
+                        raw.into_os_string(),
+                        path.into_os_string(),
+                    ]);
+                }
             }
         }
         Ok(())
@@ -273,15 +325,7 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
     for (k, v) in spec.env {
         args.extend(["--setenv".into(), k.into(), v.into()]);
     }
-    let mounts = mount_args(
-        spec.toolchain_root,
-        spec.tree,
-        spec.workdir,
-        spec.cwd,
-        spec.limits.output,
-    )
-    .map_err(|e| SandboxError::Setup(e.to_string()))?;
-    args.extend(mounts);
+    args.extend(spec.mounts.iter().cloned());
     args.extend(["--chdir".into(), spec.cwd.into(), "--".into()]);
     let t0 = std::time::Instant::now();
     args.extend(spec.argv.iter().map(OsString::from));
@@ -511,13 +555,15 @@ mod tests {
     }
 
     #[test]
-    fn mount_plan_binds_subtrees_and_splits_only_shared_dirs() {
+    fn the_tree_is_the_root_with_toolchain_files_linked_in_and_few_mounts() {
+        use std::os::unix::fs::MetadataExt;
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
         fs::create_dir_all(root.join("usr/bin")).unwrap();
         fs::create_dir_all(root.join("usr/lib/gcc/12")).unwrap();
         fs::write(root.join("usr/bin/gcc"), b"").unwrap();
-        fs::write(root.join("usr/lib/gcc/12/cc1"), b"").unwrap();
+        fs::write(root.join("usr/lib/gcc/12/cc1"), b"cc1").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("usr/lib/gcc/12/abs")).unwrap();
         std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
         let tree = t.path().join("tree");
         for f in [
@@ -530,46 +576,86 @@ mod tests {
             fs::write(tree.join(f), b"x").unwrap();
         }
         let work = t.path().join("work");
-        let args = mount_args(&root, &tree, &work, "/home/u/proj/build", 1 << 20).unwrap();
+        let args = assemble(&root, &tree, &work, "/home/u/proj/build", 1 << 20).unwrap();
         let joined = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ");
         let has = |s: String| assert!(joined.contains(&s), "missing {s:?} in {joined}");
-        // /usr/include exists only in the source tree: one bind for the subtree.
-        has(format!(
-            "--ro-bind {}/usr/include /usr/include",
-            tree.display()
-        ));
-        // /usr/lib/gcc/12 exists in both: split into toolchain files and source subtrees.
-        has("--dir /usr/lib/gcc/12".into());
-        has(format!(
-            "--ro-bind {}/usr/lib/gcc/12/cc1 /usr/lib/gcc/12/cc1",
-            root.display()
-        ));
-        has(format!(
-            "--ro-bind {}/usr/lib/gcc/12/include /usr/lib/gcc/12/include",
-            tree.display()
-        ));
-        has(format!("--ro-bind {}/usr/bin /usr/bin", root.display()));
-        has("--symlink usr/lib /lib".into());
-        // The way to the cwd, the project's sources next to it, the writable cwd.
-        has("--dir /home --dir /home/u --dir /home/u/proj".into());
-        has(format!(
-            "--ro-bind {}/home/u/proj/src /home/u/proj/src",
-            tree.display()
-        ));
-        has(format!("--bind {} /home/u/proj/build", work.display()));
-        has("--size 1048576 --tmpfs /tmp".into());
-        assert!(joined.ends_with("--remount-ro /"), "{joined}");
         assert!(
-            !joined.contains("stdio.h"),
-            "files are not bound one by one: {joined}"
+            joined.starts_with(&format!("--ro-bind {} / ", tree.display())),
+            "{joined}"
         );
+        // A toolchain directory the tree lacks: one bind for the subtree.
+        has(format!("--ro-bind {}/usr/bin /usr/bin", root.display()));
+        assert!(tree.join("usr/bin").is_dir(), "mount point");
+        // A directory in both: the toolchain's file hard-linked, its
+        // symlinks copied (never followed on the host), nothing mounted.
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        assert_eq!(
+            ino(&tree.join("usr/lib/gcc/12/cc1")),
+            ino(&root.join("usr/lib/gcc/12/cc1"))
+        );
+        assert_eq!(
+            fs::read_link(tree.join("usr/lib/gcc/12/abs")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        assert_eq!(
+            fs::read_link(tree.join("lib")).unwrap(),
+            Path::new("usr/lib")
+        );
+        assert!(!joined.contains("/usr/lib/gcc"), "{joined}");
+        assert!(!joined.contains("/usr/include"), "{joined}");
+        assert!(!joined.contains("--symlink"), "{joined}");
+        // The writable cwd on its mount point; the project's sources are the tree's.
+        has(format!("--bind {} /home/u/proj/build", work.display()));
+        assert!(tree.join("home/u/proj/build").is_dir());
+        assert!(!joined.contains("/home/u/proj/src"), "{joined}");
+        has("--size 1048576 --tmpfs /tmp".into());
+        for d in ["tmp", "dev", "proc"] {
+            assert!(tree.join(d).is_dir(), "{d}");
+        }
+        assert!(joined.ends_with("--remount-ro /"), "{joined}");
+        // bwrap's args: the root, /usr/bin, the cwd, /tmp, /dev, /proc.
+        let mounts = args
+            .iter()
+            .filter(|a| {
+                ["--ro-bind", "--bind", "--tmpfs", "--dev", "--proc"]
+                    .contains(&a.to_str().unwrap_or(""))
+            })
+            .count();
+        assert_eq!(mounts, 6, "{joined}");
         // Unclean working directories are refused.
-        assert!(mount_args(&root, &tree, &work, "/", 1).is_err());
-        assert!(mount_args(&root, &tree, &work, "rel", 1).is_err());
-        assert!(mount_args(&root, &tree, &work, "/a/../etc", 1).is_err());
+        assert!(assemble(&root, &tree, &work, "/", 1).is_err());
+        assert!(assemble(&root, &tree, &work, "rel", 1).is_err());
+        assert!(assemble(&root, &tree, &work, "/a/../etc", 1).is_err());
+    }
+
+    #[test]
+    fn below_tmp_every_carried_entry_is_mounted_over_the_tmpfs() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        let tree = t.path().join("tree");
+        for f in ["tmp/p/src/a.h", "tmp/p/build/b.c", "usr/include/stdio.h"] {
+            fs::create_dir_all(tree.join(f).parent().unwrap()).unwrap();
+            fs::write(tree.join(f), b"x").unwrap();
+        }
+        let work = t.path().join("work");
+        let args = assemble(&root, &tree, &work, "/tmp/p/build", 1 << 20).unwrap();
+        let joined = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let has = |s: String| assert!(joined.contains(&s), "missing {s:?} in {joined}");
+        has(format!(
+            "--size 1048576 --tmpfs /tmp --dir /tmp/p --bind {} /tmp/p/build --ro-bind {}/tmp/p/src /tmp/p/src",
+            work.display(),
+            tree.display()
+        ));
+        assert_eq!(joined.matches("--tmpfs").count(), 1, "{joined}");
+        assert!(!joined.contains("/usr/include"), "{joined}");
     }
 }

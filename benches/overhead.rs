@@ -1,6 +1,11 @@
 //! `cargo bench --bench overhead` (or `bash scripts/bench.sh`): the cost swarmcc
 //! adds to a compile, as medians of many runs, and a whole build of Lua 5.4.
 //! Prints a Markdown table for BENCHMARKS.md.
+//!
+//! The VM this runs on drifts in speed by a fifth from one minute to the
+//! next, so every comparison is made of pairs run back to back (plain, then
+//! through swarmcc) and reported as the median of the pairs' differences or
+//! ratios, beside the medians of each side.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -11,6 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 50;
+/// Whole builds of each kind.
+const BUILDS: usize = 5;
 
 fn time_once(mut c: Command) -> Duration {
     let t = Instant::now();
@@ -27,6 +34,21 @@ fn time_once(mut c: Command) -> Duration {
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The median of `b - a` over pairs, in milliseconds.
+fn paired_ms(a: &[Duration], b: &[Duration]) -> f64 {
+    median_f(
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (b.as_secs_f64() - a.as_secs_f64()) * 1000.0)
+            .collect(),
+    )
 }
 
 fn ms(d: Duration) -> String {
@@ -66,29 +88,34 @@ fn main() {
         |mut one: Box<dyn FnMut(usize) -> Duration + '_>| median((0..RUNS).map(&mut one).collect());
 
     let plain = series(Box::new(|_| time_once(gcc("plain.o"))));
-    let plain_edit = series(Box::new(|i| {
-        edit(i);
-        time_once(gcc("plain.o"))
-    }));
 
-    // Cache off: every run preprocesses locally and compiles in the sandbox.
+    // Cache off: every run preprocesses locally and compiles in the sandbox;
+    // each run paired with a plain compile right before it.
     let mut nocache = Env::new("[cache]\nenabled = false\n");
     nocache.start_node();
     time_once(through(&nocache)); // packages the toolchain
-    let dist = series(Box::new(|_| time_once(through(&nocache))));
+    let (mut off_plain, mut dist) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        off_plain.push(time_once(gcc("plain.o")));
+        dist.push(time_once(through(&nocache)));
+    }
     drop(nocache);
 
     // Cache always missing (the edit-compile loop): after the first compile
     // the unit's file list is known, so the client skips preprocessing and
-    // the builder proves the guess.
+    // the builder proves the guess. Each run paired with a plain compile of
+    // an edited source right before it.
     let mut env = Env::new("");
     env.start_node();
     edit(RUNS);
     time_once(through(&env));
-    let miss = series(Box::new(|i| {
+    let (mut plain_edit, mut miss) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        edit(i);
+        plain_edit.push(time_once(gcc("plain.o")));
         edit(1000 + i);
-        time_once(through(&env))
-    }));
+        miss.push(time_once(through(&env)));
+    }
     let st = env.stats_json();
     eprintln!(
         "always-missing series: {} compiles without local preprocessing, {} guesses redone",
@@ -112,14 +139,10 @@ fn main() {
         c
     };
     let clean = || run_ok(Command::new("make").arg("clean").current_dir(&proj));
-    let mut plain_build = Vec::new();
-    for _ in 0..3 {
-        clean();
-        plain_build.push(time_once(make(None, "gcc")));
-    }
+    // Rounds of plain, cold and warm builds back to back.
     let swarm_cc = format!("{} gcc", swarmcc().display());
-    let (mut cold, mut warm) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    let (mut plain_build, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..BUILDS {
         let mut env = Env::new("");
         env.start_node();
         run_ok(
@@ -128,12 +151,25 @@ fn main() {
                 .current_dir(d),
         );
         clean();
+        plain_build.push(time_once(make(None, "gcc")));
+        clean();
         cold.push(time_once(make(Some(&env), &swarm_cc)));
         clean();
         warm.push(time_once(make(Some(&env), &swarm_cc)));
     }
+    let ratio = |v: &[Duration]| {
+        median_f(
+            v.iter()
+                .zip(&plain_build)
+                .map(|(s, p)| s.as_secs_f64() / p.as_secs_f64())
+                .collect(),
+        )
+    };
+    let (cold_x, warm_x) = (ratio(&cold), ratio(&warm));
+    let miss_over = paired_ms(&plain_edit, &miss);
+    let dist_over = paired_ms(&off_plain, &dist);
     let (pb, cb, wb) = (median(plain_build), median(cold), median(warm));
-    let x = |a: Duration| a.as_secs_f64() / pb.as_secs_f64();
+    let (plain_edit, miss, dist) = (median(plain_edit), median(miss), median(dist));
     println!("| measurement | median |");
     println!("|---|---|");
     println!(
@@ -149,27 +185,26 @@ fn main() {
         ms(miss)
     );
     println!(
-        "| **added overhead per distributed compile, cache always missing** | {} |",
-        ms(miss.saturating_sub(plain_edit))
+        "| **added overhead per distributed compile, cache always missing** (median of {RUNS} paired differences) | {miss_over:.1} ms |"
     );
     println!(
         "| `swarmcc gcc ...`, cache off: local preprocessing every run ({RUNS} runs) | {} |",
         ms(dist)
     );
     println!(
-        "| added overhead per distributed compile, cache off | {} |",
-        ms(dist.saturating_sub(plain))
+        "| added overhead per distributed compile, cache off (median of {RUNS} paired differences) | {dist_over:.1} ms |"
     );
     println!("| **cache hit**, end to end ({RUNS} runs) | {} |", ms(hit));
-    println!("| Lua 5.4, `make -j2`, plain gcc (3 runs) | {} |", ms(pb));
     println!(
-        "| Lua 5.4, `make -j2`, swarmcc cold (3 runs) | {} ({:.2}x plain) |",
-        ms(cb),
-        x(cb)
+        "| Lua 5.4, `make -j2`, plain gcc ({BUILDS} builds) | {} |",
+        ms(pb)
     );
     println!(
-        "| Lua 5.4, `make -j2`, swarmcc warm (3 runs) | {} ({:.2}x plain) |",
-        ms(wb),
-        x(wb)
+        "| Lua 5.4, `make -j2`, swarmcc cold ({BUILDS} builds) | {} (**{cold_x:.2}x** plain, median of the rounds' ratios) |",
+        ms(cb)
+    );
+    println!(
+        "| Lua 5.4, `make -j2`, swarmcc warm ({BUILDS} builds) | {} ({warm_x:.2}x plain) |",
+        ms(wb)
     );
 }

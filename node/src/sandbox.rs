@@ -251,21 +251,22 @@ impl Plan<'_> {
             let s_is_dir = s_meta.as_ref().is_some_and(|m| m.is_dir());
             let t_is_dir =
                 t_meta.is_some() && resolve_in_root(self.root, &path).is_some_and(|p| p.is_dir());
-            if self.cwd.starts_with(&path) || (s_is_dir && t_is_dir) {
-                if path == Path::new("/tmp") {
-                    if into_tree {
-                        self.mount_point(&path, true)?;
-                    }
-                    args.extend(tmpfs_args(self.tmp_size));
-                    self.merge(&path, false, args)?;
-                } else {
-                    if into_tree {
-                        self.mount_point(&path, true)?;
-                    } else {
-                        args.extend(["--dir".into(), path.clone().into_os_string()]);
-                    }
-                    self.merge(&path, into_tree, args)?;
+            let cwd_below = self.cwd.starts_with(&path);
+            if path == Path::new("/tmp") && (cwd_below || s_is_dir || t_is_dir) {
+                // The writable tmpfs, with whatever the layers have there
+                // (carried generated headers, the cwd) mounted over it.
+                if into_tree {
+                    self.mount_point(&path, true)?;
                 }
+                args.extend(tmpfs_args(self.tmp_size));
+                self.merge(&path, false, args)?;
+            } else if cwd_below || (s_is_dir && t_is_dir) {
+                if into_tree {
+                    self.mount_point(&path, true)?;
+                } else {
+                    args.extend(["--dir".into(), path.clone().into_os_string()]);
+                }
+                self.merge(&path, into_tree, args)?;
             } else if s_meta.is_some() {
                 // A carried file or subtree: the tree's own, unless a tmpfs hides it.
                 if !into_tree {
@@ -657,5 +658,27 @@ mod tests {
         ));
         assert_eq!(joined.matches("--tmpfs").count(), 1, "{joined}");
         assert!(!joined.contains("/usr/include"), "{joined}");
+
+        // Carried files under /tmp with the cwd elsewhere: still visible
+        // over a writable /tmp.
+        let tree2 = t.path().join("tree2");
+        for f in ["tmp/gen/x.h", "home/u/a.c"] {
+            fs::create_dir_all(tree2.join(f).parent().unwrap()).unwrap();
+            fs::write(tree2.join(f), b"x").unwrap();
+        }
+        let args = assemble(&root, &tree2, &work, "/home/u/b", 1 << 20).unwrap();
+        let joined = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined.contains(&format!(
+                "--size 1048576 --tmpfs /tmp --ro-bind {}/tmp/gen /tmp/gen",
+                tree2.display()
+            )),
+            "{joined}"
+        );
+        assert_eq!(joined.matches("--tmpfs").count(), 1, "{joined}");
     }
 }

@@ -691,12 +691,21 @@ impl Remote {
         write_frame(&mut s, &ToolchainAnswer::Sending { size }, SMALL_MAX).await?;
         let mut buf = vec![0u8; 1 << 20];
         let mut sent = 0u64;
+        let mut lag = Lag::new();
         while sent < size {
             let have = match &*rx.borrow_and_update() {
                 Progress::Receiving { path: p, have, .. } if *p == path => *have,
                 Progress::Done => size,
                 _ => bail!("the upstream fetch failed"),
             };
+            if lag.too_slow(have.saturating_sub(sent), Instant::now()) {
+                // This link of the chain passes the archive on much slower
+                // than it arrives (its upload is the bottleneck): the next
+                // builder does better at its other sources.
+                tracing::info!(toolchain = %id, sent, have, "relaying too slowly; stopped");
+                self.refused("toolchain relay too slow");
+                bail!("relaying too slowly");
+            }
             if have > sent {
                 let want = buf
                     .len()
@@ -755,6 +764,40 @@ impl Remote {
     }
 }
 
+/// How far a chain link may fall behind what it has received before it
+/// checks whether it is the bottleneck.
+const RELAY_BACKLOG_MAX: u64 = 16 << 20;
+/// How often the backlog is compared.
+const RELAY_CHECK: Duration = Duration::from_secs(1);
+
+/// A chain link's backlog (bytes received but not yet passed on) over time.
+/// Too slow: above [`RELAY_BACKLOG_MAX`] and grown over the last
+/// [`RELAY_CHECK`], i.e. the archive arrives faster than it leaves. A link
+/// that joined late has a large backlog too, but one that shrinks.
+struct Lag {
+    at: Option<(Instant, u64)>,
+}
+
+impl Lag {
+    fn new() -> Lag {
+        Lag { at: None }
+    }
+
+    fn too_slow(&mut self, backlog: u64, now: Instant) -> bool {
+        match self.at {
+            None => {
+                self.at = Some((now, backlog));
+                false
+            }
+            Some((t, before)) if now.duration_since(t) >= RELAY_CHECK => {
+                self.at = Some((now, backlog));
+                backlog > RELAY_BACKLOG_MAX && backlog > before
+            }
+            Some(_) => false,
+        }
+    }
+}
+
 /// A peer's next frame, or an error if it takes longer than [`FRAME_TIMEOUT`].
 async fn timed<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T> {
     match tokio::time::timeout(FRAME_TIMEOUT, f).await {
@@ -786,5 +829,33 @@ pub async fn run_on(
             limit: e.is_limit(),
             error: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_is_too_slow_only_when_a_large_backlog_grows() {
+        let t0 = Instant::now();
+        let s = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        const MB: u64 = 1 << 20;
+        // Upload slower than the download: the backlog grows past the bound.
+        let mut slow = Lag::new();
+        assert!(!slow.too_slow(2 * MB, s(0.0)));
+        assert!(!slow.too_slow(10 * MB, s(0.5)), "checked once a second");
+        assert!(!slow.too_slow(12 * MB, s(1.0)), "growing, still small");
+        assert!(slow.too_slow(20 * MB, s(2.0)));
+        // Joined late: a large backlog that shrinks is fine.
+        let mut late = Lag::new();
+        assert!(!late.too_slow(40 * MB, s(0.0)));
+        assert!(!late.too_slow(30 * MB, s(1.0)));
+        assert!(!late.too_slow(20 * MB, s(2.0)));
+        // Keeping pace: small and steady.
+        let mut even = Lag::new();
+        for i in 0..10 {
+            assert!(!even.too_slow(MB, s(f64::from(i))));
+        }
     }
 }

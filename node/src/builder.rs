@@ -154,16 +154,10 @@ impl Builder {
         std::fs::read(path).ok().filter(|d| Hash32::of(d) == *h)
     }
 
-    /// The size of a stored source blob (for the coordinator's choice of
-    /// builder; not verified, it only has to be roughly right).
+    /// The size of a stored source blob, as the store's index has it (for
+    /// the coordinator's choice of builder, on every dispatch: no `stat`).
     pub fn blob_size(&self, h: &Hash32) -> Option<u64> {
-        let k = h.to_hex();
-        if !self.blobs.contains(&k) {
-            return None;
-        }
-        std::fs::metadata(self.blobs.path_of(&k))
-            .ok()
-            .map(|m| m.len())
+        self.blobs.size_of(&h.to_hex())
     }
 
     /// Which of these source hashes this builder lacks.

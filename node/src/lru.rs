@@ -93,6 +93,11 @@ impl LruDir {
         self.lock().entries.contains_key(key)
     }
 
+    /// A stored file's size, from the index (no file system access).
+    pub fn size_of(&self, key: &str) -> Option<u64> {
+        self.lock().entries.get(key).map(|e| e.size)
+    }
+
     /// Mark a key as just used.
     pub fn touch(&self, key: &str) {
         let mut idx = self.lock();
@@ -246,11 +251,14 @@ mod tests {
         assert!(d.read("aa01").unwrap().is_some());
         assert!(d.total_bytes() <= 100);
         assert!(!d.path_of("bb02").exists());
+        assert_eq!(d.size_of("aa01"), Some(40));
+        assert_eq!(d.size_of("bb02"), None, "evicted");
         // A stray temporary from a killed writer is swept; entries survive reopen.
         fs::write(t.path().join("tmp").join("junk"), b"x").unwrap();
         let d2 = LruDir::open(t.path(), 100).unwrap();
         assert_eq!(d2.len(), 2);
         assert!(fs::read_dir(t.path().join("tmp")).unwrap().next().is_none());
         assert_eq!(d2.read("cc03").unwrap().unwrap(), vec![3u8; 40]);
+        assert_eq!(d2.size_of("cc03"), Some(40), "indexed on reopen");
     }
 }

@@ -931,6 +931,33 @@ mod tests {
         resp
     }
 
+    /// After the quiet time: `c` has elected itself and holds its own
+    /// report. Returns that moment.
+    fn elected(c: &mut Peer, t0: Instant) -> Instant {
+        let t1 = t0 + Duration::from_millis(400);
+        c.office.check(t1, Duration::from_secs(2));
+        c.office.tick(t1, idle());
+        t1
+    }
+
+    /// A request for a slot for a job needing toolchain `tc`.
+    fn alloc_request(tc: &[u8]) -> AllocRequest {
+        AllocRequest {
+            job: Hash32::of(b"j"),
+            toolchain: ToolchainId(Hash32::of(tc)),
+            exclude: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// `who` asks the coordinator `c` for a slot: the grant's id, if any.
+    fn ask(c: &mut Peer, who: &Peer, req: &CtlRequest, now: Instant) -> Option<u64> {
+        match c.office.on_request(who.peer, req, now).0 {
+            CtlResponse::Granted { grant, .. } => Some(grant.body.id),
+            _ => None,
+        }
+    }
+
     #[test]
     fn the_lowest_eligible_peer_is_elected_after_the_quiet_time_and_everyone_follows() {
         let key = OfficeKey::generate("t");
@@ -1032,12 +1059,7 @@ mod tests {
         a.office
             .check(t0 + Duration::from_millis(400), Duration::from_secs(2));
         assert!(a.office.is_coordinator());
-        let req = CtlRequest::Alloc(AllocRequest {
-            job: Hash32::of(b"j"),
-            toolchain: ToolchainId(Hash32::of(b"t")),
-            exclude: Vec::new(),
-            bytes: 0,
-        });
+        let req = CtlRequest::Alloc(alloc_request(b"t"));
         let (resp, _) = a.office.on_request(stranger.peer, &req, t0);
         assert!(matches!(resp, CtlResponse::Rejected(_)));
         // A member's token replayed by another peer is refused too.
@@ -1059,31 +1081,20 @@ mod tests {
         let mut b = node(&key, "client", t0);
         meet(&mut a, &mut c, t0);
         meet(&mut b, &mut c, t0);
-        let t1 = t0 + Duration::from_millis(400);
-        c.office.check(t1, Duration::from_secs(2));
-        c.office.tick(t1, idle());
-        let req = CtlRequest::Alloc(AllocRequest {
-            job: Hash32::of(b"j"),
-            toolchain: ToolchainId(Hash32::of(b"t")),
-            exclude: Vec::new(),
-            bytes: 0,
-        });
-        let ask = |who: &Peer, c: &mut Peer| match c.office.on_request(who.peer, &req, t1).0 {
-            CtlResponse::Granted { grant, .. } => Some(grant.body.id),
-            _ => None,
-        };
+        let t1 = elected(&mut c, t0);
+        let req = CtlRequest::Alloc(alloc_request(b"t"));
         // Alone, `a` may take every slot (4 cores).
-        let held: Vec<u64> = (0..4).filter_map(|_| ask(&a, &mut c)).collect();
+        let held: Vec<u64> = (0..4).filter_map(|_| ask(&mut c, &a, &req, t1)).collect();
         assert_eq!(held.len(), 4);
-        assert_eq!(ask(&b, &mut c), None, "full");
+        assert_eq!(ask(&mut c, &b, &req, t1), None, "full");
         // A slot frees; `a` asks first but holds more than its share of 2.
         let release = CtlRequest::Release {
             grant: held[0],
             failed: false,
         };
         c.office.on_request(a.peer, &release, t1);
-        assert_eq!(ask(&a, &mut c), None, "over its share");
-        assert!(ask(&b, &mut c).is_some(), "below its share");
+        assert_eq!(ask(&mut c, &a, &req, t1), None, "over its share");
+        assert!(ask(&mut c, &b, &req, t1).is_some(), "below its share");
         assert_eq!(c.office.counter("allocations_over_share"), 1);
     }
 
@@ -1096,28 +1107,17 @@ mod tests {
         let mut a = node(&key, "client", t0);
         meet(&mut done, &mut c, t0);
         meet(&mut a, &mut c, t0);
-        let t1 = t0 + Duration::from_millis(400);
-        c.office.check(t1, Duration::from_secs(2));
-        c.office.tick(t1, idle());
-        let req = CtlRequest::Alloc(AllocRequest {
-            job: Hash32::of(b"j"),
-            toolchain: ToolchainId(Hash32::of(b"t")),
-            exclude: Vec::new(),
-            bytes: 0,
-        });
-        let ask = |who: &Peer, c: &mut Peer| match c.office.on_request(who.peer, &req, t1).0 {
-            CtlResponse::Granted { grant, .. } => Some(grant.body.id),
-            _ => None,
-        };
+        let t1 = elected(&mut c, t0);
+        let req = CtlRequest::Alloc(alloc_request(b"t"));
         // `done` builds one unit and is finished.
-        let g = ask(&done, &mut c).expect("a slot");
+        let g = ask(&mut c, &done, &req, t1).expect("a slot");
         let release = CtlRequest::Release {
             grant: g,
             failed: false,
         };
         c.office.on_request(done.peer, &release, t1);
         // `a` may now take every slot (4 cores).
-        assert_eq!((0..4).filter_map(|_| ask(&a, &mut c)).count(), 4);
+        assert_eq!((0..4).filter_map(|_| ask(&mut c, &a, &req, t1)).count(), 4);
         assert_eq!(c.office.counter("allocations_over_share"), 0);
     }
 
@@ -1132,18 +1132,11 @@ mod tests {
         for b in builders.iter_mut() {
             meet(b, &mut c, t0);
         }
-        let t1 = t0 + Duration::from_millis(400);
-        c.office.check(t1, Duration::from_secs(2));
+        let t1 = elected(&mut c, t0);
         for b in builders.iter_mut() {
             report(b, &mut c, t1);
         }
-        c.office.tick(t1, idle());
-        let req = CtlRequest::Alloc(AllocRequest {
-            job: Hash32::of(b"j"),
-            toolchain: ToolchainId(Hash32::of(b"fresh")),
-            exclude: Vec::new(),
-            bytes: 0,
-        });
+        let req = CtlRequest::Alloc(alloc_request(b"fresh"));
         // 4 builders of 4 slots, none holding the toolchain: every grant
         // names at most one fetching builder as its first source, and only
         // one granted the toolchain before.
@@ -1185,15 +1178,8 @@ mod tests {
         let mut c = node(&key, "coordinator", t0);
         let mut client = node(&key, "client", t0);
         meet(&mut client, &mut c, t0);
-        let t1 = t0 + Duration::from_millis(400);
-        c.office.check(t1, Duration::from_secs(2));
-        c.office.tick(t1, idle());
-        let req = AllocRequest {
-            job: Hash32::of(b"j"),
-            toolchain: ToolchainId(Hash32::of(b"t")),
-            exclude: Vec::new(),
-            bytes: 0,
-        };
+        let t1 = elected(&mut c, t0);
+        let req = alloc_request(b"t");
         let mut ids = Vec::new();
         for _ in 0..4 {
             let (resp, _) = c

@@ -555,6 +555,22 @@ mod tests {
         assert_eq!(visible_base(&hidden_state, false).unwrap(), hidden_state);
     }
 
+    /// Carried files (any content) at these paths under `tree`.
+    fn carried(tree: &Path, files: &[&str]) {
+        for f in files {
+            fs::create_dir_all(tree.join(f).parent().unwrap()).unwrap();
+            fs::write(tree.join(f), b"x").unwrap();
+        }
+    }
+
+    /// bwrap's arguments as one line, for matching.
+    fn line_of(args: &[OsString]) -> String {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     #[test]
     fn the_tree_is_the_root_with_toolchain_files_linked_in_and_few_mounts() {
         use std::os::unix::fs::MetadataExt;
@@ -567,22 +583,18 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", root.join("usr/lib/gcc/12/abs")).unwrap();
         std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
         let tree = t.path().join("tree");
-        for f in [
-            "usr/include/stdio.h",
-            "usr/include/bits/types.h",
-            "usr/lib/gcc/12/include/stddef.h",
-            "home/u/proj/src/a.c",
-        ] {
-            fs::create_dir_all(tree.join(f).parent().unwrap()).unwrap();
-            fs::write(tree.join(f), b"x").unwrap();
-        }
+        carried(
+            &tree,
+            &[
+                "usr/include/stdio.h",
+                "usr/include/bits/types.h",
+                "usr/lib/gcc/12/include/stddef.h",
+                "home/u/proj/src/a.c",
+            ],
+        );
         let work = t.path().join("work");
         let args = assemble(&root, &tree, &work, "/home/u/proj/build", 1 << 20).unwrap();
-        let joined = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let joined = line_of(&args);
         let has = |s: String| assert!(joined.contains(&s), "missing {s:?} in {joined}");
         assert!(
             joined.starts_with(&format!("--ro-bind {} / ", tree.display())),
@@ -639,17 +651,13 @@ mod tests {
         let root = t.path().join("root");
         fs::create_dir_all(root.join("usr/bin")).unwrap();
         let tree = t.path().join("tree");
-        for f in ["tmp/p/src/a.h", "tmp/p/build/b.c", "usr/include/stdio.h"] {
-            fs::create_dir_all(tree.join(f).parent().unwrap()).unwrap();
-            fs::write(tree.join(f), b"x").unwrap();
-        }
+        carried(
+            &tree,
+            &["tmp/p/src/a.h", "tmp/p/build/b.c", "usr/include/stdio.h"],
+        );
         let work = t.path().join("work");
         let args = assemble(&root, &tree, &work, "/tmp/p/build", 1 << 20).unwrap();
-        let joined = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let joined = line_of(&args);
         let has = |s: String| assert!(joined.contains(&s), "missing {s:?} in {joined}");
         has(format!(
             "--size 1048576 --tmpfs /tmp --dir /tmp/p --bind {} /tmp/p/build --ro-bind {}/tmp/p/src /tmp/p/src",
@@ -662,16 +670,9 @@ mod tests {
         // Carried files under /tmp with the cwd elsewhere: still visible
         // over a writable /tmp.
         let tree2 = t.path().join("tree2");
-        for f in ["tmp/gen/x.h", "home/u/a.c"] {
-            fs::create_dir_all(tree2.join(f).parent().unwrap()).unwrap();
-            fs::write(tree2.join(f), b"x").unwrap();
-        }
+        carried(&tree2, &["tmp/gen/x.h", "home/u/a.c"]);
         let args = assemble(&root, &tree2, &work, "/home/u/b", 1 << 20).unwrap();
-        let joined = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let joined = line_of(&args);
         assert!(
             joined.contains(&format!(
                 "--size 1048576 --tmpfs /tmp --ro-bind {}/tmp/gen /tmp/gen",

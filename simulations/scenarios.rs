@@ -484,11 +484,7 @@ fn lossy_and_slow_links() {
         sum(&s["local_compiles"])
     ));
     if sum(&s["dist_compiles"]) < 30 {
-        let logs: String = nodes
-            .iter()
-            .map(|(n, _)| n.diagnosis())
-            .chain([c.diagnosis()])
-            .collect();
+        let logs = diagnoses(nodes.iter().map(|(n, _)| n).chain([&c]));
         panic!("fewer than 30 units distributed: {s}\n{logs}");
     }
 }

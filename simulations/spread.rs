@@ -177,7 +177,7 @@ pub fn measure(count: usize, size: usize, rate: &str) -> Spread {
             .map(|b| b.stats_json()["jobs_run_for_peers"].as_u64().unwrap_or(0))
             .sum();
         if after - before != units as u64 {
-            let logs: String = builders.iter().chain([&c]).map(|n| n.diagnosis()).collect();
+            let logs = diagnoses(builders.iter().chain([&c]));
             panic!(
                 "phase {seed}: {} of {units} units ran on a builder; client: {}\n{logs}",
                 after - before,

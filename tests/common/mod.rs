@@ -380,6 +380,11 @@ pub fn office_node_at(
     (env, peer)
 }
 
+/// Every node's [`Env::diagnosis`], one after another.
+pub fn diagnoses<'a>(envs: impl IntoIterator<Item = &'a Env>) -> String {
+    envs.into_iter().map(Env::diagnosis).collect()
+}
+
 pub fn view(env: &Env) -> serde_json::Value {
     serde_json::from_str(&out(env.cmd(swarmcc()).args(["status", "--json"]))).unwrap()
 }

@@ -9,6 +9,7 @@
 
 use crate::args::{self, Compile, Kind};
 use crate::client::NodeClient;
+use crate::scan;
 use crate::sources;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
@@ -246,7 +247,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         None
     };
     if let Some((dk, hint)) = keys {
-        match node.call(&Request::DirectGet { key: dk, hint }) {
+        let hinted = match node.call(&Request::DirectGet { key: dk, hint }) {
             Ok(Response::DirectHit { manifest, result }) if manifest_still_holds(&manifest) => {
                 let dep_ok = match &manifest.dep_file {
                     Some((path, bytes)) => write_atomic(&cwd.join(path), bytes).is_ok(),
@@ -258,17 +259,21 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
                         return Ok(code);
                     }
                 }
+                None
             }
-            // What this unit read last time is a good guess of what it reads
-            // now: send that, skip local preprocessing, and let the builder
-            // prove the guess (only for toolchains packaged from this machine,
-            // whose files the client has as well).
-            Ok(Response::Hint(guess)) if spec_is_local => {
+            Ok(Response::Hint(guess)) => Some(guess),
+            _ => None,
+        };
+        // Skip local preprocessing: send a guess of what the unit reads and
+        // let the builder prove it (only for toolchains packaged from this
+        // machine, whose files the client has as well).
+        if spec_is_local {
+            if let Some(files) = guess(cfg, compiler, &tc, &compile, &cwd, hinted) {
                 let spec = Speculation {
                     tc: &tc,
                     compile: &compile,
                     cwd: &cwd,
-                    guess,
+                    files,
                     keys: (dk, hint),
                     started,
                 };
@@ -276,7 +281,6 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
                     return Ok(code);
                 }
             }
-            _ => {}
         }
     }
 
@@ -502,32 +506,65 @@ fn direct_keys(tc: &ToolchainInfo, c: &Compile, cwd: &Path) -> Option<(Hash32, H
     Some((Hash32::from(key.finalize()), Hash32::from(hint.finalize())))
 }
 
+/// The files a compile will read, guessed without preprocessing: by
+/// following its includes (see [`scan`]), else what the same unit read last
+/// time (`hint`, the manifest of its previous compile).
+fn guess(
+    cfg: &Config,
+    compiler: &Path,
+    tc: &ToolchainInfo,
+    c: &Compile,
+    cwd: &Path,
+    hint: Option<Manifest>,
+) -> Option<Vec<scan::Read>> {
+    if cfg.dist.scan_includes && scan::applicable(c) {
+        let env = job_env(&tc.compiler);
+        let probes = swarmcc_node::config::state_dir().join("include-paths");
+        if let Some(files) = scan::search_path(compiler, c, cwd, &env, &probes)
+            .and_then(|sp| scan::scan(c, cwd, &sp))
+        {
+            return Some(files);
+        }
+    }
+    hint?
+        .files
+        .into_iter()
+        .map(|f| {
+            let data = std::fs::read(&f.path).ok()?;
+            Some(scan::Read {
+                path: f.path.into(),
+                data,
+            })
+        })
+        .collect()
+}
+
 /// A speculative compile: see [`speculate`].
 struct Speculation<'a> {
     tc: &'a ToolchainInfo,
     compile: &'a Compile,
     cwd: &'a Path,
-    guess: Manifest,
+    /// The guessed files, read.
+    files: Vec<scan::Read>,
     keys: (Hash32, Hash32),
     started: std::time::SystemTime,
 }
 
-/// Compile without local preprocessing, carrying the files the unit read
-/// last time. The builder's own dependency list must prove the guess, so
+/// Compile without local preprocessing, carrying a guess of the files the
+/// unit reads. The builder's own dependency list must prove the guess, so
 /// `None` (an unproven guess, a compile error, any failure) only means "do it
 /// the checked way"; it never reaches the user.
 fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
     let (c, cwd) = (sp.compile, sp.cwd);
-    let mut sources = Vec::with_capacity(sp.guess.files.len());
-    let mut blobs = Vec::with_capacity(sp.guess.files.len());
-    for f in &sp.guess.files {
-        let data = std::fs::read(&f.path).ok()?;
-        let hash = Hash32::of(&data);
+    let mut sources = Vec::with_capacity(sp.files.len());
+    let mut blobs = Vec::with_capacity(sp.files.len());
+    for f in sp.files {
+        let hash = Hash32::of(&f.data);
         sources.push(SourceRef {
-            path: f.path.clone(),
+            path: f.path.to_str()?.to_string(),
             hash,
         });
-        blobs.push(Blob { hash, data });
+        blobs.push(Blob { hash, data: f.data });
     }
     let job = build_job(sp.tc, c, cwd, None, sources, &c.deps);
     let output = job_output(c, cwd);
@@ -612,7 +649,8 @@ fn manifest_for(
     result_key: Hash32,
     started: std::time::SystemTime,
 ) -> Option<Manifest> {
-    let finders = ["__DATE__", "__TIME__", "__TIMESTAMP__"].map(memchr::memmem::Finder::new);
+    // `__TIME` finds `__TIMESTAMP__` as well.
+    let finders = ["__DATE__", "__TIME"].map(memchr::memmem::Finder::new);
     if blobs
         .iter()
         .any(|b| finders.iter().any(|f| f.find(&b.data).is_some()))

@@ -417,13 +417,18 @@ fn walk_files(dir: &std::path::Path) -> usize {
 }
 
 #[test]
-fn edited_sources_compile_without_preprocessing_and_new_includes_are_caught() {
+/// A unit the include scanner cannot follow (a computed `#include`) is
+/// preprocessed on its first compile; later, edited, it compiles from a
+/// guess of the files it read last time.
+fn edited_sources_compile_from_the_last_manifest_and_new_includes_are_caught() {
     let env = Env::new("");
     let work = tempfile::tempdir().unwrap();
     let d = work.path();
     std::fs::create_dir_all(d.join("inc")).unwrap();
     std::fs::write(d.join("inc/a.h"), "#define A 1\n").unwrap();
     std::fs::write(d.join("inc/b.h"), "#define B 2\n").unwrap();
+    // Only the preprocessor knows what this names.
+    const COMPUTED: &str = "#define CONF \"a.h\"\n#include CONF\n";
     let both = |src: &str, tag: &str| {
         std::fs::write(d.join("u.c"), src).unwrap();
         let args = [
@@ -449,12 +454,15 @@ fn edited_sources_compile_without_preprocessing_and_new_includes_are_caught() {
         );
     };
     std::thread::sleep(std::time::Duration::from_millis(20));
-    both("#include \"a.h\"\nint u(void) { return A; }\n", "first");
+    both(
+        &format!("{COMPUTED}#include \"a.h\"\nint u(void) {{ return A; }}\n"),
+        "first",
+    );
     let s = env.stats_json();
     assert_eq!(s["speculative_compiles"], 0, "{s}");
     // Edited, same includes: no local preprocessing, proven by the builder.
     both(
-        "#include \"a.h\"\nint u(void) { return A + 40; }\n",
+        &format!("{COMPUTED}#include \"a.h\"\nint u(void) {{ return A + 40; }}\n"),
         "edited",
     );
     let s = env.stats_json();
@@ -468,7 +476,7 @@ fn edited_sources_compile_without_preprocessing_and_new_includes_are_caught() {
     );
     // A new include the guess lacks: caught, redone with preprocessing, right.
     both(
-        "#include \"a.h\"\n#include \"b.h\"\nint u(void) { return A + B; }\n",
+        &format!("{COMPUTED}#include \"a.h\"\n#include \"b.h\"\nint u(void) {{ return A + B; }}\n"),
         "new include",
     );
     let s = env.stats_json();
@@ -478,7 +486,9 @@ fn edited_sources_compile_without_preprocessing_and_new_includes_are_caught() {
     // then the user's error, exactly as gcc reports it.
     std::fs::write(
         d.join("u.c"),
-        "#include \"a.h\"\n#include \"b.h\"\nint u(void) { return A + B + C; }\n",
+        format!(
+            "{COMPUTED}#include \"a.h\"\n#include \"b.h\"\nint u(void) {{ return A + B + C; }}\n"
+        ),
     )
     .unwrap();
     let args = [
@@ -508,4 +518,117 @@ fn edited_sources_compile_without_preprocessing_and_new_includes_are_caught() {
         "the failed guess was redone: {s}"
     );
     assert_eq!(s["compile_errors"], 1, "{s}");
+}
+
+/// First compiles skip local preprocessing: the client follows the unit's
+/// includes in gcc's search path. Headers shadowed in earlier directories,
+/// `#include_next`, `__has_include`, forced includes and Lua's
+/// `#include LUA_USER_H` all resolve as gcc resolves them: objects and
+/// dependency files are identical to a local compile's, and every guess is
+/// proven by the builder.
+#[test]
+fn first_compiles_follow_includes_instead_of_preprocessing() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let files: &[(&str, &str)] = &[
+        ("a/cfg.h", "#define WHO 1\n#include_next <cfg.h>\n"),
+        ("b/cfg.h", "#define WHO_TOO 2\n"),
+        ("c/cfg.h", "#error never: b/cfg.h has no include_next\n"),
+        ("b/opt.h", "#define OPT 3\n"),
+        ("b/y.h", "#ifndef Y\n#define Y 100\n#endif\n"),
+        ("sub/x.h", "#include \"y.h\"\n"),
+        ("sub/y.h", "#ifndef Y\n#define Y 4\n#endif\n"),
+        ("force.h", "#define FORCED 5\n"),
+        (
+            "src/one.c",
+            "#include <cfg.h>\n#include \"../sub/x.h\"\n#include <stdio.h>\n\
+             int one(void) { printf(\"%d\", WHO + WHO_TOO + Y + FORCED); return 0; }\n",
+        ),
+        (
+            "src/two.c",
+            "#if __has_include(<opt.h>)\n#include <opt.h>\n#else\n#define OPT 0\n#endif\n\
+             #if defined(USER_H)\n#include USER_H\n#endif\n#include <limits.h>\n\
+             #include \"../sub/x.h\"\n#include <y.h>\n\
+             int two(void) { return OPT + CHAR_BIT + Y; }\n",
+        ),
+        (
+            "src/three.cc",
+            "#include <vector>\n#include <cfg.h>\nint three() { std::vector<int> v{WHO}; return v[0]; }\n",
+        ),
+    ];
+    for (name, text) in files {
+        let p = d.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let units: &[(&str, &str, &[&str])] = &[
+        (
+            "gcc",
+            "src/one.c",
+            &["-Ia", "-Ib", "-Ic", "-include", "force.h", "-MD"],
+        ),
+        ("gcc", "src/two.c", &["-Ia", "-Ib", "-MMD", "-MP"]),
+        ("g++", "src/three.cc", &["-Ia", "-Ib", "-Ic", "-MD"]),
+    ];
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for (cc, src, extra) in units {
+        let stem = std::path::Path::new(src)
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let obj = format!("obj/{stem}.o");
+        let mut args: Vec<&str> = vec!["-O2", "-g", "-c", src, "-o", &obj];
+        args.extend(*extra);
+        std::fs::create_dir_all(d.join("obj")).unwrap();
+        run_ok(Command::new(cc).args(&args).current_dir(d));
+        let local = (
+            std::fs::read(d.join(&obj)).unwrap(),
+            std::fs::read(d.join(format!("obj/{stem}.d"))).unwrap(),
+        );
+        std::fs::remove_dir_all(d.join("obj")).unwrap();
+        std::fs::create_dir_all(d.join("obj")).unwrap();
+        run_ok(env.cmd(swarmcc()).arg(cc).args(&args).current_dir(d));
+        assert!(
+            local.0 == std::fs::read(d.join(&obj)).unwrap(),
+            "{src}: object differs"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&local.1),
+            String::from_utf8_lossy(&std::fs::read(d.join(format!("obj/{stem}.d"))).unwrap()),
+            "{src}: dependency file differs"
+        );
+    }
+    let s = env.stats_json();
+    assert_eq!(s["speculative_compiles"], 3, "every unit from a scan: {s}");
+    assert_eq!(s["speculation_misses"], 0, "{s}");
+    let dist: u64 = s["dist_compiles"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(dist, 3, "{s}");
+
+    // A computed include under a macro that is defined: only the
+    // preprocessor can tell, so the unit is preprocessed (and still right).
+    std::fs::write(
+        d.join("src/four.c"),
+        "#define USER_H \"../sub/y.h\"\n#if defined(USER_H)\n#include USER_H\n#endif\nint four(void) { return Y; }\n",
+    )
+    .unwrap();
+    let args = ["-O2", "-c", "src/four.c", "-o", "obj/four.o"];
+    run_ok(env.cmd(swarmcc()).arg("gcc").args(args).current_dir(d));
+    let s = env.stats_json();
+    assert_eq!(s["speculative_compiles"], 3, "not guessed: {s}");
+    assert_eq!(s["cache_misses"], 4, "but distributed: {s}");
+    assert!(local_objdump_same(d, &args, "obj/four.o"));
+}
+
+/// Whether a local compile with `args` writes the same object as the one at `obj`.
+fn local_objdump_same(d: &std::path::Path, args: &[&str], obj: &str) -> bool {
+    let remote = std::fs::read(d.join(obj)).unwrap();
+    run_ok(Command::new("gcc").args(args).current_dir(d));
+    remote == std::fs::read(d.join(obj)).unwrap()
 }

@@ -269,6 +269,11 @@ pub struct DistConfig {
     /// only this catches: `__has_include` of a file that exists on the client
     /// but is never included.
     pub strict_inputs: bool,
+    /// On a unit's first compile (no earlier manifest to guess from), follow
+    /// its `#include`s in the compiler's search path instead of running the
+    /// local preprocessor, and carry the files found; the builder's
+    /// dependency list must prove the guess, as for any speculative job.
+    pub scan_includes: bool,
     /// When every builder slot of the office is taken: `"local"` (compile
     /// on this machine at once, as sccache does) or `"wait"` (ask again
     /// until a slot frees, up to the sandbox timeout).
@@ -307,6 +312,7 @@ impl Default for DistConfig {
             cache_dir: None,
             rewrite_includes_only: true,
             strict_inputs: false,
+            scan_includes: true,
             when_full: WhenFull::Local,
             max_attempts: 3,
             auth: None,

@@ -66,9 +66,12 @@ pub struct Job {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JobResult {
     pub exit_code: i32,
+    #[serde(with = "crate::bytes")]
     pub stdout: Vec<u8>,
+    #[serde(with = "crate::bytes")]
     pub stderr: Vec<u8>,
     /// `(path as requested, bytes)`; outputs the compiler did not write are omitted.
+    #[serde(with = "crate::bytes::pairs")]
     pub outputs: Vec<(String, Vec<u8>)>,
 }
 
@@ -76,5 +79,6 @@ pub struct JobResult {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Blob {
     pub hash: Hash32,
+    #[serde(with = "crate::bytes")]
     pub data: Vec<u8>,
 }

@@ -4,6 +4,7 @@
 //! framing helpers: everything here is plain data with serde derives, so the
 //! same types can later travel over libp2p streams between peers.
 
+pub mod bytes;
 pub mod frame;
 pub mod hash;
 pub mod job;

@@ -37,6 +37,7 @@ pub struct Manifest {
     /// The result's key in the cache.
     pub result_key: Hash32,
     /// The dependency file the compile wrote: (path as given, bytes).
+    #[serde(with = "crate::bytes::opt_pair")]
     pub dep_file: Option<(String, Vec<u8>)>,
 }
 

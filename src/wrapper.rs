@@ -508,7 +508,8 @@ fn direct_keys(tc: &ToolchainInfo, c: &Compile, cwd: &Path) -> Option<(Hash32, H
 
 /// The files a compile will read, guessed without preprocessing: by
 /// following its includes (see [`scan`]), else what the same unit read last
-/// time (`hint`, the manifest of its previous compile).
+/// time (`hint`, the manifest of its previous compile). None with
+/// `strict_inputs`, which asks for the preprocessing check on every job.
 fn guess(
     cfg: &Config,
     compiler: &Path,
@@ -517,6 +518,9 @@ fn guess(
     cwd: &Path,
     hint: Option<Manifest>,
 ) -> Option<Vec<scan::Read>> {
+    if cfg.dist.strict_inputs {
+        return None;
+    }
     if cfg.dist.scan_includes && scan::applicable(c) {
         let env = job_env(&tc.compiler);
         let probes = swarmcc_node::config::state_dir().join("include-paths");

@@ -623,12 +623,38 @@ fn first_compiles_follow_includes_instead_of_preprocessing() {
     let s = env.stats_json();
     assert_eq!(s["speculative_compiles"], 3, "not guessed: {s}");
     assert_eq!(s["cache_misses"], 4, "but distributed: {s}");
-    assert!(local_objdump_same(d, &args, "obj/four.o"));
+    assert!(same_as_local(d, &args, "obj/four.o"));
 }
 
 /// Whether a local compile with `args` writes the same object as the one at `obj`.
-fn local_objdump_same(d: &std::path::Path, args: &[&str], obj: &str) -> bool {
+fn same_as_local(d: &std::path::Path, args: &[&str], obj: &str) -> bool {
     let remote = std::fs::read(d.join(obj)).unwrap();
     run_ok(Command::new("gcc").args(args).current_dir(d));
     remote == std::fs::read(d.join(obj)).unwrap()
+}
+
+/// `strict_inputs` asks for the full preprocessing check on every job:
+/// no guess, even where one could be made.
+#[test]
+fn strict_inputs_never_guesses() {
+    let env = Env::new("[dist]\nstrict_inputs = true\n");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(
+        d.join("s.c"),
+        "#include <stdio.h>\nint s(void) { return puts(\"s\"); }\n",
+    )
+    .unwrap();
+    let args = ["-O2", "-c", "s.c", "-o", "s.o"];
+    run_ok(env.cmd(swarmcc()).arg("gcc").args(args).current_dir(d));
+    std::fs::write(
+        d.join("s.c"),
+        "#include <stdio.h>\nint s(void) { return puts(\"t\"); }\n",
+    )
+    .unwrap();
+    run_ok(env.cmd(swarmcc()).arg("gcc").args(args).current_dir(d));
+    let s = env.stats_json();
+    assert_eq!(s["cache_misses"], 2, "{s}");
+    assert_eq!(s["speculative_compiles"], 0, "{s}");
+    assert!(same_as_local(d, &args, "s.o"));
 }

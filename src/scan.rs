@@ -486,12 +486,16 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath) -> Option<Vec<Read>> {
     let (mut assumed, mut defined) = (HashSet::new(), HashSet::new());
     let mut seen: HashSet<(PathBuf, Found)> = HashSet::new();
     let mut bytes = 0usize;
+    let fs = &mut Probe {
+        cwd,
+        known: HashMap::new(),
+    };
     // (name as the compiler spells it, how it was found)
     let mut todo: VecDeque<(String, Found)> = VecDeque::new();
     todo.push_back((c.input.clone(), Found::Plain));
     // gcc reads `<stdc-predef.h>` before the unit when it exists, silently
     // going without it otherwise: the sandbox must have it too.
-    if let Some(found) = lookup(cwd, &chain, sp.quote.len(), "stdc-predef.h")? {
+    if let Some(found) = lookup(fs, &chain, sp.quote.len(), "stdc-predef.h")? {
         todo.push_back(found);
     }
     // `-include x.h` is looked up in the working directory first, then as
@@ -500,7 +504,7 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath) -> Option<Vec<Read>> {
     while let Some(a) = it.next() {
         if a == "-include" || a == "-imacros" {
             let name = it.next()?;
-            todo.push_back(resolve_quoted(cwd, &chain, "./", name)??);
+            todo.push_back(resolve_quoted(fs, &chain, "./", name)??);
         } else if a.starts_with("-include") || a.starts_with("-imacros") {
             return None;
         }
@@ -545,8 +549,8 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath) -> Option<Vec<Read>> {
                 _ => None,
             };
             let hit = match start {
-                Some(from) => lookup(cwd, &chain, from, &inc.name)?,
-                None => resolve_quoted(cwd, &chain, dir, &inc.name)?,
+                Some(from) => lookup(fs, &chain, from, &inc.name)?,
+                None => resolve_quoted(fs, &chain, dir, &inc.name)?,
             };
             if let Some(h) = hit {
                 todo.push_back(h);
@@ -565,23 +569,23 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath) -> Option<Vec<Read>> {
 
 /// `#include "name"` from a file in `dir`: that directory, then the chain.
 fn resolve_quoted(
-    cwd: &Path,
+    fs: &mut Probe<'_>,
     chain: &[&String],
     dir: &str,
     name: &str,
 ) -> Option<Option<(String, Found)>> {
     let here = format!("{dir}{name}");
-    if exists_checked(cwd, &here)? {
+    if fs.exists(&here)? {
         return Some(Some((here, Found::CurDir)));
     }
-    lookup(cwd, chain, 0, name)
+    lookup(fs, chain, 0, name)
 }
 
 /// The first `chain[from..]` directory holding `name`. `Some(None)`: none
 /// does (a compile that needs it fails, and is redone the checked way);
 /// `None`: the scan cannot tell.
 fn lookup(
-    cwd: &Path,
+    fs: &mut Probe<'_>,
     chain: &[&String],
     from: usize,
     name: &str,
@@ -592,11 +596,29 @@ fn lookup(
         } else {
             format!("{dir}/{name}")
         };
-        if exists_checked(cwd, &spelled)? {
+        if fs.exists(&spelled)? {
             return Some(Some((spelled, Found::Chain(i))));
         }
     }
     Some(None)
+}
+
+/// [`exists_checked`] answers, remembered: units include the same names
+/// from many headers, and each miss in a search directory is a `stat`.
+struct Probe<'a> {
+    cwd: &'a Path,
+    known: HashMap<String, Option<bool>>,
+}
+
+impl Probe<'_> {
+    fn exists(&mut self, spelled: &str) -> Option<bool> {
+        if let Some(&k) = self.known.get(spelled) {
+            return k;
+        }
+        let k = exists_checked(self.cwd, spelled);
+        self.known.insert(spelled.to_string(), k);
+        k
+    }
 }
 
 /// Whether the compiler would open `spelled` (relative to `cwd`) as a file.

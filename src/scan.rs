@@ -125,10 +125,12 @@ fn probe_args(c: &Compile) -> Option<Vec<String>> {
 }
 
 /// The search path of this compile, from `cache_dir` or by asking the
-/// compiler (then remembered there). The compiler runs with `env` only, the
-/// environment the sandboxed compile will have.
+/// compiler (then remembered there, under the compiler's `identity`, its
+/// toolchain id, so that an upgraded compiler is asked again). The compiler
+/// runs with `env` only, the environment the sandboxed compile will have.
 pub fn search_path(
     compiler: &Path,
+    identity: &str,
     c: &Compile,
     cwd: &Path,
     env: &[(String, String)],
@@ -136,7 +138,7 @@ pub fn search_path(
 ) -> Option<SearchPath> {
     let args = probe_args(c)?;
     let key = {
-        let what = (compiler, cwd, &args, env);
+        let what = (compiler, identity, cwd, &args, env);
         let bytes = swarmcc_protocol::frame::encode(&what).ok()?;
         blake3::hash(&bytes).to_hex().to_string()
     };
@@ -910,10 +912,10 @@ int n = 1'000'000; /* digit separators
         let c = compile("u.c", &["-O2"]);
         let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
         let probes = d.join("probes");
-        let sp = search_path(Path::new("gcc"), &c, d, &env, &probes).unwrap();
+        let sp = search_path(Path::new("gcc"), "gcc", &c, d, &env, &probes).unwrap();
         assert!(sp.macros.contains("__GNUC__"));
         assert_eq!(
-            search_path(Path::new("gcc"), &c, d, &env, &probes),
+            search_path(Path::new("gcc"), "gcc", &c, d, &env, &probes),
             Some(sp.clone()),
             "remembered"
         );

@@ -524,7 +524,7 @@ fn guess(
     if cfg.dist.scan_includes && scan::applicable(c) {
         let env = job_env(&tc.compiler);
         let probes = swarmcc_node::config::state_dir().join("include-paths");
-        if let Some(files) = scan::search_path(compiler, c, cwd, &env, &probes)
+        if let Some(files) = scan::search_path(compiler, &tc.id.to_string(), c, cwd, &env, &probes)
             .and_then(|sp| scan::scan(c, cwd, &sp))
         {
             return Some(files);

@@ -3,7 +3,7 @@
 //! grant for each. Prints a Markdown table for BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
-use swarmcc_node::coordinator::{sign_grant, Allocator, GrantBody};
+use swarmcc_node::coordinator::{sign_grant, Allocator, GrantBody, Reported};
 use swarmcc_protocol::{Hash32, ToolchainId};
 
 const BUILDERS: usize = 1000;
@@ -13,8 +13,18 @@ fn office() -> (Allocator, Vec<ToolchainId>) {
     let mut a = Allocator::default();
     for b in 0..BUILDERS {
         // Each builder holds three of the ten toolchains and runs a few jobs.
-        let held = (0..3).map(|k| toolchains[(b + k * 3) % toolchains.len()]);
-        a.report(&format!("builder-{b:04}"), 8, (b % 5) as u32, held);
+        let held: Vec<ToolchainId> = (0..3)
+            .map(|k| toolchains[(b + k * 3) % toolchains.len()])
+            .collect();
+        let report = Reported {
+            slots: 8,
+            running: (b % 5) as u32,
+            toolchains: &held,
+            load: 0,
+            grants: &[],
+            rate: 0,
+        };
+        a.update(&format!("builder-{b:04}"), &report, Instant::now());
     }
     (a, toolchains)
 }

@@ -133,24 +133,6 @@ impl Allocator {
         self.builders.get_mut(i).map(|(_, b)| b)
     }
 
-    /// A builder's report: replaces what the coordinator knew of it.
-    pub fn report(
-        &mut self,
-        peer: &str,
-        slots: u32,
-        running: u32,
-        toolchains: impl IntoIterator<Item = ToolchainId>,
-    ) {
-        let i = self.entry(peer);
-        let bits = self.toolchain_bits(toolchains, Vec::new());
-        let b = &mut self.builders[i].1;
-        b.slots = slots;
-        b.running = running;
-        b.pending = 0;
-        b.released = 0;
-        b.toolchains = bits;
-    }
-
     /// The index of `peer`'s entry, made if it is new.
     fn entry(&mut self, peer: &str) -> usize {
         if let Some(&i) = self.index.get(peer) {
@@ -286,22 +268,6 @@ impl Allocator {
         if let Some(b) = self.get_mut(peer) {
             b.outstanding.remove(&grant);
             b.ended.insert(grant, now);
-        }
-    }
-
-    /// The grants a builder's report says it has taken on (counted in its
-    /// `running`): the grants not listed are on their way to it and keep
-    /// their slots. One not listed long after its expiry went nowhere.
-    pub fn report_grants(&mut self, peer: &str, taken: &[u64], now: Instant) {
-        if let Some(b) = self.get_mut(peer) {
-            b.take_grants(taken, now);
-        }
-    }
-
-    /// A builder's machine load (1-minute load average ×100), from its report.
-    pub fn set_load(&mut self, peer: &str, load: u32) {
-        if let Some(b) = self.get_mut(peer) {
-            b.load = load;
         }
     }
 
@@ -501,6 +467,39 @@ mod tests {
         ToolchainId(Hash32::of(&[n]))
     }
 
+    /// A builder's report at `now`: slots, running jobs, toolchains, the
+    /// grants it has taken and its machine load.
+    fn report_at(
+        a: &mut Allocator,
+        peer: &str,
+        (slots, running): (u32, u32),
+        toolchains: &[ToolchainId],
+        (grants, load): (&[u64], u32),
+        now: Instant,
+    ) {
+        let r = Reported {
+            slots,
+            running,
+            toolchains,
+            load,
+            grants,
+            rate: 0,
+        };
+        a.update(peer, &r, now);
+    }
+
+    /// A plain report: no grants taken, no other load.
+    fn report(a: &mut Allocator, peer: &str, slots: u32, running: u32, toolchains: &[ToolchainId]) {
+        report_at(
+            a,
+            peer,
+            (slots, running),
+            toolchains,
+            (&[], 0),
+            Instant::now(),
+        );
+    }
+
     /// An idle builder's report: two slots, these toolchains, this rate.
     fn idle(toolchains: &[ToolchainId], rate: u64) -> Reported<'_> {
         Reported {
@@ -517,9 +516,9 @@ mod tests {
     fn allocation_prefers_the_toolchain_then_free_capacity_and_knows_when_full() {
         let now = Instant::now();
         let mut a = Allocator::default();
-        a.report("b1", 4, 3, [tc(1)]);
-        a.report("b2", 4, 0, []);
-        a.report("b3", 2, 0, [tc(1)]);
+        report(&mut a, "b1", 4, 3, &[tc(1)]);
+        report(&mut a, "b2", 4, 0, &[]);
+        report(&mut a, "b3", 2, 0, &[tc(1)]);
         // b3 holds the toolchain and is idle: it wins over the emptier b2.
         assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b3"));
         assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b3"));
@@ -542,49 +541,17 @@ mod tests {
         a.release("b2");
         assert_eq!(a.allocate(&tc(2), &[], now).as_deref(), Some("b2"));
         // A report replaces what was known (a new coordinator is right after one report).
-        a.report("b1", 4, 0, [tc(1)]);
+        report(&mut a, "b1", 4, 0, &[tc(1)]);
         assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b1"));
     }
 
     #[test]
-    fn a_whole_report_in_one_update_equals_its_parts() {
+    fn an_update_from_an_unknown_builder_adds_it() {
         let now = Instant::now();
-        let (mut a, mut b) = (Allocator::default(), Allocator::default());
-        for al in [&mut a, &mut b] {
-            al.report("b1", 4, 0, [tc(1)]);
-            al.report("b2", 4, 0, [tc(2)]);
-            for _ in 0..3 {
-                let p = al.allocate(&tc(1), &[], now).expect("free");
-                al.granted(&p, 7, now);
-            }
-        }
-        let toolchains = [tc(2), tc(3)];
-        a.report("b1", 8, 2, toolchains);
-        a.set_load("b1", 150);
-        a.report_grants("b1", &[7], now);
-        b.update(
-            "b1",
-            &Reported {
-                slots: 8,
-                running: 2,
-                toolchains: &toolchains,
-                load: 150,
-                grants: &[7],
-                rate: 0,
-            },
-            now,
-        );
-        assert_eq!(a.totals(), b.totals());
-        for t in [tc(1), tc(2), tc(3)] {
-            assert_eq!(a.holds("b1", &t), b.holds("b1", &t), "{t:?}");
-        }
-        while let Some(p) = a.allocate(&tc(3), &[], now) {
-            assert_eq!(Some(p), b.allocate(&tc(3), &[], now));
-        }
-        assert_eq!(b.allocate(&tc(3), &[], now), None);
-        // An unknown builder is added by an update.
-        b.update("b9", &idle(&[], 0), now);
-        assert_eq!(b.allocate(&tc(3), &[], now).as_deref(), Some("b9"));
+        let mut a = Allocator::default();
+        assert_eq!(a.allocate(&tc(3), &[], now), None);
+        a.update("b9", &idle(&[], 0), now);
+        assert_eq!(a.allocate(&tc(3), &[], now).as_deref(), Some("b9"));
     }
 
     #[test]
@@ -643,7 +610,7 @@ mod tests {
     fn a_released_slot_is_reused_before_the_next_report() {
         let now = Instant::now();
         let mut a = Allocator::default();
-        a.report("b1", 2, 1, [tc(1)]);
+        report(&mut a, "b1", 2, 1, &[tc(1)]);
         // One running (reported) plus one granted: full.
         assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b1"));
         assert_eq!(a.allocate(&tc(1), &[], now), None);
@@ -657,7 +624,7 @@ mod tests {
         }
         assert_eq!(a.totals(), (1, 2, 0));
         // The next report is the truth again.
-        a.report("b1", 2, 2, [tc(1)]);
+        report(&mut a, "b1", 2, 2, &[tc(1)]);
         assert_eq!(a.allocate(&tc(1), &[], now), None);
         assert_eq!(a.holders(&tc(1), "x", 4), vec!["b1".to_string()]);
         assert!(a.holders(&tc(1), "b1", 4).is_empty());
@@ -668,17 +635,14 @@ mod tests {
     fn a_granted_job_keeps_its_slot_until_the_builder_reports_it_or_it_ends() {
         let t0 = Instant::now();
         let mut a = Allocator::default();
-        a.report("b1", 1, 0, []);
-        a.report_grants("b1", &[], t0);
+        report_at(&mut a, "b1", (1, 0), &[], (&[], 0), t0);
         assert_eq!(a.allocate(&tc(1), &[], t0).as_deref(), Some("b1"));
         a.granted("b1", 7, t0);
         // A report sent before the job arrived: the slot stays taken.
-        a.report("b1", 1, 0, []);
-        a.report_grants("b1", &[], t0);
+        report_at(&mut a, "b1", (1, 0), &[], (&[], 0), t0);
         assert_eq!(a.allocate(&tc(1), &[], t0), None);
         // The job arrived and is reported: still one job.
-        a.report("b1", 1, 1, []);
-        a.report_grants("b1", &[7], t0);
+        report_at(&mut a, "b1", (1, 1), &[], (&[7], 0), t0);
         assert_eq!(a.allocate(&tc(1), &[], t0), None);
         assert_eq!(a.totals(), (1, 1, 1));
         // It ends: free at once.
@@ -700,8 +664,7 @@ mod tests {
         // A grant whose job never arrived is dropped once it has expired.
         assert_eq!(a.allocate(&tc(1), &[], t0).as_deref(), Some("b1"));
         a.granted("b1", 8, t0);
-        a.report("b1", 1, 0, []);
-        a.report_grants("b1", &[], t0 + GRANT_TRAVEL);
+        report_at(&mut a, "b1", (1, 0), &[], (&[], 0), t0 + GRANT_TRAVEL);
         assert_eq!(a.totals(), (1, 1, 0));
     }
 
@@ -709,10 +672,8 @@ mod tests {
     fn a_machine_busy_with_other_work_is_chosen_last() {
         let now = Instant::now();
         let mut a = Allocator::default();
-        a.report("busy", 4, 0, []);
-        a.report("idle", 4, 0, []);
-        a.set_load("busy", 390);
-        a.set_load("idle", 20);
+        report_at(&mut a, "busy", (4, 0), &[], (&[], 390), now);
+        report_at(&mut a, "idle", (4, 0), &[], (&[], 20), now);
         assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("idle"));
         // Free capacity still comes first.
         assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("busy"));
@@ -722,8 +683,8 @@ mod tests {
     fn failed_and_excluded_builders_are_passed_over() {
         let now = Instant::now();
         let mut a = Allocator::default();
-        a.report("b1", 8, 0, [tc(1)]);
-        a.report("b2", 8, 0, []);
+        report(&mut a, "b1", 8, 0, &[tc(1)]);
+        report(&mut a, "b2", 8, 0, &[]);
         a.failed("b1", now);
         assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b2"));
         assert_eq!(a.allocate(&tc(1), &["b2"], now), None);

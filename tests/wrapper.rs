@@ -40,18 +40,28 @@ fn gcc_gxx_clang_clangxx_and_assembler_objects_and_diagnostics_are_identical() {
         "#define VAL 42\n.globl f\nf:\n  movl $VAL, %eax\n  ret\n",
     )
     .unwrap();
-    for (compiler, src, flags) in [
+    std::fs::write(
+        d.join("w.c"),
+        "#include <stdio.h>\n#include <stddef.h>\nint w(int x) {\n  int unused;\n  printf(\"%s\\n\", x);\n  return (int)sizeof(size_t);\n}\n",
+    )
+    .unwrap();
+    let cases = [
         ("g++", "v.cpp", "-O2 -g -std=c++17 -Wall"),
         ("gcc", "s.S", "-g"),
-    ] {
+        ("gcc", "w.c", "-O2 -g -Wall"),
+        ("clang", "w.c", "-O2 -g -Wall"),
+        ("clang++", "v.cpp", "-O2 -g -std=c++17 -Wall"),
+    ];
+    for (compiler, src, flags) in cases {
         let flags: Vec<&str> = flags.split(' ').collect();
-        run_ok(
+        let local = run_ok(
             Command::new(compiler)
                 .args(&flags)
                 .args(["-c", src, "-o", "ref.o"])
+                .env("LANG", "C.UTF-8")
                 .current_dir(d),
         );
-        run_ok(
+        let swarm = run_ok(
             env.cmd(swarmcc())
                 .arg(compiler)
                 .args(&flags)
@@ -59,9 +69,23 @@ fn gcc_gxx_clang_clangxx_and_assembler_objects_and_diagnostics_are_identical() {
                 .current_dir(d),
         );
         same_file(&d.join("ref.o"), &d.join("out.o"));
+        assert_eq!(
+            String::from_utf8_lossy(&local.stderr),
+            String::from_utf8_lossy(&swarm.stderr),
+            "{compiler} {src}: diagnostics differ"
+        );
+        if src == "w.c" {
+            assert!(
+                String::from_utf8_lossy(&swarm.stderr).contains("warning"),
+                "{compiler}: the sample warns"
+            );
+        }
     }
     let s = env.stats_json();
-    assert_eq!(dist_total(&s), 2, "{s}");
+    assert_eq!(dist_total(&s), cases.len() as u64, "{s}");
+    // Every unit compiled from a scan of its includes, none redone.
+    assert_eq!(s["speculative_compiles"], cases.len() as u64, "{s}");
+    assert_eq!(s["speculation_misses"], 0, "{s}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub fn human(s: &Stats) -> String {
     let mut line = |label: &str, v: u64| out.push_str(&format!("{label:<44}{v:>10}\n"));
     line("Compile requests", s.compile_requests);
     line("Cache hits", s.cache_hits);
+    line("  in direct mode (no preprocessing)", s.direct_hits);
     line("Cache misses", s.cache_misses);
     line("Cache errors (corrupted entries dropped)", s.cache_errors);
     let dist_total: u64 = s.dist_compiles.values().sum();

@@ -653,8 +653,7 @@ fn manifest_for(
     result_key: Hash32,
     started: std::time::SystemTime,
 ) -> Option<Manifest> {
-    // `__TIME` finds `__TIMESTAMP__` as well.
-    let finders = ["__DATE__", "__TIME"].map(memchr::memmem::Finder::new);
+    let finders = ["__DATE__", "__TIME__", "__TIMESTAMP__"].map(memchr::memmem::Finder::new);
     if blobs
         .iter()
         .any(|b| finders.iter().any(|f| f.find(&b.data).is_some()))

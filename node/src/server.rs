@@ -333,6 +333,7 @@ async fn handle(node: &Node, req: Request) -> Response {
                     node.stats.update(|s| {
                         s.compile_requests += 1;
                         s.cache_hits += 1;
+                        s.direct_hits += 1;
                     });
                     Response::DirectHit { manifest, result }
                 }

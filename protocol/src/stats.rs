@@ -84,6 +84,10 @@ impl LocalReason {
 pub struct Stats {
     pub compile_requests: u64,
     pub cache_hits: u64,
+    /// Of the cache hits, those answered in direct mode (from a manifest of
+    /// the files the unit read, without preprocessing or scanning).
+    #[serde(default)]
+    pub direct_hits: u64,
     pub cache_misses: u64,
     /// Corrupted or truncated entries found (and dropped) on lookup.
     pub cache_errors: u64,

@@ -220,11 +220,7 @@ pub fn directives(text: &[u8]) -> Result<Directives, Unresolvable> {
     // Per open conditional: the macro whose absence would make this block
     // dead (only for `#ifdef X` / `#if defined(X)`, until `#else`/`#elif`).
     let mut open: Vec<Option<String>> = Vec::new();
-    for line in text.split(|&b| b == b'\n') {
-        let line = skip_ws(line);
-        let Some(rest) = line.strip_prefix(b"#") else {
-            continue;
-        };
+    for rest in directive_lines(&text) {
         let rest = skip_ws(rest);
         let word_len = rest
             .iter()
@@ -272,6 +268,49 @@ pub fn directives(text: &[u8]) -> Result<Directives, Unresolvable> {
     Ok(out)
 }
 
+/// `text` with every backslash-newline removed (borrowed when it has none).
+fn splice(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let spliced_at = |at: usize| match &text[at + 1..] {
+        [b'\n', ..] => Some(2),
+        [b'\r', b'\n', ..] => Some(3),
+        _ => None,
+    };
+    if !memchr::memchr_iter(b'\\', text).any(|at| spliced_at(at).is_some()) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut t = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while let Some(at) = memchr::memchr(b'\\', &text[i..]) {
+        let at = i + at;
+        match spliced_at(at) {
+            Some(n) => {
+                t.extend_from_slice(&text[i..at]);
+                i = at + n;
+            }
+            None => {
+                t.extend_from_slice(&text[i..=at]);
+                i = at + 1;
+            }
+        }
+    }
+    t.extend_from_slice(&text[i..]);
+    std::borrow::Cow::Owned(t)
+}
+
+/// The rest of every line whose first non-blank character is `#` (after
+/// that `#`). Found from the `#`s rather than line by line: headers have
+/// many lines and few directives.
+fn directive_lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    memchr::memchr_iter(b'#', text).filter_map(move |at| {
+        let start = memchr::memrchr(b'\n', &text[..at]).map_or(0, |n| n + 1);
+        if !text[start..at].iter().all(|&b| b == b' ' || b == b'\t') {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', &text[at..]).map_or(text.len(), |n| at + n);
+        Some(&text[at + 1..end])
+    })
+}
+
 /// The text as the directive parser sees it: lines spliced at
 /// backslash-newlines, every comment replaced by one space (a comment over
 /// several lines does not end a directive), strings and character literals
@@ -284,21 +323,7 @@ fn code(text: &[u8]) -> Result<Vec<u8>, Unresolvable> {
         return Err(Unresolvable);
     }
     // Splice lines, copying the spans between backslashes.
-    let mut t = Vec::with_capacity(text.len());
-    let mut i = 0;
-    while let Some(at) = memchr::memchr(b'\\', &text[i..]) {
-        let at = i + at;
-        t.extend_from_slice(&text[i..at]);
-        i = match &text[at + 1..] {
-            [b'\n', ..] => at + 2,
-            [b'\r', b'\n', ..] => at + 3,
-            _ => {
-                t.push(b'\\');
-                at + 1
-            }
-        };
-    }
-    t.extend_from_slice(&text[i..]);
+    let t = splice(text);
     // Drop comments, copying the spans between the bytes that may start a
     // comment or a literal.
     let mut out = Vec::with_capacity(t.len());

@@ -634,6 +634,22 @@ fn redirect_dep_file(deps: &[String], dest: &str) -> Vec<String> {
     out
 }
 
+/// Whether a file names `__DATE__`, `__TIME__` or `__TIMESTAMP__` (two
+/// passes over it, not three: every `__TIME` is checked for the rest; glibc
+/// names `__TIME_T_TYPE` and `__TIMESIZE`, which do not count).
+fn names_the_clock(data: &[u8]) -> bool {
+    use std::sync::LazyLock;
+    static DATE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"__DATE__"));
+    static TIME: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"__TIME"));
+    DATE.find(data).is_some()
+        || TIME.find_iter(data).any(|at| {
+            let rest = &data[at + b"__TIME".len()..];
+            rest.starts_with(b"__") || rest.starts_with(b"STAMP__")
+        })
+}
+
 /// Whether every file a manifest lists still has the content it had.
 fn manifest_still_holds(m: &Manifest) -> bool {
     !m.files.is_empty()
@@ -653,11 +669,7 @@ fn manifest_for(
     result_key: Hash32,
     started: std::time::SystemTime,
 ) -> Option<Manifest> {
-    let finders = ["__DATE__", "__TIME__", "__TIMESTAMP__"].map(memchr::memmem::Finder::new);
-    if blobs
-        .iter()
-        .any(|b| finders.iter().any(|f| f.find(&b.data).is_some()))
-    {
+    if blobs.iter().any(|b| names_the_clock(&b.data)) {
         return None;
     }
     for f in &job.sources {
@@ -757,4 +769,22 @@ fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
         return Err(e.into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_names_are_told_from_lookalikes() {
+        assert!(names_the_clock(b"x = __DATE__;"));
+        assert!(names_the_clock(b"x = __TIME__;"));
+        assert!(names_the_clock(b"x = __TIMESTAMP__;"));
+        assert!(names_the_clock(b"__TIME_T_TYPE __TIMESIZE then __TIME__"));
+        assert!(!names_the_clock(
+            b"#define __TIME_T_TYPE long\n#if __TIMESIZE == 64\n"
+        ));
+        assert!(!names_the_clock(b"__TIME"));
+        assert!(!names_the_clock(b""));
+    }
 }

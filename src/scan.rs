@@ -531,7 +531,12 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath) -> Option<Vec<Read>> {
     while let Some(a) = it.next() {
         if a == "-include" || a == "-imacros" {
             let name = it.next()?;
-            todo.push_back(resolve_quoted(fs, &chain, "./", name)??);
+            if Path::new(name).is_absolute() {
+                fs.exists(name)?.then_some(())?;
+                todo.push_back((name.clone(), Found::Plain));
+            } else {
+                todo.push_back(resolve_quoted(fs, &chain, "./", name)??);
+            }
         } else if a.starts_with("-include") || a.starts_with("-imacros") {
             return None;
         }
@@ -919,6 +924,18 @@ int n = 1'000'000; /* digit separators
         );
         // A forced include that does not exist: gcc fails, so no guess.
         assert!(scan(&compile("m.c", &["-include", "nope.h"]), d, &sp).is_none());
+        // An absolute one is taken as it is.
+        let abs = d.join("force.h");
+        let files = scan(
+            &compile("m.c", &["-include", abs.to_str().unwrap()]),
+            d,
+            &sp,
+        )
+        .unwrap();
+        assert_eq!(
+            paths(&files, d),
+            vec!["m.c", "sys/stdc-predef.h", "force.h", "sys/more.h"]
+        );
     }
 
     /// Against the real compiler: every file gcc's own dependency list names

@@ -29,13 +29,7 @@ fn lua_through_the_node_is_identical_runs_and_hits_the_cache() {
     let s = env.stats_json();
     assert_eq!(s["cache_misses"], 33, "{s}");
     assert_eq!(s["dist_errors"], 0, "{s}");
-    let dist: u64 = s["dist_compiles"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(dist, 33, "{s}");
+    assert_eq!(dist_total(&s), 33, "{s}");
 
     // Second build: every unit from the cache, still identical.
     run_ok(Command::new("make").arg("clean").current_dir(&proj));
@@ -148,13 +142,7 @@ fn diagnostics_and_errors_pass_through_unchanged() {
         s["dist_errors"], 0,
         "a compile error is not a swarm failure: {s}"
     );
-    let dist: u64 = s["dist_compiles"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(dist, 2, "{s}");
+    assert_eq!(dist_total(&s), 2, "{s}");
 }
 
 #[test]
@@ -306,13 +294,7 @@ fn corrupted_toolchain_archive_is_rejected_and_the_build_falls_back() {
             .current_dir(d),
     );
     let s = env.stats_json();
-    let dist: u64 = s["dist_compiles"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(dist, 2, "one before the damage, one after: {s}");
+    assert_eq!(dist_total(&s), 2, "one before the damage, one after: {s}");
     assert_eq!(s["toolchains_packaged"], 2, "{s}");
 }
 
@@ -608,13 +590,7 @@ fn first_compiles_follow_includes_instead_of_preprocessing() {
     let s = env.stats_json();
     assert_eq!(s["speculative_compiles"], 3, "every unit from a scan: {s}");
     assert_eq!(s["speculation_misses"], 0, "{s}");
-    let dist: u64 = s["dist_compiles"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(dist, 3, "{s}");
+    assert_eq!(dist_total(&s), 3, "{s}");
 
     // A computed include under a macro that is defined: only the
     // preprocessor can tell, so the unit is preprocessed (and still right).

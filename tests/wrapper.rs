@@ -6,13 +6,6 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn dist_total(s: &serde_json::Value) -> u64 {
-    s["dist_compiles"]
-        .as_object()
-        .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
-        .unwrap_or(0)
-}
-
 fn same_file(a: &Path, b: &Path) {
     assert_eq!(
         std::fs::read(a).unwrap(),

@@ -6,6 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Successful distributed compiles over all builders, from a node's
+/// `stats` object (`--stats-format json`'s `"stats"`).
+pub fn dist_total(stats: &serde_json::Value) -> u64 {
+    stats["dist_compiles"]
+        .as_object()
+        .expect("dist_compiles is an object")
+        .values()
+        .map(|v| v.as_u64().expect("a count"))
+        .sum()
+}
+
 pub fn swarmcc() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_swarmcc"))
 }

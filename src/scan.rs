@@ -176,10 +176,7 @@ fn remember(dir: &Path, key: &str, text: &str) {
         let _ = std::fs::remove_dir_all(dir);
         let _ = std::fs::create_dir_all(dir);
     }
-    let tmp = dir.join(format!(".{key}.{}", std::process::id()));
-    if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, dir.join(key)).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = crate::wrapper::write_atomic(&dir.join(key), text.as_bytes());
 }
 
 /// One `#include`-like reference in a file.
@@ -513,7 +510,7 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath) -> Option<Vec<Read>> {
     let (mut assumed, mut defined) = (HashSet::new(), HashSet::new());
     let mut seen: HashSet<(PathBuf, Found)> = HashSet::new();
     let mut bytes = 0usize;
-    let fs = &mut Probe {
+    let fs = &mut Lookups {
         cwd,
         known: HashMap::new(),
     };
@@ -562,7 +559,7 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath) -> Option<Vec<Read>> {
                 data,
             });
         }
-        let incs = index.get(&abs).cloned().unwrap_or_default();
+        let incs = index.get(&abs).map(Vec::as_slice).unwrap_or_default();
         let dir = match spelled.rfind('/') {
             Some(i) => &spelled[..=i],
             None => "",
@@ -601,7 +598,7 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath) -> Option<Vec<Read>> {
 
 /// `#include "name"` from a file in `dir`: that directory, then the chain.
 fn resolve_quoted(
-    fs: &mut Probe<'_>,
+    fs: &mut Lookups<'_>,
     chain: &[&String],
     dir: &str,
     name: &str,
@@ -617,7 +614,7 @@ fn resolve_quoted(
 /// does (a compile that needs it fails, and is redone the checked way);
 /// `None`: the scan cannot tell.
 fn lookup(
-    fs: &mut Probe<'_>,
+    fs: &mut Lookups<'_>,
     chain: &[&String],
     from: usize,
     name: &str,
@@ -637,12 +634,12 @@ fn lookup(
 
 /// [`exists_checked`] answers, remembered: units include the same names
 /// from many headers, and each miss in a search directory is a `stat`.
-struct Probe<'a> {
+struct Lookups<'a> {
     cwd: &'a Path,
     known: HashMap<String, Option<bool>>,
 }
 
-impl Probe<'_> {
+impl Lookups<'_> {
     fn exists(&mut self, spelled: &str) -> Option<bool> {
         if let Some(&k) = self.known.get(spelled) {
             return k;

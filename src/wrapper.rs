@@ -753,7 +753,7 @@ fn deliver(c: &Compile, cwd: &Path, want: &str, r: &JobResult) -> Result<i32> {
     Ok(r.exit_code)
 }
 
-fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     let dir = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -60,7 +60,7 @@ pub mod pairs {
     pub fn serialize<S: Serializer>(v: &[(String, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(v.len()))?;
         for (name, data) in v {
-            seq.serialize_element(&(name, serde_bytes_ref(data)))?;
+            seq.serialize_element(&(name, BytesRef(data)))?;
         }
         seq.end()
     }
@@ -81,9 +81,7 @@ pub mod opt_pair {
         v: &Option<(String, Vec<u8>)>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        v.as_ref()
-            .map(|(n, d)| (n, serde_bytes_ref(d)))
-            .serialize(s)
+        v.as_ref().map(|(n, d)| (n, BytesRef(d))).serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
@@ -101,10 +99,6 @@ impl Serialize for BytesRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(self.0)
     }
-}
-
-fn serde_bytes_ref(v: &[u8]) -> BytesRef<'_> {
-    BytesRef(v)
 }
 
 #[cfg(test)]

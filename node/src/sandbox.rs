@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -327,6 +328,11 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
         args.extend(["--setenv".into(), k.into(), v.into()]);
     }
     args.extend(spec.mounts.iter().cloned());
+    // bubblewrap tells the pid of its init in the job's pid namespace here;
+    // see `reap_init`.
+    let (info_r, info_w) = pipe().map_err(|e| SandboxError::Setup(format!("pipe: {e}")))?;
+    let info_fd = info_w.as_raw_fd();
+    args.extend(["--info-fd".into(), info_fd.to_string().into()]);
     args.extend(["--chdir".into(), spec.cwd.into(), "--".into()]);
     let t0 = std::time::Instant::now();
     args.extend(spec.argv.iter().map(OsString::from));
@@ -342,12 +348,21 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
     let limits = spec.limits.clone();
     // SAFETY: only async-signal-safe libc calls between fork and exec.
     unsafe {
-        cmd.pre_exec(move || apply_limits(&limits));
+        cmd.pre_exec(move || {
+            apply_limits(&limits)?;
+            // The info pipe's write end, and only it, is inherited by bwrap.
+            if libc::fcntl(info_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
-    let mut child = cmd
-        .spawn()
+    let spawned = cmd.spawn();
+    drop(info_w);
+    let mut child = spawned
         .map_err(|e| SandboxError::Setup(format!("cannot run {}: {e}", spec.bwrap.display())))?;
     let pid = child.id();
+    let init = tokio::spawn(read_init_pid(info_r));
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(SandboxError::Setup("no pipes".into()));
     };
@@ -364,6 +379,7 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
         Ok(r) => r,
         Err(_) => {
             kill_group(pid);
+            reap_init(&mut child, init).await;
             return Err(SandboxError::Timeout(spec.limits.timeout));
         }
     };
@@ -371,9 +387,11 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
         (Some(o), Some(e)) => (o, e),
         _ => {
             kill_group(pid);
+            reap_init(&mut child, init).await;
             return Err(SandboxError::OutputLimit(cap));
         }
     };
+    reap_init(&mut child, init).await;
     let status = status.map_err(|e| SandboxError::Setup(e.to_string()))?;
     use std::os::unix::process::ExitStatusExt;
     if let Some(sig) = status.signal() {
@@ -394,6 +412,90 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
         stdout,
         stderr,
     })
+}
+
+/// A pipe whose two ends are close-on-exec.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds on success, which we then own.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// The `child-pid` that bubblewrap writes to `--info-fd` (JSON) right after
+/// creating the sandbox; `None` if it never got that far.
+async fn read_init_pid(r: OwnedFd) -> Option<i32> {
+    let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(r).ok()?;
+    let mut buf = Vec::new();
+    // bwrap writes a few dozen bytes and closes the pipe; bounded anyway.
+    (&mut r).take(4096).read_to_end(&mut buf).await.ok()?;
+    parse_child_pid(&buf)
+}
+
+fn parse_child_pid(info: &[u8]) -> Option<i32> {
+    let text = std::str::from_utf8(info).ok()?;
+    let rest = &text[text.find("\"child-pid\"")? + "\"child-pid\"".len()..];
+    let digits = rest.trim_start_matches([':', ' ', '\t', '\n']);
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok().filter(|&p| p > 1)
+}
+
+/// Reap bubblewrap's init process of a finished job.
+///
+/// With a pid namespace, bwrap runs an init as the namespace's pid 1, and the
+/// outer bwrap exits as soon as that init reports the command's status,
+/// without waiting for it. The init, a zombie moments later, is orphaned and
+/// handed to the nearest subreaper, else to the host's pid 1, which may reap
+/// late (seconds on some VMs and containers). Until then it counts against
+/// the slot uid's process limit, so that fast jobs in a row would exhaust it
+/// and fail to fork. The node is a subreaper ([`become_subreaper`]), so the
+/// init becomes our child once the outer bwrap has exited: wait for that
+/// first, then reap exactly that pid (tokio reaps only its own children by
+/// pid, so this takes nothing from it).
+async fn reap_init(child: &mut tokio::process::Child, init: tokio::task::JoinHandle<Option<i32>>) {
+    // The outer bwrap is gone or was just killed; it exits at once, and
+    // with it the pipe that brings the pid.
+    let limit = Duration::from_secs(10);
+    let _ = tokio::time::timeout(limit, child.wait()).await;
+    let Ok(Ok(Some(init))) = tokio::time::timeout(limit, init).await else {
+        return;
+    };
+    if !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
+        // Not ours to reap: the pid may be reused once the host reaps it.
+        return;
+    }
+    // It dies with its parent (`--die-with-parent`), so this wait is short.
+    tokio::task::spawn_blocking(move || {
+        let mut status = 0;
+        // SAFETY: plain syscall on a pid that only this code reaps.
+        while unsafe { libc::waitpid(init, &mut status, libc::__WALL) } == -1
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
+    });
+}
+
+/// Whether [`become_subreaper`] succeeded: only then is a job's init ours.
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make this process the reaper of its orphaned descendants, so that each
+/// job's bubblewrap init is reaped as soon as the job ends (see
+/// [`reap_init`]). Best effort: without it the host's init reaps them.
+pub fn become_subreaper() {
+    // SAFETY: plain prctl on this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
+        SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        tracing::warn!(
+            "cannot become a child subreaper: {}; finished sandboxes are reaped by the host's init",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn kill_group(pid: Option<u32>) {
@@ -501,6 +603,8 @@ pub fn probe(bwrap: &Path) -> Result<(), String> {
             "--unshare-user",
             "--unshare-net",
             "--unshare-pid",
+            // No init process, so none is left for anyone to reap.
+            "--as-pid-1",
             "--ro-bind",
             "/",
             "/",
@@ -527,6 +631,27 @@ pub fn probe(bwrap: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_pid_is_read_from_bwrap_info() {
+        assert_eq!(
+            parse_child_pid(b"{\n    \"child-pid\": 4242\n}\n"),
+            Some(4242)
+        );
+        assert_eq!(
+            parse_child_pid(b"{\n    \"child-pid\": 77,\n    \"pid-namespace\": 4026531836\n}\n"),
+            Some(77)
+        );
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{\"child-pid\": }",
+            b"{\"child-pid\": 1}",
+            b"\xff",
+        ] {
+            assert_eq!(parse_child_pid(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn visible_base_leaves_private_state_dirs() {

@@ -53,6 +53,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     };
     if let Some(why) = &cannot_build {
         tracing::warn!("this node will not build: {why}");
+    } else {
+        crate::sandbox::become_subreaper();
     }
     let tc_dir = cfg.toolchain_dir();
     let visible = crate::sandbox::visible_base(&state, crate::sandbox::running_as_root())?;

@@ -392,6 +392,8 @@ fn looks_like_resource_failure(stderr: &[u8]) -> bool {
         "Killed signal terminated",
         "File size limit exceeded",
         "Cannot allocate memory",
+        // fork/vfork at the process limit (EAGAIN)
+        "Resource temporarily unavailable",
     ]
     .iter()
     .any(|m| s.contains(m))
@@ -524,5 +526,18 @@ mod tests {
             ]
         );
         assert!(parse_make_deps(b"").is_empty());
+    }
+
+    #[test]
+    fn sandbox_limits_hit_through_the_driver_are_not_the_users_error() {
+        // What gcc 12 prints when the process limit stops it from starting cc1.
+        let at_limit = "gcc: fatal error: cannot execute \u{2018}/usr/lib/gcc/x86_64-linux-gnu/12/cc1\u{2019}: vfork: Resource temporarily unavailable\ncompilation terminated.\n";
+        assert!(looks_like_resource_failure(at_limit.as_bytes()));
+        assert!(looks_like_resource_failure(
+            b"cc1: out of memory allocating 65536 bytes after a total of 1 bytes\n"
+        ));
+        let users =
+            "a.c:1:1: error: unknown type name \u{2018}in\u{2019}\n    1 | in x;\n      | ^~\n";
+        assert!(!looks_like_resource_failure(users.as_bytes()));
     }
 }

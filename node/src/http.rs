@@ -20,7 +20,7 @@
 //! instead of compiling locally): a full office is `Fail` at allocation, and
 //! a job that cannot run is a 500.
 
-use crate::config::{ClientAuth, HttpConfig};
+use crate::config::{ClientAuth, HttpConfig, WhenFull};
 use crate::remote::{Outcome, Remote};
 use crate::stats::StatsStore;
 use crate::toolchain::ToolchainStore;
@@ -538,7 +538,7 @@ async fn run_job(
         return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
     }
     let outcome = match &h.p.remote {
-        Some(r) => r.dispatch(&job).await,
+        Some(r) => r.dispatch_when_full(&job, WhenFull::Wait).await,
         None => {
             crate::remote::run_on(&h.p.builder, h.p.cannot_build.as_deref(), &h.p.name, &job).await
         }

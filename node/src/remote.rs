@@ -200,6 +200,14 @@ impl Remote {
 
     /// Run a job wherever the office's coordinator says.
     pub async fn dispatch(&self, job: &Job) -> Outcome {
+        self.dispatch_when_full(job, self.when_full).await
+    }
+
+    /// [`Self::dispatch`], with what to do when every builder is busy given
+    /// here: an sccache client's job was admitted by our `alloc_job` already
+    /// (as sccache-dist's scheduler admits it), so it waits for a slot rather
+    /// than fail over a moment's full office.
+    pub async fn dispatch_when_full(&self, job: &Job, when_full: WhenFull) -> Outcome {
         let hash = job_hash(job);
         let me = self.net.me.to_string();
         let started = Instant::now();
@@ -217,7 +225,7 @@ impl Remote {
             {
                 Alloc::Granted { grant, holders } => (grant, holders),
                 Alloc::Full => {
-                    if self.when_full == WhenFull::Wait && started.elapsed() < self.job_timeout {
+                    if when_full == WhenFull::Wait && started.elapsed() < self.job_timeout {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }

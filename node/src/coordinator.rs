@@ -22,8 +22,13 @@ pub const GRANT_TRAVEL: Duration = Duration::from_secs(30);
 /// How long an ended grant is remembered (longer than a report can lag).
 const ENDED_MEMORY: Duration = Duration::from_secs(5);
 
-/// How long a builder that failed a job is passed over.
-pub const FAILURE_PENALTY: Duration = Duration::from_secs(10);
+/// How long a builder that failed a job is passed over. Longer than the
+/// default liveness timeout (2 s): a builder that is gone leaves the office
+/// before it would be tried again. Not much longer: most failures are one
+/// job's (a stream that broke on a lossy link, a toolchain fetch that
+/// failed), and a healthy builder left out for long turns a busy office
+/// "full" (its clients then compile locally).
+pub const FAILURE_PENALTY: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Default)]
 struct Builder {

@@ -458,7 +458,10 @@ fn run_while_busy(c: &Env, k: &Env, dir: &std::path::Path, quick_obj: &str) -> s
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the only slot is never taken"
+            "the only slot is never taken\nclient: {}\nclient log: {}\nbuilder log: {}",
+            c.stats_json(),
+            c.node_log(),
+            k.node_log()
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -278,8 +278,8 @@ pub struct DistConfig {
     /// on this machine at once, as sccache does) or `"wait"` (ask again
     /// until a slot frees, up to the sandbox timeout).
     pub when_full: WhenFull,
-    /// Builders a job is offered to (after a builder is lost or refuses it)
-    /// before the client compiles it locally.
+    /// Attempts on builders (each after a builder is lost or refuses the
+    /// job) before the client compiles it locally.
     pub max_attempts: u32,
     /// sccache's client auth. Only `type = "token"` (a shared secret): a
     /// node with no office token presents it and joins as a client; a node

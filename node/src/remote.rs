@@ -212,6 +212,7 @@ impl Remote {
         let me = self.net.me.to_string();
         let started = Instant::now();
         let mut exclude: Vec<String> = Vec::new();
+        let mut failures = 0u32;
         let bytes: u64 = job
             .sources
             .iter()
@@ -226,6 +227,11 @@ impl Remote {
                 Alloc::Granted { grant, holders } => (grant, holders),
                 Alloc::Full => {
                     if when_full == WhenFull::Wait && started.elapsed() < self.job_timeout {
+                        // The builders this job failed on stay out of the
+                        // coordinator's choice for a while anyway; kept out
+                        // here too, a job whose only builder failed it once
+                        // would wait for a slot that can never be its.
+                        exclude.clear();
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -287,9 +293,10 @@ impl Remote {
                     tracing::warn!(builder = %self.net.name_of(&builder), "job not done there: {why}");
                     self.net.release(&grant, true);
                     exclude.push(builder);
-                    if exclude.len() as u32 >= self.max_attempts {
+                    failures += 1;
+                    if failures >= self.max_attempts {
                         return Outcome::Failed {
-                            error: format!("{} builders failed; last: {why}", exclude.len()),
+                            error: format!("{failures} attempts failed; last: {why}"),
                             limit: false,
                         };
                     }

@@ -403,32 +403,20 @@ fn an_unmodified_sccache_client_distributes_into_the_swarm() {
     let build = run_ok(s1.cmd("make").args(["-j4", &cc]).current_dir(&proj));
     let _ = build;
     let st = s1.stats();
-    let warnings = || {
-        [&c1, &k, &b1]
-            .iter()
-            .flat_map(|n| {
-                n.node_log()
-                    .lines()
-                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let why = || diagnoses([&c1, &k, &b1]);
     assert_eq!(
         dist_total(&st["stats"]),
         33,
         "{st}\n{}\n{}",
         s1.log(),
-        warnings()
+        why()
     );
     assert_eq!(
         st["stats"]["dist_errors"],
         0,
         "{st}\n{}\n{}",
         s1.log(),
-        warnings()
+        why()
     );
     let through = objects(&proj);
     assert_eq!(through.len(), reference.len());

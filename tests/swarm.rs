@@ -458,10 +458,9 @@ fn run_while_busy(c: &Env, k: &Env, dir: &std::path::Path, quick_obj: &str) -> s
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the only slot is never taken\nclient: {}\nclient log: {}\nbuilder log: {}",
+            "the only slot is never taken\nclient: {}\n{}",
             c.stats_json(),
-            c.node_log(),
-            k.node_log()
+            diagnoses([c, k])
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

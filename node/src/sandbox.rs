@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -330,7 +330,8 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
     args.extend(spec.mounts.iter().cloned());
     // bubblewrap tells the pid of its init in the job's pid namespace here;
     // see `reap_init`.
-    let (info_r, info_w) = pipe().map_err(|e| SandboxError::Setup(format!("pipe: {e}")))?;
+    let (info_r, info_w) =
+        std::io::pipe().map_err(|e| SandboxError::Setup(format!("pipe: {e}")))?;
     let info_fd = info_w.as_raw_fd();
     args.extend(["--info-fd".into(), info_fd.to_string().into()]);
     args.extend(["--chdir".into(), spec.cwd.into(), "--".into()]);
@@ -362,7 +363,7 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
     let mut child = spawned
         .map_err(|e| SandboxError::Setup(format!("cannot run {}: {e}", spec.bwrap.display())))?;
     let pid = child.id();
-    let init = tokio::spawn(read_init_pid(info_r));
+    let init = tokio::spawn(read_init_pid(info_r.into()));
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(SandboxError::Setup("no pipes".into()));
     };
@@ -414,18 +415,6 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
     })
 }
 
-/// A pipe whose two ends are close-on-exec.
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds on success, which we then own.
-    unsafe {
-        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
-    }
-}
-
 /// The `child-pid` that bubblewrap writes to `--info-fd` (JSON) right after
 /// creating the sandbox; `None` if it never got that far.
 async fn read_init_pid(r: OwnedFd) -> Option<i32> {
@@ -437,13 +426,9 @@ async fn read_init_pid(r: OwnedFd) -> Option<i32> {
 }
 
 fn parse_child_pid(info: &[u8]) -> Option<i32> {
-    let text = std::str::from_utf8(info).ok()?;
-    let rest = &text[text.find("\"child-pid\"")? + "\"child-pid\"".len()..];
-    let digits = rest.trim_start_matches([':', ' ', '\t', '\n']);
-    let end = digits
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
-    digits[..end].parse().ok().filter(|&p| p > 1)
+    let v: serde_json::Value = serde_json::from_slice(info).ok()?;
+    let pid = i32::try_from(v.get("child-pid")?.as_u64()?).ok()?;
+    (pid > 1).then_some(pid)
 }
 
 /// Reap bubblewrap's init process of a finished job.

@@ -10,6 +10,8 @@ use swarmcc_protocol::local::{Request, Response, ToolchainSpec};
 use swarmcc_protocol::{Job, ToolchainId};
 
 const UID_BASE: u32 = 3_950_000;
+/// For the test that runs alongside (its sandboxes are not the other's).
+const OTHER_UID_BASE: u32 = UID_BASE + 1000;
 
 fn call(env: &Env, req: &Request) -> Response {
     let mut s = UnixStream::connect(env.socket()).unwrap();
@@ -61,23 +63,30 @@ fn run_job(env: &Env, tc: ToolchainId, script: &str) -> Response {
     )
 }
 
-fn assert_clean(env: &Env) {
-    // No job directory and no sandbox process survives a job (the node
-    // removes job directories in the background, right after answering).
+fn assert_clean(env: &Env, uid_base: u32) {
+    // No job's writable directory and no sandbox process survives a job (the
+    // node removes them in the background, right after answering). Only the
+    // slots' read-only trees stay (one per slot, holding only links).
     let jobs = || -> Vec<_> {
         std::fs::read_dir(env.state().join("jobs"))
             .unwrap()
             .flatten()
             .map(|e| e.path())
+            .filter(|p| {
+                !p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("tree-")
+            })
             .collect()
     };
-    let mut left = (jobs(), sandbox_processes(UID_BASE));
+    let mut left = (jobs(), sandbox_processes(uid_base));
     for _ in 0..50 {
         if left.0.is_empty() && left.1.is_empty() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
-        left = (jobs(), sandbox_processes(UID_BASE));
+        left = (jobs(), sandbox_processes(uid_base));
     }
     assert!(
         left.0.is_empty(),
@@ -101,7 +110,7 @@ fn expect_error(env: &Env, tc: ToolchainId, script: &str, why: &str) {
         Response::Error(e) => assert!(e.contains(why), "{script}: {e}"),
         other => panic!("{script}: {other:?}"),
     }
-    assert_clean(env);
+    assert_clean(env, UID_BASE);
 }
 
 fn stdout_of(r: &Response) -> String {
@@ -145,7 +154,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
         }
         other => panic!("{other:?}"),
     }
-    assert_clean(&env);
+    assert_clean(&env, UID_BASE);
 
     // Many short jobs in a row on the same slot uid, each forking, stay
     // within the 8-process limit: nothing of a finished job (such as
@@ -166,7 +175,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
             other => panic!("job {i}: {other:?}"),
         }
     }
-    assert_clean(&env);
+    assert_clean(&env, UID_BASE);
 
     // Opens a TCP connection to a listener on the host's loopback.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -179,7 +188,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
     );
     assert!(failed(&r) && !stdout_of(&r).contains("CONNECTED"), "{r:?}");
     assert!(listener.accept().is_err(), "a connection reached the host");
-    assert_clean(&env);
+    assert_clean(&env, UID_BASE);
 
     // Sees no network interface but an unconfigured loopback.
     let r = run_job(
@@ -201,7 +210,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
             .any(|l| l.starts_with("lo\t") || l.contains("eth")),
         "a route: {seen}"
     );
-    assert_clean(&env);
+    assert_clean(&env, UID_BASE);
 
     // Reads a host file.
     let secret_dir = tempfile::tempdir().unwrap();
@@ -219,7 +228,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
         !stdout_of(&r).contains("TOPSECRET") && !stdout_of(&r).contains("root:"),
         "{r:?}"
     );
-    assert_clean(&env);
+    assert_clean(&env, UID_BASE);
 
     // Writes outside its directory: host paths, the toolchain, /tmp.
     let outside = secret_dir.path().join("pwned");
@@ -244,7 +253,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
             "wrote into the toolchain"
         );
     }
-    assert_clean(&env);
+    assert_clean(&env, UID_BASE);
 
     // Forks without end. Every level waits for its children, so the tree
     // only grows: the job cannot end well before a fork fails (the
@@ -261,7 +270,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
         failed(&r) || stderr.contains("Resource temporarily unavailable"),
         "{r:?}"
     );
-    assert_clean(&env);
+    assert_clean(&env, UID_BASE);
 
     // Runs forever.
     expect_error(&env, tc, "while :; do :; done", "time limit");
@@ -283,7 +292,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
     // Allocates without end.
     let r = run_job(&env, tc, "x=a; while :; do x=$x$x; done");
     assert!(failed(&r), "{r:?}");
-    assert_clean(&env);
+    assert_clean(&env, UID_BASE);
 
     // Malformed and oversized frames close that connection only.
     {
@@ -336,10 +345,73 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
         env.node.as_mut().unwrap().try_wait().unwrap().is_none(),
         "node exited"
     );
-    assert_clean(&env);
+    assert_clean(&env, UID_BASE);
     let stats = env.stats_json();
     assert!(
         stats["sandbox_limit_hits"].as_u64().unwrap() >= 3,
         "{stats}"
     );
+}
+
+/// A slot keeps its read-only tree of carried files from job to job (changing
+/// only what differs), so a job must see exactly its own carried files:
+/// nothing an earlier job in the same slot carried.
+#[test]
+fn a_job_sees_no_file_an_earlier_job_carried() {
+    use swarmcc_protocol::job::{Blob, SourceRef};
+    use swarmcc_protocol::Hash32;
+    let mut env = Env::new(&format!(
+        "[node]\nmax_jobs = 1\n[sandbox]\nuid_base = {OTHER_UID_BASE}\n"
+    ));
+    env.start_node();
+    let tc = bash_toolchain(&env);
+    let carrying = |files: &[(&str, &[u8])], script: &str| {
+        let mut j = job(tc, script);
+        let mut blobs = Vec::new();
+        for (path, data) in files {
+            let hash = Hash32::of(data);
+            j.sources.push(SourceRef {
+                path: path.to_string(),
+                hash,
+            });
+            blobs.push(Blob {
+                hash,
+                data: data.to_vec(),
+            });
+        }
+        call(
+            &env,
+            &Request::Compile {
+                key: None,
+                job: Box::new(j),
+                blobs,
+            },
+        )
+    };
+    // (bash builtins only: the toolchain is bash alone)
+    let show = "for f in /srv/inc/a.h /srv/inc/secret/b.h /opt/x.h; do \
+                [ -e $f ] && echo \"$f: $(< $f)\"; done; echo /srv/inc/*";
+    let first = carrying(
+        &[
+            ("/srv/inc/a.h", b"first a"),
+            ("/srv/inc/secret/b.h", b"first b"),
+        ],
+        show,
+    );
+    assert_eq!(
+        stdout_of(&first),
+        "/srv/inc/a.h: first a\n/srv/inc/secret/b.h: first b\n/srv/inc/a.h /srv/inc/secret\n",
+        "{first:?}"
+    );
+    // Same slot: a.h with other content, b.h not carried, another file added.
+    let second = carrying(&[("/srv/inc/a.h", b"second a"), ("/opt/x.h", b"x")], show);
+    assert_eq!(
+        stdout_of(&second),
+        "/srv/inc/a.h: second a\n/opt/x.h: x\n/srv/inc/a.h\n",
+        "{second:?}"
+    );
+    // Nothing carried: none of them.
+    let third = carrying(&[], "echo /srv/* /opt/*");
+    assert_eq!(stdout_of(&third), "/srv/* /opt/*\n", "{third:?}");
+    assert_clean(&env, OTHER_UID_BASE);
 }

@@ -6,10 +6,13 @@
 //! outputs and removes the directory, whatever happened.
 
 use crate::config::Config;
+use crate::jobtree::{self, SlotTree};
 use crate::lru::LruDir;
 use crate::sandbox::{self, Limits, RunOutput, SandboxError};
 use crate::toolchain::ToolchainStore;
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +51,9 @@ impl JobError {
 pub struct Builder {
     bwrap: PathBuf,
     jobs_dir: PathBuf,
+    /// Each slot's read-only tree ([`crate::jobtree`]), used by one job at a time.
+    trees: Vec<Mutex<SlotTree>>,
+    link_toolchain: bool,
     toolchains: Arc<ToolchainStore>,
     blobs: LruDir,
     slots: Semaphore,
@@ -72,10 +78,20 @@ impl Builder {
         let _ = crate::toolchain::store::remove_tree(&jobs_dir);
         std::fs::create_dir_all(&jobs_dir)?;
         let max_jobs = cfg.max_jobs().max(1);
+        let trees = (0..max_jobs)
+            .map(|slot| Mutex::new(SlotTree::new(jobs_dir.join(format!("tree-{slot}")))))
+            .collect();
+        // Hard links from the trees into unpacked toolchains need one
+        // filesystem; else the toolchain's files are bound one by one.
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        let link_toolchain =
+            dev(&jobs_dir).is_some() && dev(&jobs_dir) == dev(toolchains.roots_dir());
         let root = crate::sandbox::running_as_root();
         Ok(Builder {
             bwrap: cfg.sandbox.bwrap.clone(),
             jobs_dir,
+            trees,
+            link_toolchain,
             toolchains,
             blobs: LruDir::open(&visible.join("sources"), cfg.cache.size / 4 + (64 << 20))?,
             slots: Semaphore::new(max_jobs),
@@ -200,32 +216,40 @@ impl Builder {
             .root(&job.toolchain)
             .await
             .map_err(|e| JobError::Toolchain(format!("{e:#}")))?;
-        let mut blob_paths = Vec::with_capacity(job.sources.len());
-        for src in &job.sources {
-            let path = self.trusted_blob(&src.hash).ok_or_else(|| {
-                JobError::Invalid(format!("source {} ({}) was not sent", src.path, src.hash))
-            })?;
-            blob_paths.push(path);
-        }
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let jobdir = self.jobs_dir.join(format!("job-{n}"));
-        let _cleanup = DirGuard(jobdir.clone());
-        let (workdir, tree) = (jobdir.join("work"), jobdir.join("tree"));
+        let workdir = self.jobs_dir.join(format!("work-{n}"));
+        let _cleanup = DirGuard(workdir.clone());
         let uid = self.uid_base.map(|b| b + slot as u32);
-        prepare_dirs(&workdir, &tree, job, &blob_paths, uid)
-            .map_err(|e| JobError::Internal(format!("preparing the job: {e:#}")))?;
+        let carried = prepare_workdir(&workdir, job, uid, |h| self.trusted_blob(h))?;
         let limits = Limits {
             uid,
             ..self.limits.clone()
         };
-        let mounts = sandbox::assemble(&root.root, &tree, &workdir, &job.cwd, limits.output)
+        // The slot is this job's alone until it returns: the lock is only
+        // for interior mutability, and is not held while the job runs.
+        let mounts = {
+            let mut tree = self.trees[slot].lock().unwrap_or_else(|p| p.into_inner());
+            let layout = jobtree::plan(
+                &root.root,
+                &carried,
+                tree.dir(),
+                &workdir,
+                &job.cwd,
+                limits.output,
+                self.link_toolchain,
+            )
             .map_err(|e| JobError::Sandbox(SandboxError::Setup(format!("{e:#}"))))?;
+            tree.sync(layout.entries)
+                .map_err(|e| JobError::Internal(format!("preparing the job: {e:#}")))?;
+            layout.args
+        };
         tracing::debug!(
             micros = t0.elapsed().as_micros() as u64,
             sources = job.sources.len(),
             mounts = mounts.len(),
             "job prepared"
         );
+        tracing::trace!(?mounts, "sandbox mounts");
         let run = |argv: Vec<String>| {
             let mounts = &mounts;
             let limits = &limits;
@@ -434,47 +458,58 @@ fn validate(job: &Job) -> Result<()> {
     Ok(())
 }
 
-/// Lay out a job: `tree/<abs path>` holds a hard link to each carried file
-/// outside the cwd (bound read-only into the sandbox by subtrees), and `work`
-/// (bound writable at the cwd) holds the carried files under the cwd and the
-/// directories of the outputs. Under the cwd the files are hard links only
-/// when the job runs under another uid, which cannot write the node's
-/// read-only blobs; otherwise they are copies, so a job can never alter the
-/// blob store.
-fn prepare_dirs(
+/// Make a job's writable directory (bound at the cwd): the carried files
+/// under the cwd and the directories of the outputs. Returns the carried
+/// files outside the cwd (sandbox path → blob), which go into the slot's
+/// read-only tree. Under the cwd the files are hard links only when the job
+/// runs under another uid, which cannot write the node's read-only blobs;
+/// otherwise they are copies, so a job can never alter the blob store.
+fn prepare_workdir(
     workdir: &Path,
-    tree: &Path,
     job: &Job,
-    blobs: &[PathBuf],
     uid: Option<u32>,
-) -> Result<()> {
-    std::fs::create_dir_all(workdir)?;
-    std::fs::create_dir_all(tree)?;
-    for (src, blob) in job.sources.iter().zip(blobs) {
+    blob: impl Fn(&Hash32) -> Option<PathBuf>,
+) -> Result<BTreeMap<PathBuf, PathBuf>, JobError> {
+    let internal = |e: anyhow::Error| JobError::Internal(format!("preparing the job: {e:#}"));
+    let mut carried = BTreeMap::new();
+    std::fs::create_dir_all(workdir).map_err(|e| internal(e.into()))?;
+    for src in &job.sources {
+        let file = blob(&src.hash).ok_or_else(|| {
+            JobError::Invalid(format!("source {} ({}) was not sent", src.path, src.hash))
+        })?;
         let under_cwd = Path::new(&src.path)
             .strip_prefix(&job.cwd)
             .ok()
             .filter(|r| !r.as_os_str().is_empty());
-        let (dest, may_link) = match under_cwd {
-            Some(rel) => (workdir.join(rel), uid.is_some()),
-            None => (tree.join(src.path.trim_start_matches('/')), true),
+        let Some(rel) = under_cwd else {
+            carried.insert(PathBuf::from(&src.path), file);
+            continue;
         };
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        if !(may_link && std::fs::hard_link(blob, &dest).is_ok()) {
-            std::fs::copy(blob, &dest)?;
-        }
+        let dest = workdir.join(rel);
+        (|| -> Result<()> {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if !(uid.is_some() && std::fs::hard_link(&file, &dest).is_ok()) {
+                std::fs::copy(&file, &dest)?;
+            }
+            Ok(())
+        })()
+        .map_err(internal)?;
     }
-    for o in &job.outputs {
-        if let Some(parent) = host_path(workdir, &job.cwd, o)?.parent() {
-            std::fs::create_dir_all(parent)?;
+    (|| -> Result<()> {
+        for o in &job.outputs {
+            if let Some(parent) = host_path(workdir, &job.cwd, o)?.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
         }
-    }
-    if let Some(uid) = uid {
-        chown_dirs(workdir, uid)?;
-    }
-    Ok(())
+        if let Some(uid) = uid {
+            chown_dirs(workdir, uid)?;
+        }
+        Ok(())
+    })()
+    .map_err(internal)?;
+    Ok(carried)
 }
 
 /// Give the job's uid its directories (not the linked files, which stay the

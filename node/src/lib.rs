@@ -8,6 +8,7 @@ pub mod config;
 pub mod coordinator;
 pub mod http;
 pub mod identity;
+pub mod jobtree;
 pub mod lru;
 pub mod metrics;
 pub mod net;

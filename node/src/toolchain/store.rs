@@ -47,6 +47,11 @@ impl Drop for RootGuard {
 }
 
 impl ToolchainStore {
+    /// Where the unpacked roots live.
+    pub fn roots_dir(&self) -> &Path {
+        &self.roots
+    }
+
     /// `dir` holds the archives; `roots` the unpacked trees (see
     /// [`crate::sandbox::visible_base`] for why they may live elsewhere).
     pub fn open(dir: &Path, roots: &Path, max_bytes: u64) -> Result<Arc<ToolchainStore>> {

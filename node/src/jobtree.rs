@@ -1,0 +1,698 @@
+//! The read-only tree a sandbox's `/` is made of, kept per job slot.
+//!
+//! A job's `/` is a directory tree of hard links: the carried source files at
+//! the client's absolute paths, the toolchain's files where a directory holds
+//! both, and empty mount points for what bubblewrap binds over it (toolchain
+//! subtrees, the writable cwd, `/tmp`, `/dev`, `/proc`). Making such a tree
+//! and removing it again for every job costs a few dozen inode allocations
+//! and frees per compile, and on ext4 each allocation gets slower the more
+//! inodes were freed in the last minutes (without a journal it skips them
+//! one by one), so a build's own churn slowed its later jobs.
+//!
+//! So each job slot keeps its tree. A job's tree is first planned in memory
+//! ([`plan`]: from the job's carried files and the toolchain root), then the
+//! slot's tree is changed where it differs from that plan ([`SlotTree::sync`]):
+//! everything the plan lacks is removed before the sandbox starts, so a job
+//! sees exactly its own files and never an earlier job's. Jobs of one slot
+//! never overlap, and a slot whose last change failed half-way is wiped and
+//! rebuilt. The tree is always bound read-only; each job's writable directory
+//! stays fresh per job (see the builder).
+
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use crate::sandbox::check_clean_abs;
+
+/// One entry of a planned tree, at its path relative to the tree's root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Dir,
+    /// A hard link to this immutable file (a content-addressed source blob or
+    /// a file of an unpacked toolchain, whose paths name their content).
+    Link(PathBuf),
+    /// A symlink with this target (copied from the toolchain, never followed).
+    Symlink(PathBuf),
+    /// An empty file for bubblewrap to bind a file over.
+    Empty,
+}
+
+/// A sandbox's filesystem: the tree's entries and bubblewrap's arguments.
+#[derive(Debug)]
+pub struct Layout {
+    pub entries: BTreeMap<PathBuf, Entry>,
+    pub args: Vec<OsString>,
+}
+
+/// Plan the sandbox's filesystem.
+///
+/// Three layers: the toolchain root `root`, the carried files `carried`
+/// (absolute path in the sandbox → the file to link there), and the
+/// writable `workdir` bound at `cwd`. The tree (at `tree` on the host)
+/// becomes the sandbox's `/`: where a directory exists in both the carried
+/// files and the toolchain, the toolchain's files are linked into the tree
+/// and its symlinks copied, and only its subdirectories that the carried
+/// files lack are bound whole. Every mount costs bubblewrap time on every
+/// compile, so a C unit whose headers sit next to the compiler's files costs
+/// a handful of mounts instead of one per toolchain file. Below `/tmp` (a
+/// size-bounded tmpfs over the tree) entries are bound one by one.
+/// Everything is read-only but the cwd and `/tmp`. `link_toolchain`: the
+/// toolchain's files can be hard-linked into the tree (same filesystem);
+/// otherwise they are bound one by one.
+///
+/// Only the toolchain root is read; nothing is written.
+pub fn plan(
+    root: &Path,
+    carried: &BTreeMap<PathBuf, PathBuf>,
+    tree: &Path,
+    workdir: &Path,
+    cwd: &str,
+    tmp_size: u64,
+    link_toolchain: bool,
+) -> Result<Layout> {
+    check_clean_abs(cwd)?;
+    if cwd == "/" {
+        bail!("the job's working directory cannot be /");
+    }
+    let mut plan = Plan {
+        root,
+        tree,
+        workdir,
+        cwd: Path::new(cwd),
+        tmp_size,
+        link_toolchain,
+        carried: Carried::new(carried)?,
+        entries: BTreeMap::new(),
+    };
+    let mut args: Vec<OsString> = vec!["--ro-bind".into(), tree.into(), "/".into()];
+    plan.merge(Path::new("/"), true, &mut args)?;
+    if !args.iter().any(|a| a == "/tmp") {
+        plan.mount_point(Path::new("/tmp"), true)?;
+        args.extend(tmpfs_args(tmp_size));
+    }
+    for special in ["/dev", "/proc"] {
+        plan.mount_point(Path::new(special), true)?;
+    }
+    args.extend([
+        "--dev".into(),
+        "/dev".into(),
+        "--proc".into(),
+        "/proc".into(),
+    ]);
+    args.extend(["--remount-ro".into(), "/".into()]);
+    // The carried files and their directories, hidden by a mount or not
+    // (below `/tmp` they are bound from the tree).
+    for (path, file) in carried {
+        plan.add(path, Entry::Link(file.clone()))?;
+    }
+    Ok(Layout {
+        entries: plan.entries,
+        args,
+    })
+}
+
+fn tmpfs_args(size: u64) -> [OsString; 4] {
+    [
+        "--size".into(),
+        size.to_string().into(),
+        "--tmpfs".into(),
+        "/tmp".into(),
+    ]
+}
+
+/// The carried files as a directory tree in memory.
+struct Carried {
+    files: BTreeSet<PathBuf>,
+    dirs: BTreeMap<PathBuf, BTreeSet<OsString>>,
+}
+
+impl Carried {
+    fn new(carried: &BTreeMap<PathBuf, PathBuf>) -> Result<Carried> {
+        let mut c = Carried {
+            files: BTreeSet::new(),
+            dirs: BTreeMap::new(),
+        };
+        for path in carried.keys() {
+            check_clean_abs(&path.to_string_lossy())?;
+            c.files.insert(path.clone());
+            let mut child = path.as_path();
+            while let Some(parent) = child.parent() {
+                if let Some(name) = child.file_name() {
+                    c.dirs
+                        .entry(parent.to_path_buf())
+                        .or_default()
+                        .insert(name.to_os_string());
+                }
+                child = parent;
+            }
+        }
+        if let Some(both) = c.files.iter().find(|f| c.dirs.contains_key(*f)) {
+            bail!("carried file {} is also a directory", both.display());
+        }
+        Ok(c)
+    }
+
+    fn exists(&self, p: &Path) -> bool {
+        self.files.contains(p) || self.dirs.contains_key(p)
+    }
+
+    fn is_dir(&self, p: &Path) -> bool {
+        self.dirs.contains_key(p)
+    }
+}
+
+struct Plan<'a> {
+    root: &'a Path,
+    tree: &'a Path,
+    workdir: &'a Path,
+    cwd: &'a Path,
+    tmp_size: u64,
+    link_toolchain: bool,
+    carried: Carried,
+    entries: BTreeMap<PathBuf, Entry>,
+}
+
+impl Plan<'_> {
+    fn rel(p: &Path) -> PathBuf {
+        p.strip_prefix("/").unwrap_or(p).to_path_buf()
+    }
+
+    fn in_tree(&self, p: &Path) -> PathBuf {
+        self.tree.join(Self::rel(p))
+    }
+
+    /// Plan `entry` at the absolute `path`, with its parent directories.
+    fn add(&mut self, path: &Path, entry: Entry) -> Result<()> {
+        let mut parent = path.parent();
+        while let Some(dir) = parent.filter(|d| *d != Path::new("/")) {
+            match self.entries.get(&Self::rel(dir)) {
+                Some(Entry::Dir) => break,
+                Some(_) => bail!("{} is in the way of {}", dir.display(), path.display()),
+                None => {
+                    self.entries.insert(Self::rel(dir), Entry::Dir);
+                }
+            }
+            parent = dir.parent();
+        }
+        match self.entries.get(&Self::rel(path)) {
+            Some(old) if *old != entry => bail!("{} is planned twice", path.display()),
+            _ => {
+                self.entries.insert(Self::rel(path), entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Make sure `path` exists in the tree (a directory, or an empty file to
+    /// bind a file over), so that bwrap can mount on it under a read-only `/`.
+    fn mount_point(&mut self, path: &Path, dir: bool) -> Result<()> {
+        if self.carried.exists(path) {
+            if self.carried.is_dir(path) != dir {
+                bail!("{} is in the way of a mount point", path.display());
+            }
+            return Ok(());
+        }
+        self.add(path, if dir { Entry::Dir } else { Entry::Empty })
+    }
+
+    /// Merge the toolchain's and the carried files' `dir`. `into_tree`: the
+    /// tree is visible here (toolchain entries go into it); otherwise (below
+    /// the `/tmp` tmpfs) every entry is mounted.
+    fn merge(&mut self, dir: &Path, into_tree: bool, args: &mut Vec<OsString>) -> Result<()> {
+        let t_dir = resolve_in_root(self.root, dir).filter(|p| p.is_dir());
+        let mut names: BTreeSet<OsString> = self.carried.dirs.get(dir).cloned().unwrap_or_default();
+        if let Some(d) = &t_dir {
+            for e in fs::read_dir(d).with_context(|| format!("listing {}", d.display()))? {
+                names.insert(e?.file_name());
+            }
+        }
+        // The way down to the cwd.
+        if let Ok(below) = self.cwd.strip_prefix(dir) {
+            if let Some(first) = below.components().next() {
+                names.insert(first.as_os_str().to_os_string());
+            }
+        }
+        for name in names {
+            let path = dir.join(&name);
+            if path == Path::new("/dev") || path == Path::new("/proc") {
+                continue;
+            }
+            if path == self.cwd {
+                if into_tree {
+                    self.mount_point(&path, true)?;
+                }
+                args.extend(["--bind".into(), self.workdir.into(), path.into_os_string()]);
+                continue;
+            }
+            let t_raw = t_dir.as_ref().map(|d| d.join(&name));
+            let t_meta = t_raw.as_ref().and_then(|p| fs::symlink_metadata(p).ok());
+            let s_exists = self.carried.exists(&path);
+            let s_is_dir = self.carried.is_dir(&path);
+            let t_is_dir =
+                t_meta.is_some() && resolve_in_root(self.root, &path).is_some_and(|p| p.is_dir());
+            let cwd_below = self.cwd.starts_with(&path);
+            if path == Path::new("/tmp") && (cwd_below || s_is_dir || t_is_dir) {
+                // The writable tmpfs, with whatever the layers have there
+                // (carried generated headers, the cwd) mounted over it.
+                if into_tree {
+                    self.mount_point(&path, true)?;
+                }
+                args.extend(tmpfs_args(self.tmp_size));
+                self.merge(&path, false, args)?;
+            } else if cwd_below || (s_is_dir && t_is_dir) {
+                if into_tree {
+                    self.mount_point(&path, true)?;
+                } else {
+                    args.extend(["--dir".into(), path.clone().into_os_string()]);
+                }
+                self.merge(&path, into_tree, args)?;
+            } else if s_exists {
+                // A carried file or subtree: the tree's own, unless a tmpfs hides it.
+                if !into_tree {
+                    args.extend([
+                        "--ro-bind".into(),
+                        self.in_tree(&path).into_os_string(),
+                        path.into_os_string(),
+                    ]);
+                }
+            } else if let (Some(raw), Some(meta)) = (t_raw, t_meta) {
+                if meta.file_type().is_symlink() {
+                    let target = fs::read_link(&raw)?;
+                    if into_tree {
+                        self.add(&path, Entry::Symlink(target))?;
+                    } else {
+                        args.extend([
+                            "--symlink".into(),
+                            target.into_os_string(),
+                            path.into_os_string(),
+                        ]);
+                    }
+                } else if into_tree && meta.is_file() && self.link_toolchain {
+                    // A toolchain file next to carried ones: linked, not mounted.
+                    self.add(&path, Entry::Link(raw))?;
+                } else {
+                    if into_tree {
+                        self.mount_point(&path, meta.is_dir())?;
+                    }
+                    args.extend([
+                        "--ro-bind".into(),
+                        raw.into_os_string(),
+                        path.into_os_string(),
+                    ]);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolve `p` (absolute, inside the sandbox) to where it lives in the
+/// toolchain root, following the root's own symlinks without leaving it.
+fn resolve_in_root(root: &Path, p: &Path) -> Option<PathBuf> {
+    let mut cur = PathBuf::from("/");
+    let mut todo: Vec<OsString> = p
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            _ => None,
+        })
+        .rev()
+        .collect();
+    let mut hops = 0;
+    while let Some(name) = todo.pop() {
+        let next = cur.join(&name);
+        let host = root.join(next.strip_prefix("/").ok()?);
+        let meta = fs::symlink_metadata(&host).ok()?;
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = fs::read_link(&host).ok()?;
+            let base = if target.is_absolute() {
+                PathBuf::from("/")
+            } else {
+                cur.clone()
+            };
+            let mut parts: Vec<OsString> = Vec::new();
+            let mut b = base;
+            for c in target.components() {
+                match c {
+                    Component::Normal(n) => parts.push(n.to_os_string()),
+                    Component::ParentDir if parts.pop().is_none() => {
+                        b.pop();
+                    }
+                    _ => {}
+                }
+            }
+            cur = b;
+            for part in parts.into_iter().rev() {
+                todo.push(part);
+            }
+        } else {
+            cur = next;
+        }
+    }
+    Some(root.join(cur.strip_prefix("/").ok()?))
+}
+
+/// One slot's tree on disk and what it holds, as last made.
+pub struct SlotTree {
+    dir: PathBuf,
+    /// `None` when unknown (new, or a change failed half-way): the next
+    /// [`sync`](SlotTree::sync) starts from an empty directory.
+    holds: Option<BTreeMap<PathBuf, Entry>>,
+}
+
+impl SlotTree {
+    pub fn new(dir: PathBuf) -> SlotTree {
+        SlotTree { dir, holds: None }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Change the tree on disk into exactly `want`: remove what it lacks or
+    /// holds differently (deepest first), then add what is missing (parents
+    /// first). Entries already right are not touched.
+    pub fn sync(&mut self, want: BTreeMap<PathBuf, Entry>) -> Result<()> {
+        let holds = match self.holds.take() {
+            Some(h) => h,
+            None => {
+                crate::toolchain::store::remove_tree(&self.dir)
+                    .with_context(|| format!("clearing {}", self.dir.display()))?;
+                BTreeMap::new()
+            }
+        };
+        fs::create_dir_all(&self.dir)?;
+        for (rel, had) in holds.iter().rev() {
+            if want.get(rel) == Some(had) {
+                continue;
+            }
+            let at = self.dir.join(rel);
+            let res = match had {
+                Entry::Dir => fs::remove_dir(&at),
+                _ => fs::remove_file(&at),
+            };
+            res.with_context(|| format!("removing {}", at.display()))?;
+        }
+        for (rel, entry) in &want {
+            if holds.get(rel) == Some(entry) {
+                continue;
+            }
+            let at = self.dir.join(rel);
+            let res = match entry {
+                Entry::Dir => fs::create_dir(&at),
+                Entry::Link(file) => fs::hard_link(file, &at),
+                Entry::Symlink(target) => std::os::unix::fs::symlink(target, &at),
+                Entry::Empty => fs::File::create(&at).map(drop),
+            };
+            res.with_context(|| format!("making {}", at.display()))?;
+        }
+        self.holds = Some(want);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Carried files (any content) at these sandbox paths, stored under `blobs`.
+    fn carried(blobs: &Path, files: &[&str]) -> BTreeMap<PathBuf, PathBuf> {
+        fs::create_dir_all(blobs).unwrap();
+        files
+            .iter()
+            .map(|f| {
+                let blob = blobs.join(f.replace('/', "_"));
+                fs::write(&blob, f.as_bytes()).unwrap();
+                (PathBuf::from("/").join(f), blob)
+            })
+            .collect()
+    }
+
+    /// bwrap's arguments as one line, for matching.
+    fn line_of(args: &[OsString]) -> String {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn toolchain(root: &Path) {
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::create_dir_all(root.join("usr/lib/gcc/12")).unwrap();
+        fs::write(root.join("usr/bin/gcc"), b"").unwrap();
+        fs::write(root.join("usr/lib/gcc/12/cc1"), b"cc1").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("usr/lib/gcc/12/abs")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+    }
+
+    #[test]
+    fn the_tree_is_the_root_with_toolchain_files_linked_in_and_few_mounts() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        toolchain(&root);
+        let files = carried(
+            &t.path().join("blobs"),
+            &[
+                "usr/include/stdio.h",
+                "usr/include/bits/types.h",
+                "usr/lib/gcc/12/include/stddef.h",
+                "home/u/proj/src/a.c",
+            ],
+        );
+        let (tree, work) = (t.path().join("tree"), t.path().join("work"));
+        let layout = plan(
+            &root,
+            &files,
+            &tree,
+            &work,
+            "/home/u/proj/build",
+            1 << 20,
+            true,
+        )
+        .unwrap();
+        let mut slot = SlotTree::new(tree.clone());
+        slot.sync(layout.entries).unwrap();
+        let joined = line_of(&layout.args);
+        let has = |s: String| assert!(joined.contains(&s), "missing {s:?} in {joined}");
+        assert!(
+            joined.starts_with(&format!("--ro-bind {} / ", tree.display())),
+            "{joined}"
+        );
+        // A toolchain directory the tree lacks: one bind for the subtree.
+        has(format!("--ro-bind {}/usr/bin /usr/bin", root.display()));
+        assert!(tree.join("usr/bin").is_dir(), "mount point");
+        // A directory in both: the toolchain's file hard-linked, its
+        // symlinks copied (never followed on the host), nothing mounted.
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        assert_eq!(
+            ino(&tree.join("usr/lib/gcc/12/cc1")),
+            ino(&root.join("usr/lib/gcc/12/cc1"))
+        );
+        assert_eq!(
+            fs::read_link(tree.join("usr/lib/gcc/12/abs")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        assert_eq!(
+            fs::read_link(tree.join("lib")).unwrap(),
+            Path::new("usr/lib")
+        );
+        assert_eq!(
+            fs::read(tree.join("usr/include/bits/types.h")).unwrap(),
+            b"usr/include/bits/types.h"
+        );
+        assert!(!joined.contains("/usr/lib/gcc"), "{joined}");
+        assert!(!joined.contains("/usr/include"), "{joined}");
+        assert!(!joined.contains("--symlink"), "{joined}");
+        // The writable cwd on its mount point; the project's sources are the tree's.
+        has(format!("--bind {} /home/u/proj/build", work.display()));
+        assert!(tree.join("home/u/proj/build").is_dir());
+        assert!(!joined.contains("/home/u/proj/src"), "{joined}");
+        has("--size 1048576 --tmpfs /tmp".into());
+        for d in ["tmp", "dev", "proc"] {
+            assert!(tree.join(d).is_dir(), "{d}");
+        }
+        assert!(joined.ends_with("--remount-ro /"), "{joined}");
+        // bwrap's args: the root, /usr/bin, the cwd, /tmp, /dev, /proc.
+        let mounts = layout
+            .args
+            .iter()
+            .filter(|a| {
+                ["--ro-bind", "--bind", "--tmpfs", "--dev", "--proc"]
+                    .contains(&a.to_str().unwrap_or(""))
+            })
+            .count();
+        assert_eq!(mounts, 6, "{joined}");
+
+        // Without hard links into the toolchain: its files are bound.
+        let layout = plan(
+            &root,
+            &files,
+            &tree,
+            &work,
+            "/home/u/proj/build",
+            1 << 20,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            layout.entries.get(Path::new("usr/lib/gcc/12/cc1")),
+            Some(&Entry::Empty)
+        );
+        let bind = format!(
+            "--ro-bind {}/usr/lib/gcc/12/cc1 /usr/lib/gcc/12/cc1",
+            root.display()
+        );
+        assert!(line_of(&layout.args).contains(&bind), "{:?}", layout.args);
+
+        // Unclean working directories and carried paths are refused.
+        for cwd in ["/", "rel", "/a/../etc"] {
+            assert!(
+                plan(&root, &files, &tree, &work, cwd, 1, true).is_err(),
+                "{cwd}"
+            );
+        }
+        let mut bad = files.clone();
+        bad.insert("/usr/../etc/x".into(), root.join("usr/bin/gcc"));
+        assert!(plan(&root, &bad, &tree, &work, "/home/u/b", 1, true).is_err());
+        // A carried file where another one needs a directory.
+        let mut clash = files.clone();
+        clash.insert("/usr/include".into(), root.join("usr/bin/gcc"));
+        assert!(plan(&root, &clash, &tree, &work, "/home/u/b", 1, true).is_err());
+    }
+
+    #[test]
+    fn below_tmp_every_carried_entry_is_mounted_over_the_tmpfs() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        let (tree, work) = (t.path().join("tree"), t.path().join("work"));
+        let files = carried(
+            &t.path().join("blobs"),
+            &["tmp/p/src/a.h", "tmp/p/build/b.c", "usr/include/stdio.h"],
+        );
+        let layout = plan(&root, &files, &tree, &work, "/tmp/p/build", 1 << 20, true).unwrap();
+        let joined = line_of(&layout.args);
+        let has = |s: String| assert!(joined.contains(&s), "missing {s:?} in {joined}");
+        has(format!(
+            "--size 1048576 --tmpfs /tmp --dir /tmp/p --bind {} /tmp/p/build --ro-bind {}/tmp/p/src /tmp/p/src",
+            work.display(),
+            tree.display()
+        ));
+        assert_eq!(joined.matches("--tmpfs").count(), 1, "{joined}");
+        assert!(!joined.contains("/usr/include"), "{joined}");
+        // What is bound from the tree is in it.
+        SlotTree::new(tree.clone()).sync(layout.entries).unwrap();
+        assert!(tree.join("tmp/p/src/a.h").is_file());
+
+        // Carried files under /tmp with the cwd elsewhere: still visible
+        // over a writable /tmp.
+        let files = carried(&t.path().join("blobs"), &["tmp/gen/x.h", "home/u/a.c"]);
+        let layout = plan(&root, &files, &tree, &work, "/home/u/b", 1 << 20, true).unwrap();
+        let joined = line_of(&layout.args);
+        assert!(
+            joined.contains(&format!(
+                "--size 1048576 --tmpfs /tmp --ro-bind {}/tmp/gen /tmp/gen",
+                tree.display()
+            )),
+            "{joined}"
+        );
+        assert_eq!(joined.matches("--tmpfs").count(), 1, "{joined}");
+    }
+
+    /// Every path under `dir`, relative.
+    fn listing(dir: &Path) -> BTreeSet<PathBuf> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(p.clone());
+                }
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_slot_tree_holds_exactly_the_last_plan_and_keeps_what_did_not_change() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        toolchain(&root);
+        let blobs = t.path().join("blobs");
+        let (tree, work) = (t.path().join("tree"), t.path().join("work"));
+        let mut slot = SlotTree::new(tree.clone());
+        let first = carried(
+            &blobs,
+            &[
+                "usr/include/stdio.h",
+                "usr/include/secret/only-first.h",
+                "home/u/a/a.c",
+            ],
+        );
+        let layout = plan(&root, &first, &tree, &work, "/home/u/a", 1, true).unwrap();
+        let planned: BTreeSet<PathBuf> = layout.entries.keys().cloned().collect();
+        slot.sync(layout.entries).unwrap();
+        assert_eq!(listing(&tree), planned);
+        let ino = |p: &str| fs::symlink_metadata(tree.join(p)).unwrap().ino();
+        let (include_dir, stdio) = (ino("usr/include"), ino("usr/include/stdio.h"));
+
+        // The next job: another project, stdio.h with other content.
+        let other = t.path().join("blobs2");
+        let second = carried(&other, &["usr/include/stdio.h", "srv/b/b.c"]);
+        let layout = plan(&root, &second, &tree, &work, "/srv/b", 1, true).unwrap();
+        let planned: BTreeSet<PathBuf> = layout.entries.keys().cloned().collect();
+        slot.sync(layout.entries).unwrap();
+        assert_eq!(listing(&tree), planned, "nothing of the first job is left");
+        assert!(!tree.join("usr/include/secret").exists());
+        assert!(!tree.join("home").exists());
+        assert_eq!(
+            ino("usr/include"),
+            include_dir,
+            "an unchanged directory is kept"
+        );
+        assert_ne!(
+            ino("usr/include/stdio.h"),
+            stdio,
+            "a changed file is replaced"
+        );
+        assert_eq!(
+            fs::read(tree.join("usr/include/stdio.h")).unwrap(),
+            b"usr/include/stdio.h"
+        );
+        assert_eq!(
+            ino("usr/include/stdio.h"),
+            fs::metadata(other.join("usr_include_stdio.h"))
+                .unwrap()
+                .ino()
+        );
+
+        // A slot whose state is unknown (a failed change) starts afresh:
+        // strays in its directory are gone.
+        fs::write(tree.join("usr/include/stray.h"), b"x").unwrap();
+        let mut fresh = SlotTree::new(tree.clone());
+        let layout = plan(&root, &second, &tree, &work, "/srv/b", 1, true).unwrap();
+        let planned: BTreeSet<PathBuf> = layout.entries.keys().cloned().collect();
+        fresh.sync(layout.entries).unwrap();
+        assert_eq!(listing(&tree), planned);
+
+        // A change that fails half-way (a blob gone) leaves the state
+        // unknown, and the next sync repairs the tree.
+        let mut gone = second.clone();
+        gone.insert("/usr/include/new.h".into(), t.path().join("no-such-blob"));
+        let layout = plan(&root, &gone, &tree, &work, "/srv/b", 1, true).unwrap();
+        assert!(fresh.sync(layout.entries).is_err());
+        let layout = plan(&root, &first, &tree, &work, "/home/u/a", 1, true).unwrap();
+        let planned: BTreeSet<PathBuf> = layout.entries.keys().cloned().collect();
+        fresh.sync(layout.entries).unwrap();
+        assert_eq!(listing(&tree), planned);
+    }
+}

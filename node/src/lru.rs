@@ -59,6 +59,15 @@ impl LruDir {
                 }
             }
         }
+        // Every shard of a hex key, made once here rather than on the first
+        // write to each: a new directory during a build costs an inode
+        // allocation on the compile path.
+        for shard in 0..=255u8 {
+            match fs::create_dir(dir.join(format!("{shard:02x}"))) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
         // Older files get lower clock values, so they are evicted first.
         found.sort_by_key(|f| f.2);
         let mut index = Index {
@@ -142,11 +151,17 @@ impl LruDir {
             // own checksum, and source blobs are re-hashed on first use after
             // a restart (see the builder), which covers a power loss.
             let dest = self.path_of(key);
-            if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent)?;
-            }
             fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
-            fs::rename(&tmp, &dest)
+            match fs::rename(&tmp, &dest) {
+                // A shard removed behind our back (or a key that is not hex).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(parent) = dest.parent() {
+                        fs::create_dir_all(parent)?;
+                    }
+                    fs::rename(&tmp, &dest)
+                }
+                r => r,
+            }
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
@@ -260,5 +275,10 @@ mod tests {
         assert!(fs::read_dir(t.path().join("tmp")).unwrap().next().is_none());
         assert_eq!(d2.read("cc03").unwrap().unwrap(), vec![3u8; 40]);
         assert_eq!(d2.size_of("cc03"), Some(40), "indexed on reopen");
+        // Shards are made up front; one removed behind our back comes back.
+        assert!(t.path().join("ff").is_dir());
+        fs::remove_dir(t.path().join("dd")).unwrap();
+        d2.put("dd04", &[4u8; 10]).unwrap();
+        assert_eq!(d2.read("dd04").unwrap().unwrap(), vec![4u8; 10]);
     }
 }

@@ -64,21 +64,31 @@ fn run_job(env: &Env, tc: ToolchainId, script: &str) -> Response {
 }
 
 fn assert_clean(env: &Env, uid_base: u32) {
-    // No job's writable directory and no sandbox process survives a job (the
-    // node removes them in the background, right after answering). Only the
-    // slots' read-only trees stay (one per slot, holding only links).
+    // Nothing a job wrote and no sandbox process survives it (the node
+    // cleans up in the background, right after answering). Each slot keeps
+    // only its read-only tree (links) and its writable directory, empty.
     let jobs = || -> Vec<_> {
-        std::fs::read_dir(env.state().join("jobs"))
+        let mut left = Vec::new();
+        for e in std::fs::read_dir(env.state().join("jobs"))
             .unwrap()
             .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                !p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("tree-")
-            })
-            .collect()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tree-") {
+                continue;
+            }
+            if name.starts_with("work-") && !name.contains('.') {
+                left.extend(
+                    std::fs::read_dir(e.path())
+                        .unwrap()
+                        .flatten()
+                        .map(|e| e.path()),
+                );
+                continue;
+            }
+            left.push(e.path());
+        }
+        left
     };
     let mut left = (jobs(), sandbox_processes(uid_base));
     for _ in 0..50 {
@@ -413,5 +423,16 @@ fn a_job_sees_no_file_an_earlier_job_carried() {
     // Nothing carried: none of them.
     let third = carrying(&[], "echo /srv/* /opt/*");
     assert_eq!(stdout_of(&third), "/srv/* /opt/*\n", "{third:?}");
+    // Nor anything an earlier job wrote in its working directory.
+    let writer = carrying(
+        &[("/home/user/proj/src/in.c", b"int x;")],
+        "echo left > top && echo left > src/new && echo left > .hidden && echo wrote",
+    );
+    assert_eq!(stdout_of(&writer), "wrote\n", "{writer:?}");
+    let reader = carrying(
+        &[],
+        "shopt -s dotglob nullglob; f=(*); echo \"${#f[@]}:${f[*]}\"",
+    );
+    assert_eq!(stdout_of(&reader), "0:\n", "{reader:?}");
     assert_clean(&env, OTHER_UID_BASE);
 }

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swarmcc_protocol::job::Blob;
@@ -56,11 +56,10 @@ pub struct Builder {
     link_toolchain: bool,
     toolchains: Arc<ToolchainStore>,
     blobs: LruDir,
-    slots: Semaphore,
-    free_slots: Mutex<Vec<usize>>,
+    slots: Arc<Semaphore>,
+    free_slots: Arc<Mutex<Vec<usize>>>,
     limits: Limits,
     uid_base: Option<u32>,
-    seq: AtomicU64,
     /// Source blobs whose content this process has hashed (written or
     /// checked): the store does not fsync, so a blob from before a restart
     /// is re-hashed once before a job trusts it.
@@ -94,8 +93,8 @@ impl Builder {
             link_toolchain,
             toolchains,
             blobs: LruDir::open(&visible.join("sources"), cfg.cache.size / 4 + (64 << 20))?,
-            slots: Semaphore::new(max_jobs),
-            free_slots: Mutex::new((0..max_jobs).rev().collect()),
+            slots: Arc::new(Semaphore::new(max_jobs)),
+            free_slots: Arc::new(Mutex::new((0..max_jobs).rev().collect())),
             limits: Limits {
                 timeout: Duration::from_secs(cfg.sandbox.timeout_secs.max(1)),
                 memory: cfg.sandbox.memory_limit,
@@ -104,7 +103,6 @@ impl Builder {
                 uid: None,
             },
             uid_base: root.then_some(cfg.sandbox.uid_base),
-            seq: AtomicU64::new(0),
             verified: Mutex::new(std::collections::HashSet::new()),
             max_jobs,
             running: Arc::new(std::sync::atomic::AtomicU32::new(0)),
@@ -188,9 +186,10 @@ impl Builder {
     /// Run a job to completion.
     pub async fn run(&self, job: &Job) -> Result<JobResult, JobError> {
         validate(job).map_err(|e| JobError::Invalid(e.to_string()))?;
-        let _permit = self
+        let permit = self
             .slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| JobError::Internal(e.to_string()))?;
         let slot = self
@@ -199,14 +198,24 @@ impl Builder {
             .unwrap_or_else(|p| p.into_inner())
             .pop()
             .ok_or_else(|| JobError::Internal("no free slot".into()))?;
+        let _lease = SlotLease {
+            slot,
+            work: self.workdir(slot),
+            free: self.free_slots.clone(),
+            permit: Some(permit),
+        };
         self.running.fetch_add(1, Ordering::Relaxed);
         let res = self.run_in_slot(job, slot).await;
         self.running.fetch_sub(1, Ordering::Relaxed);
-        self.free_slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(slot);
         res
+    }
+
+    /// A slot's writable directory, bound at the job's cwd: kept from job to
+    /// job (emptied in between) rather than made anew, as a new directory
+    /// per job costs an inode allocation, and ext4 makes those slower the
+    /// more were freed lately.
+    fn workdir(&self, slot: usize) -> PathBuf {
+        self.jobs_dir.join(format!("work-{slot}"))
     }
 
     async fn run_in_slot(&self, job: &Job, slot: usize) -> Result<JobResult, JobError> {
@@ -216,9 +225,7 @@ impl Builder {
             .root(&job.toolchain)
             .await
             .map_err(|e| JobError::Toolchain(format!("{e:#}")))?;
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let workdir = self.jobs_dir.join(format!("work-{n}"));
-        let _cleanup = DirGuard(workdir.clone());
+        let workdir = self.workdir(slot);
         let uid = self.uid_base.map(|b| b + slot as u32);
         let carried = prepare_workdir(&workdir, job, uid, |h| self.trusted_blob(h))?;
         let limits = Limits {
@@ -472,7 +479,7 @@ fn prepare_workdir(
 ) -> Result<BTreeMap<PathBuf, PathBuf>, JobError> {
     let internal = |e: anyhow::Error| JobError::Internal(format!("preparing the job: {e:#}"));
     let mut carried = BTreeMap::new();
-    std::fs::create_dir_all(workdir).map_err(|e| internal(e.into()))?;
+    fresh_workdir(workdir).map_err(internal)?;
     for src in &job.sources {
         let file = blob(&src.hash).ok_or_else(|| {
             JobError::Invalid(format!("source {} ({}) was not sent", src.path, src.hash))
@@ -512,6 +519,26 @@ fn prepare_workdir(
     Ok(carried)
 }
 
+/// The slot's writable directory, present and empty (emptied after every
+/// job; checked here, as a job must never see another's files).
+fn fresh_workdir(work: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::create_dir(work) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // The last job may have changed its mode (as the owner).
+            std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755))?;
+            if std::fs::read_dir(work)?.next().is_some() {
+                empty_workdir(work);
+                if std::fs::create_dir(work).is_err() && std::fs::read_dir(work)?.next().is_some() {
+                    bail!("{} is not empty", work.display());
+                }
+            }
+        }
+        r => r?,
+    }
+    Ok(())
+}
+
 /// Give the job's uid its directories (not the linked files, which stay the
 /// node's and read-only).
 fn chown_dirs(p: &Path, uid: u32) -> Result<()> {
@@ -525,21 +552,75 @@ fn chown_dirs(p: &Path, uid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Removes a job directory on every exit path: in the background when a
-/// runtime is at hand (the answer need not wait for it), else right away.
-struct DirGuard(PathBuf);
+/// A job slot in use. However the job ends (even cancelled), dropping it
+/// empties the slot's writable directory and only then frees the slot: in
+/// the background when a runtime is at hand (the answer need not wait).
+struct SlotLease {
+    slot: usize,
+    work: PathBuf,
+    free: Arc<Mutex<Vec<usize>>>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
-impl Drop for DirGuard {
+impl Drop for SlotLease {
     fn drop(&mut self) {
-        let path = std::mem::take(&mut self.0);
-        let remove = move || {
-            if let Err(e) = crate::toolchain::store::remove_tree(&path) {
-                tracing::warn!("removing {}: {e}", path.display());
-            }
+        let (slot, work, free, permit) = (
+            self.slot,
+            std::mem::take(&mut self.work),
+            self.free.clone(),
+            self.permit.take(),
+        );
+        let release = move || {
+            empty_workdir(&work);
+            free.lock().unwrap_or_else(|p| p.into_inner()).push(slot);
+            drop(permit);
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(remove)),
-            Err(_) => remove(),
+            Ok(rt) => drop(rt.spawn_blocking(release)),
+            Err(_) => release(),
+        }
+    }
+}
+
+/// Remove everything a job left in its writable directory. Whatever cannot
+/// be removed (a job that took its own permissions away) takes the whole
+/// directory aside, so the next job starts from a new one.
+fn empty_workdir(work: &Path) {
+    use crate::toolchain::store::remove_tree;
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return;
+    };
+    let mut stuck = false;
+    for e in entries.flatten() {
+        let p = e.path();
+        if remove_tree(&p).is_err() {
+            allow_removal(&p);
+            stuck |= remove_tree(&p).is_err();
+        }
+    }
+    if stuck {
+        let aside = work.with_extension(format!("stale-{}", std::process::id()));
+        tracing::warn!("could not empty {}; set aside", work.display());
+        let _ = remove_tree(&aside);
+        if std::fs::rename(work, &aside).is_err() {
+            tracing::warn!("could not set {} aside", work.display());
+        }
+        allow_removal(&aside);
+        let _ = remove_tree(&aside);
+    }
+}
+
+/// Give back write and search permission on every directory below `p` (a
+/// job running as the node's own uid may have taken them away).
+fn allow_removal(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return;
+    };
+    if meta.is_dir() {
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            allow_removal(&e.path());
         }
     }
 }
@@ -547,6 +628,34 @@ impl Drop for DirGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slots_work_dir_is_emptied_whatever_the_job_left() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let work = t.path().join("work-0");
+        fresh_workdir(&work).unwrap();
+        std::fs::create_dir_all(work.join("d/e")).unwrap();
+        std::fs::write(work.join("d/e/f"), b"x").unwrap();
+        std::fs::write(work.join(".hidden"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", work.join("link")).unwrap();
+        for d in ["d/e", "d"] {
+            std::fs::set_permissions(work.join(d), std::fs::Permissions::from_mode(0o0)).unwrap();
+        }
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o500)).unwrap();
+        // Emptied by the next job's set-up if not before.
+        fresh_workdir(&work).unwrap();
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+        let mode = std::fs::metadata(&work).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert!(
+            std::path::Path::new("/etc").is_dir(),
+            "a symlink is removed, not followed"
+        );
+        std::fs::write(work.join("out.o"), b"x").unwrap();
+        empty_workdir(&work);
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    }
 
     #[test]
     fn make_deps() {

@@ -199,6 +199,13 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
     assert!(failed(&r) && !stdout_of(&r).contains("CONNECTED"), "{r:?}");
     assert!(listener.accept().is_err(), "a connection reached the host");
     assert_clean(&env, UID_BASE);
+    // Its network namespace has a loopback interface and nothing else.
+    let r = run_job(
+        &env,
+        tc,
+        "while read -r name rest; do case $name in *:) echo ${name%:};; esac; done < /proc/net/dev",
+    );
+    assert_eq!(stdout_of(&r), "lo\n", "{r:?}");
 
     // Sees no network interface but an unconfigured loopback.
     let r = run_job(

@@ -12,6 +12,7 @@ use crate::sandbox::{self, Limits, RunOutput, SandboxError};
 use crate::toolchain::ToolchainStore;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -53,6 +54,8 @@ pub struct Builder {
     jobs_dir: PathBuf,
     /// Each slot's read-only tree ([`crate::jobtree`]), used by one job at a time.
     trees: Vec<Mutex<SlotTree>>,
+    /// Each slot's empty network namespace (root nodes).
+    netns: Vec<Option<std::os::fd::OwnedFd>>,
     link_toolchain: bool,
     toolchains: Arc<ToolchainStore>,
     blobs: LruDir,
@@ -77,6 +80,21 @@ impl Builder {
         let _ = crate::toolchain::store::remove_tree(&jobs_dir);
         std::fs::create_dir_all(&jobs_dir)?;
         let max_jobs = cfg.max_jobs().max(1);
+        let root = crate::sandbox::running_as_root();
+        // A root node gives each slot an empty network namespace of its own
+        // (see `sandbox::slot_netns`); otherwise bubblewrap makes one per job.
+        let netns = (0..max_jobs)
+            .map(|_| {
+                root.then(|| {
+                    sandbox::slot_netns()
+                        .inspect_err(|e| {
+                            tracing::warn!("no network namespace per slot ({e}); one per job")
+                        })
+                        .ok()
+                })
+                .flatten()
+            })
+            .collect();
         let trees = (0..max_jobs)
             .map(|slot| Mutex::new(SlotTree::new(jobs_dir.join(format!("tree-{slot}")))))
             .collect();
@@ -85,7 +103,6 @@ impl Builder {
         let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
         let link_toolchain =
             dev(&jobs_dir).is_some() && dev(&jobs_dir) == dev(toolchains.roots_dir());
-        let root = crate::sandbox::running_as_root();
         Ok(Builder {
             bwrap: cfg.sandbox.bwrap.clone(),
             jobs_dir,
@@ -101,7 +118,9 @@ impl Builder {
                 output: cfg.sandbox.output_limit,
                 processes: cfg.sandbox.max_processes,
                 uid: None,
+                netns: None,
             },
+            netns,
             uid_base: root.then_some(cfg.sandbox.uid_base),
             verified: Mutex::new(std::collections::HashSet::new()),
             max_jobs,
@@ -230,6 +249,7 @@ impl Builder {
         let carried = prepare_workdir(&workdir, job, uid, |h| self.trusted_blob(h))?;
         let limits = Limits {
             uid,
+            netns: self.netns[slot].as_ref().map(|f| f.as_raw_fd()),
             ..self.limits.clone()
         };
         // The slot is this job's alone until it returns: the lock is only

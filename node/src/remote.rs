@@ -514,9 +514,17 @@ impl Remote {
             .filter(|p| p != &self.net.me && Some(p) != client && self.net.member(p).is_some())
             .filter(|_| self.from_peers || client.is_none())
             .collect();
+        // The client, which surely holds it, last; twice, as a stream can
+        // break without any fault of its (a connection to a peer that just
+        // restarted, replaced by a new one mid-transfer).
+        sources.extend(client.copied());
         sources.extend(client.copied());
         let mut last = anyhow!("no holder known");
+        let mut prev = None;
         for src in sources {
+            if prev.replace(src) == Some(src) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             let t = Instant::now();
             match self.fetch_from(src, id, &progress).await {
                 Ok(size) => {

@@ -69,16 +69,47 @@ pub fn start_node() -> Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe; it detaches the node from the
-    // build's terminal and process group so Ctrl-C on make leaves it running.
+    // SAFETY: setsid, close_range and fcntl are async-signal-safe. setsid
+    // detaches the node from the build's terminal and process group so
+    // Ctrl-C on make leaves it running. Every other descriptor the build
+    // handed down (make's jobserver pipe, a CI runner's output pipe) is
+    // closed at exec: a daemon holding one would keep whoever waits for its
+    // end (a CI step reading the build's output) waiting for as long as the
+    // node runs.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
+            close_inherited_at_exec();
             Ok(())
         });
     }
     cmd.spawn().context("spawning swarmcc node")?;
     Ok(())
+}
+
+/// Mark every descriptor above stderr close-on-exec (in a child before exec).
+fn close_inherited_at_exec() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a plain syscall on this process's descriptor table.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return;
+        }
+    }
+    // Older kernels, other systems: one by one, as far as the limit goes.
+    // SAFETY: sysconf and fcntl on descriptors that may not exist.
+    unsafe {
+        let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(256, 65_536) as libc::c_int;
+        for fd in 3..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
 }
 
 /// Ask the node to stop and wait until its socket is gone.

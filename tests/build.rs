@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn lua_through_the_node_is_identical_runs_and_hits_the_cache() {
@@ -638,4 +639,45 @@ fn strict_inputs_never_guesses() {
     assert_eq!(s["cache_misses"], 2, "{s}");
     assert_eq!(s["speculative_compiles"], 0, "{s}");
     assert!(same_as_local(d, &args, "s.o"));
+}
+
+/// The node a wrapper starts keeps none of the build's descriptors: a CI
+/// step that waits for the end of the build's output pipe must not wait for
+/// the node too.
+#[test]
+fn a_node_started_by_the_wrapper_holds_none_of_the_builds_descriptors() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new("");
+    let (mut r, w) = std::io::pipe().unwrap();
+    let wfd = w.as_raw_fd();
+    let mut cmd = env.cmd(swarmcc());
+    cmd.arg("--start-server");
+    // Inherited by this child only (the test harness runs other tests at once).
+    // SAFETY: fcntl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(wfd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    run_ok(&mut cmd);
+    drop(w);
+    assert!(
+        std::os::unix::net::UnixStream::connect(env.socket()).is_ok(),
+        "the node runs"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        let _ = tx.send(r.read(&mut buf).map_err(|e| e.to_string()));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10));
+    assert!(
+        matches!(got, Ok(Ok(0))),
+        "the pipe did not end while the node runs: {got:?}"
+    );
 }

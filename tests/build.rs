@@ -43,7 +43,8 @@ fn lua_through_the_node_is_identical_runs_and_hits_the_cache() {
 
 #[test]
 fn killing_the_node_mid_build_still_builds_correctly() {
-    let mut env = Env::new("");
+    const UID_BASE: u32 = 3_960_000;
+    let mut env = Env::new(&format!("[sandbox]\nuid_base = {UID_BASE}\n"));
     env.start_node();
     let work = tempfile::tempdir().unwrap();
     let (proj, reference) = lua_reference(work.path());
@@ -75,6 +76,15 @@ fn killing_the_node_mid_build_still_builds_correctly() {
         "objects differ from a local build"
     );
     run_ok(&mut Command::new(proj.join("luatest")));
+    // No sandbox of the killed node lives on (nor of the one the wrapper
+    // started in its place, now idle).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut left = sandbox_processes(UID_BASE);
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = sandbox_processes(UID_BASE);
+    }
+    assert!(left.is_empty(), "sandbox processes left behind: {left:?}");
 }
 
 #[test]

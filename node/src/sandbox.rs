@@ -122,6 +122,7 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
         .kill_on_drop(true)
         .process_group(0);
     let limits = spec.limits.clone();
+    let node = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe libc calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -132,6 +133,17 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
                 }
             }
             apply_limits(&limits)?;
+            // bwrap's own --die-with-parent covers the job, not bwrap: if
+            // the node dies (SIGKILL, OOM), bwrap must go too, or one caught
+            // in its set-up waits for ever. Set after the uid change, which
+            // would clear it; bwrap is not set-uid, so exec keeps it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != node {
+                // The node died before the line above.
+                return Err(std::io::Error::other("the node is gone"));
+            }
             // The info pipe's write end, and only it, is inherited by bwrap.
             if libc::fcntl(info_fd, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());

@@ -42,6 +42,7 @@ impl LruDir {
             let _ = fs::remove_file(e.path());
         }
         let mut found: Vec<(String, u64, SystemTime)> = Vec::new();
+        let mut shards = std::collections::HashSet::new();
         for shard in fs::read_dir(dir)?.flatten() {
             let name = shard.file_name();
             // Shards are two-character directories; anything else (tmp, a
@@ -49,6 +50,7 @@ impl LruDir {
             if name.len() != 2 || !shard.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 continue;
             }
+            shards.insert(name);
             for f in fs::read_dir(shard.path())?.flatten() {
                 if !f.file_type().map(|t| t.is_file()).unwrap_or(false) {
                     continue;
@@ -61,9 +63,13 @@ impl LruDir {
         }
         // Every shard of a hex key, made once here rather than on the first
         // write to each: a new directory during a build costs an inode
-        // allocation on the compile path.
+        // allocation on the compile path. (Those the scan above saw exist.)
         for shard in 0..=255u8 {
-            match fs::create_dir(dir.join(format!("{shard:02x}"))) {
+            let name = format!("{shard:02x}");
+            if shards.contains(std::ffi::OsStr::new(&name)) {
+                continue;
+            }
+            match fs::create_dir(dir.join(name)) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
                 _ => {}
             }

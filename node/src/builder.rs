@@ -104,7 +104,7 @@ impl Builder {
         let link_toolchain =
             dev(&jobs_dir).is_some() && dev(&jobs_dir) == dev(toolchains.roots_dir());
         Ok(Builder {
-            bwrap: cfg.sandbox.bwrap.clone(),
+            bwrap: crate::spawn::find_program(&cfg.sandbox.bwrap),
             jobs_dir,
             trees,
             link_toolchain,

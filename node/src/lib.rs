@@ -16,6 +16,7 @@ pub mod office;
 pub mod remote;
 pub mod sandbox;
 pub mod server;
+pub mod spawn;
 pub mod stats;
 pub mod toolchain;
 pub mod util;

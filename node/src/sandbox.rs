@@ -14,7 +14,6 @@ use std::ffi::OsString;
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
@@ -113,51 +112,42 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
     let t0 = std::time::Instant::now();
     args.extend(spec.argv.iter().map(OsString::from));
 
-    let mut cmd = tokio::process::Command::new(spec.bwrap);
-    cmd.args(&args)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
-    let limits = spec.limits.clone();
-    let node = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe libc calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Before giving up root: entering a namespace needs it.
-            if let Some(ns) = limits.netns {
-                if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            apply_limits(&limits)?;
+    let limits = spec.limits;
+    let mut rlimits = vec![
+        (libc::RLIMIT_AS, limits.memory),
+        (libc::RLIMIT_FSIZE, limits.output),
+        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_NOFILE, 1024),
+    ];
+    if limits.uid.is_some() {
+        // Per uid: only a uid of the slot's own scopes it to the job.
+        rlimits.push((libc::RLIMIT_NPROC, limits.processes));
+    }
+    let spawned = crate::spawn::spawn(
+        spec.bwrap,
+        &args,
+        crate::spawn::Setup {
+            netns: limits.netns,
+            rlimits,
+            uid: limits.uid,
             // bwrap's own --die-with-parent covers the job, not bwrap: if
             // the node dies (SIGKILL, OOM), bwrap must go too, or one caught
-            // in its set-up waits for ever. Set after the uid change, which
-            // would clear it; bwrap is not set-uid, so exec keeps it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != node {
-                // The node died before the line above.
-                return Err(std::io::Error::other("the node is gone"));
-            }
+            // in its set-up waits for ever.
+            die_with_node: true,
             // The info pipe's write end, and only it, is inherited by bwrap.
-            if libc::fcntl(info_fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let spawned = cmd.spawn();
+            keep_fd: Some(info_fd),
+        },
+    );
     drop(info_w);
     let mut child = spawned
         .map_err(|e| SandboxError::Setup(format!("cannot run {}: {e}", spec.bwrap.display())))?;
-    let pid = child.id();
+    let pid = Some(child.id());
     let init = tokio::spawn(read_init_pid(info_r.into()));
-    let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+    let pipe = |fd: Option<OwnedFd>| {
+        fd.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok())
+    };
+    let (Some(mut out), Some(mut err)) = (pipe(child.stdout.take()), pipe(child.stderr.take()))
+    else {
         return Err(SandboxError::Setup("no pipes".into()));
     };
     let cap = spec.limits.output;
@@ -236,7 +226,7 @@ fn parse_child_pid(info: &[u8]) -> Option<i32> {
 /// init becomes our child once the outer bwrap has exited: wait for that
 /// first, then reap exactly that pid (tokio reaps only its own children by
 /// pid, so this takes nothing from it).
-async fn reap_init(child: &mut tokio::process::Child, init: tokio::task::JoinHandle<Option<i32>>) {
+async fn reap_init(child: &mut crate::spawn::Child, init: tokio::task::JoinHandle<Option<i32>>) {
     // The outer bwrap is gone or was just killed; it exits at once, and
     // with it the pipe that brings the pid.
     let limit = Duration::from_secs(10);
@@ -307,37 +297,6 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
             Err(_) => return Some(buf),
         }
     }
-}
-
-fn apply_limits(l: &Limits) -> std::io::Result<()> {
-    fn set(res: libc::__rlimit_resource_t, v: u64) -> std::io::Result<()> {
-        let r = libc::rlimit {
-            rlim_cur: v,
-            rlim_max: v,
-        };
-        // SAFETY: setrlimit with a valid pointer.
-        if unsafe { libc::setrlimit(res, &r) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-    set(libc::RLIMIT_AS, l.memory)?;
-    set(libc::RLIMIT_FSIZE, l.output)?;
-    set(libc::RLIMIT_CORE, 0)?;
-    set(libc::RLIMIT_NOFILE, 1024)?;
-    if let Some(uid) = l.uid {
-        set(libc::RLIMIT_NPROC, l.processes)?;
-        // SAFETY: plain syscalls; order matters (groups, gid, then uid).
-        unsafe {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(uid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A new, empty network namespace (only a loopback interface, down) for a

@@ -348,12 +348,12 @@ impl Builder {
         let mut outputs = Vec::new();
         if out.exit_code == 0 {
             for o in &job.outputs {
-                let host = host_path(&workdir, &job.cwd, o)
-                    .map_err(|e| JobError::Invalid(e.to_string()))?;
-                match std::fs::read(&host) {
-                    Ok(d) => outputs.push((o.clone(), d)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(JobError::Internal(format!("reading output {o}: {e}"))),
+                let rel = job_rel(&job.cwd, o).map_err(|e| JobError::Invalid(e.to_string()))?;
+                match read_job_file(&workdir, rel, self.limits.output) {
+                    Ok(Some(d)) => outputs.push((o.clone(), d)),
+                    Ok(None) => {}
+                    // What the job left there is its doing: not the node's fault.
+                    Err(e) => return Err(JobError::Invalid(format!("output {o}: {e}"))),
                 }
             }
         }
@@ -368,10 +368,10 @@ impl Builder {
 
 /// Whether every file in the compile's dependency list was carried.
 fn deps_covered(workdir: &Path, job: &Job, deps_file: &str) -> bool {
-    let Ok(host) = host_path(workdir, &job.cwd, deps_file) else {
+    let Ok(rel) = job_rel(&job.cwd, deps_file) else {
         return false;
     };
-    let Ok(text) = std::fs::read(&host) else {
+    let Ok(Some(text)) = read_job_file(workdir, rel, DEPS_FILE_MAX) else {
         return false;
     };
     let carried: std::collections::HashSet<&str> =
@@ -452,6 +452,12 @@ fn looks_like_resource_failure(stderr: &[u8]) -> bool {
 
 /// The host path of a sandbox path under the job's cwd.
 fn host_path(workdir: &Path, cwd: &str, p: &str) -> Result<PathBuf> {
+    Ok(workdir.join(job_rel(cwd, p)?))
+}
+
+/// A sandbox path under the job's cwd, relative to it (never empty, no
+/// `..`).
+fn job_rel<'a>(cwd: &str, p: &'a str) -> Result<&'a Path> {
     sandbox::check_clean_abs(p)?;
     let rel = Path::new(p)
         .strip_prefix(cwd)
@@ -459,7 +465,85 @@ fn host_path(workdir: &Path, cwd: &str, p: &str) -> Result<PathBuf> {
     if rel.as_os_str().is_empty() {
         bail!("{p} is the cwd itself");
     }
-    Ok(workdir.join(rel))
+    Ok(rel)
+}
+
+/// The most of a dependency file that is read (gcc's for a large C++ unit
+/// is a few hundred kilobytes).
+const DEPS_FILE_MAX: u64 = 16 << 20;
+
+/// Read a file that a job wrote at `rel` below its writable directory,
+/// `None` if there is none. The job had that directory to itself, so every
+/// name on the way may be a trap it left for the node, which reads with the
+/// host's view: a symlink to a host file (to have it sent back as an
+/// "object"), a FIFO that blocks the reader for ever, a device. So each
+/// directory is opened without following symlinks, and only a regular file
+/// of at most `cap` bytes is read.
+fn read_job_file(workdir: &Path, rel: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::ffi::CString;
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let open_at = |dir: libc::c_int, name: &[u8], flags: libc::c_int| {
+        let name = CString::new(name).map_err(|_| Error::other("NUL in a path"))?;
+        // SAFETY: plain syscall; the result is checked before it is owned.
+        let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            let e = Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::other("a symlink, not followed"),
+                Some(libc::ENOTDIR) => {
+                    Error::other("a symlink or a file where a directory should be, not followed")
+                }
+                _ => e,
+            });
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let not_found = |r: std::io::Result<OwnedFd>| match r {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    };
+    let Some(mut dir) = not_found(open_at(
+        libc::AT_FDCWD,
+        workdir.as_os_str().as_bytes(),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    ))?
+    else {
+        return Ok(None);
+    };
+    let names: Vec<_> = rel.iter().collect();
+    let Some((file, dirs)) = names.split_last() else {
+        return Err(Error::other("no file name"));
+    };
+    for name in dirs {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        match not_found(open_at(dir.as_raw_fd(), name.as_bytes(), flags))? {
+            Some(d) => dir = d,
+            None => return Ok(None),
+        }
+    }
+    // Non-blocking: opening a FIFO for reading would wait for a writer.
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let Some(fd) = not_found(open_at(dir.as_raw_fd(), file.as_bytes(), flags))? else {
+        return Ok(None);
+    };
+    let mut f = std::fs::File::from(fd);
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::other("not a regular file"));
+    }
+    if meta.len() > cap {
+        return Err(Error::other(format!("larger than {cap} bytes")));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.by_ref().take(cap + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > cap {
+        return Err(Error::other(format!("larger than {cap} bytes")));
+    }
+    Ok(Some(data))
 }
 
 fn validate(job: &Job) -> Result<()> {
@@ -675,6 +759,50 @@ mod tests {
         std::fs::write(work.join("out.o"), b"x").unwrap();
         empty_workdir(&work);
         assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_jobs_files_are_read_without_following_its_traps() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let work = t.path().join("work");
+        std::fs::create_dir_all(work.join("obj")).unwrap();
+        let secret = t.path().join("secret");
+        std::fs::write(&secret, "TOPSECRET").unwrap();
+        std::fs::write(work.join("obj/a.o"), "object").unwrap();
+        let read = |rel: &str| read_job_file(&work, Path::new(rel), 100);
+        assert_eq!(read("obj/a.o").unwrap().unwrap(), b"object");
+        assert_eq!(read("obj/missing.o").unwrap(), None);
+        assert_eq!(read("nodir/a.o").unwrap(), None);
+        // A symlink as the file, or on the way to it, is not followed.
+        symlink(&secret, work.join("obj/b.o")).unwrap();
+        let e = read("obj/b.o").unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        symlink(t.path(), work.join("up")).unwrap();
+        let e = read("up/secret").unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        // A FIFO would block a reader for ever; a device never ends.
+        let fifo =
+            std::ffi::CString::new(work.join("obj/c.o").into_os_string().into_encoded_bytes())
+                .unwrap();
+        // SAFETY: plain syscall with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let e = read("obj/c.o").unwrap_err();
+        assert!(e.to_string().contains("regular"), "{e}");
+        // A file where a directory should be.
+        std::fs::write(work.join("file"), "x").unwrap();
+        assert!(read("file/a.o").is_err());
+        // Larger than the cap.
+        std::fs::write(work.join("big.o"), vec![b'x'; 101]).unwrap();
+        let e = read("big.o").unwrap_err();
+        assert!(e.to_string().contains("larger"), "{e}");
+        assert_eq!(
+            read_job_file(&work, Path::new("big.o"), 101)
+                .unwrap()
+                .unwrap()
+                .len(),
+            101
+        );
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct Builder {
     netns: Vec<Option<std::os::fd::OwnedFd>>,
     link_toolchain: bool,
     toolchains: Arc<ToolchainStore>,
+    /// What planning has read of each unpacked toolchain root.
+    views: Mutex<std::collections::HashMap<PathBuf, Arc<jobtree::RootView>>>,
     blobs: LruDir,
     slots: Arc<Semaphore>,
     free_slots: Arc<Mutex<Vec<usize>>>,
@@ -109,6 +111,7 @@ impl Builder {
             trees,
             link_toolchain,
             toolchains,
+            views: Mutex::new(std::collections::HashMap::new()),
             blobs: LruDir::open(&visible.join("sources"), cfg.cache.size / 4 + (64 << 20))?,
             slots: Arc::new(Semaphore::new(max_jobs)),
             free_slots: Arc::new(Mutex::new((0..max_jobs).rev().collect())),
@@ -229,6 +232,22 @@ impl Builder {
         res
     }
 
+    /// The remembered view of an unpacked toolchain root (a few dozen
+    /// roots at most are kept; a toolchain that comes back after that is
+    /// read again).
+    fn root_view(&self, root: &Path) -> Arc<jobtree::RootView> {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = views.get(root) {
+            return v.clone();
+        }
+        if views.len() >= 32 {
+            views.clear();
+        }
+        let v = Arc::new(jobtree::RootView::new(root.to_path_buf()));
+        views.insert(root.to_path_buf(), v.clone());
+        v
+    }
+
     /// A slot's writable directory, bound at the job's cwd: kept from job to
     /// job (emptied in between) rather than made anew, as a new directory
     /// per job costs an inode allocation, and ext4 makes those slower the
@@ -256,8 +275,8 @@ impl Builder {
         // for interior mutability, and is not held while the job runs.
         let mounts = {
             let mut tree = self.trees[slot].lock().unwrap_or_else(|p| p.into_inner());
-            let layout = jobtree::plan(
-                &root.root,
+            let layout = jobtree::plan_in(
+                &self.root_view(&root.root),
                 &carried,
                 tree.dir(),
                 &workdir,

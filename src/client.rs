@@ -13,22 +13,27 @@ use swarmcc_protocol::local::{Request, Response, LOCAL_PROTOCOL_VERSION};
 
 pub struct NodeClient {
     stream: UnixStream,
+    /// The greeting was sent but its answer not yet read: it is read with
+    /// the first call's, so that a compile does not wait a round trip for
+    /// it.
+    hello_pending: bool,
 }
 
 impl NodeClient {
-    /// Connect to a running node.
+    /// Connect to a running node. The greeting (protocol version) is
+    /// checked with the first call's answer.
     pub fn connect(cfg: &Config) -> Result<NodeClient> {
         let sock = cfg.socket_path();
-        let stream = UnixStream::connect(&sock)
+        let mut stream = UnixStream::connect(&sock)
             .with_context(|| format!("connecting to {}", sock.display()))?;
-        let mut c = NodeClient { stream };
-        match c.call(&Request::Hello {
+        let hello = Request::Hello {
             version: LOCAL_PROTOCOL_VERSION,
-        })? {
-            Response::Hello { .. } => Ok(c),
-            Response::Error(e) => bail!("node refused: {e}"),
-            other => bail!("unexpected answer {other:?}"),
-        }
+        };
+        frame::write_frame(&mut stream, &hello, LOCAL_FRAME_MAX)?;
+        Ok(NodeClient {
+            stream,
+            hello_pending: true,
+        })
     }
 
     /// Connect, starting a node in the background if none is running.
@@ -50,7 +55,34 @@ impl NodeClient {
     }
 
     pub fn call(&mut self, req: &Request) -> Result<Response> {
+        self.send(req)?;
+        self.recv()
+    }
+
+    /// Two requests sent at once, their answers read in order: one round
+    /// trip instead of two (the node answers a connection's requests in
+    /// the order they came).
+    pub fn call_two(&mut self, a: &Request, b: &Request) -> Result<(Response, Response)> {
+        self.send(a)?;
+        self.send(b)?;
+        let ra = self.recv()?;
+        Ok((ra, self.recv()?))
+    }
+
+    fn send(&mut self, req: &Request) -> Result<()> {
         frame::write_frame(&mut self.stream, req, LOCAL_FRAME_MAX)?;
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<Response> {
+        if self.hello_pending {
+            self.hello_pending = false;
+            match frame::read_frame(&mut self.stream, LOCAL_FRAME_MAX)? {
+                Response::Hello { .. } => {}
+                Response::Error(e) => bail!("node refused: {e}"),
+                other => bail!("unexpected answer {other:?}"),
+            }
+        }
         Ok(frame::read_frame(&mut self.stream, LOCAL_FRAME_MAX)?)
     }
 }

@@ -333,17 +333,18 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
             }
         }
     };
-    match node.call(&Request::CacheGet { key }) {
-        Ok(Response::CacheHit(result)) => {
-            if let Ok(code) = deliver(&compile, &cwd, &want, &result) {
-                remember(&mut node);
-                return Ok(code);
-            }
-        }
-        Ok(_) => {}
+    let (cached, missing) = match node.call_two(&Request::CacheGet { key }, &missing_query(&blobs))
+    {
+        Ok(r) => r,
         Err(e) => return Err(on_node(LocalReason::SwarmFailure)(e)),
+    };
+    if let Response::CacheHit(result) = cached {
+        if let Ok(code) = deliver(&compile, &cwd, &want, &result) {
+            remember(&mut node);
+            return Ok(code);
+        }
     }
-    let to_send = unsent(&mut node, &blobs);
+    let to_send = unsent(&blobs, missing);
     let resp = node.call(&Request::Compile {
         key: Some(key),
         job: Box::new(job.clone()),
@@ -456,11 +457,19 @@ fn build_job(
     }
 }
 
-/// Only the blobs the node does not hold yet (all of them if it cannot say).
-fn unsent(node: &mut NodeClient, blobs: &[Blob]) -> Vec<Blob> {
-    let hashes = blobs.iter().map(|b| b.hash).collect();
-    match node.call(&Request::MissingBlobs { hashes }) {
-        Ok(Response::Missing(missing)) => {
+/// Which of `blobs` the node lacks: asked with the cache lookup, so that a
+/// miss needs no round trip of its own before the compile.
+fn missing_query(blobs: &[Blob]) -> Request {
+    Request::MissingBlobs {
+        hashes: blobs.iter().map(|b| b.hash).collect(),
+    }
+}
+
+/// Only the blobs the node does not hold yet, from its answer to
+/// [`missing_query`] (all of them if it could not say).
+fn unsent(blobs: &[Blob], answer: Response) -> Vec<Blob> {
+    match answer {
+        Response::Missing(missing) => {
             let missing: std::collections::HashSet<Hash32> = missing.into_iter().collect();
             blobs
                 .iter()
@@ -573,10 +582,13 @@ fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
     let job = build_job(sp.tc, c, cwd, None, sources, &c.deps);
     let output = job_output(c, cwd);
     let key = cache_key(&job);
-    let result = match node.call(&Request::CacheGet { key }).ok()? {
+    let (cached, missing) = node
+        .call_two(&Request::CacheGet { key }, &missing_query(&blobs))
+        .ok()?;
+    let result = match cached {
         Response::CacheHit(r) => r,
         _ => {
-            let to_send = unsent(node, &blobs);
+            let to_send = unsent(&blobs, missing);
             let req = Request::Compile {
                 key: Some(key),
                 job: Box::new(job.clone()),

@@ -4,7 +4,9 @@
 //! or corrupted file is detected, dropped and reported as a miss, never served.
 
 use crate::lru::LruDir;
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use swarmcc_protocol::local::Manifest;
 use swarmcc_protocol::{frame, Hash32, JobResult};
 
@@ -13,8 +15,16 @@ const HEADER: usize = 8 + 32 + 8;
 
 pub struct Cache {
     dir: LruDir,
-    manifests: LruDir,
+    manifests: Arc<LruDir>,
+    /// Manifests stored but not yet on disk: written in the background, as
+    /// the client waits for the answer and a new file costs about a
+    /// millisecond on a busy ext4; served from here until written.
+    pending: Arc<Mutex<HashMap<Hash32, Arc<Vec<u8>>>>>,
+    writing: Arc<Mutex<()>>,
 }
+
+/// Manifests waiting for the disk at most; beyond, a put writes at once.
+const MAX_PENDING: usize = 256;
 
 /// Outcome of a lookup.
 pub enum Lookup {
@@ -28,7 +38,12 @@ impl Cache {
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Cache> {
         Ok(Cache {
             dir: LruDir::open(dir, max_bytes)?,
-            manifests: LruDir::open(&dir.join("manifests"), max_bytes / 16 + (1 << 20))?,
+            manifests: Arc::new(LruDir::open(
+                &dir.join("manifests"),
+                max_bytes / 16 + (1 << 20),
+            )?),
+            pending: Arc::default(),
+            writing: Arc::default(),
         })
     }
 
@@ -46,14 +61,64 @@ impl Cache {
 
     /// Direct mode: the manifest under `key`, if intact.
     pub fn get_manifest(&self, key: &Hash32) -> Option<Manifest> {
+        let pending = self.lock_pending().get(key).cloned();
+        if let Some(data) = pending {
+            return decode_entry(&data);
+        }
         match get_in(&self.manifests, key) {
             Lookup2::Hit(m) => Some(m),
             _ => None,
         }
     }
 
+    /// Store a manifest: seen by [`get_manifest`](Cache::get_manifest) at
+    /// once, on disk shortly after (in the background when a runtime is at
+    /// hand). A node killed in between loses it, which costs one compile
+    /// the preprocessor; the file is written atomically either way.
     pub fn put_manifest(&self, key: &Hash32, m: &Manifest) -> anyhow::Result<()> {
-        put_in(&self.manifests, key, m)
+        let data = Arc::new(encode_entry(m)?);
+        let rt = tokio::runtime::Handle::try_current();
+        {
+            let mut pending = self.lock_pending();
+            if rt.is_err() || pending.len() >= MAX_PENDING {
+                drop(pending);
+                self.manifests.put(&key.to_hex(), &data)?;
+                return Ok(());
+            }
+            pending.insert(*key, data);
+        }
+        let (dir, pending, key) = (self.manifests.clone(), self.pending.clone(), *key);
+        let writing = self.writing.clone();
+        let write = move || {
+            // One writer at a time, each writing the key's latest manifest
+            // (if a writer before it has not already): so the disk ends with
+            // the newest, whatever order the writers ran in.
+            let _one = writing.lock().unwrap_or_else(|p| p.into_inner());
+            let lock = || pending.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(latest) = lock().get(&key).cloned() else {
+                return;
+            };
+            if let Err(e) = dir.put(&key.to_hex(), &latest) {
+                tracing::warn!("manifest put: {e}");
+            }
+            let mut pending = lock();
+            if pending.get(&key).is_some_and(|d| Arc::ptr_eq(d, &latest)) {
+                pending.remove(&key);
+            }
+        };
+        if let Ok(rt) = rt {
+            drop(rt.spawn_blocking(write));
+        }
+        Ok(())
+    }
+
+    /// Whether every manifest stored so far is on disk.
+    pub fn manifests_written(&self) -> bool {
+        self.lock_pending().is_empty()
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<Hash32, Arc<Vec<u8>>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Where an entry lives on disk (for tests and tools).
@@ -91,16 +156,19 @@ fn get_in<T: serde::de::DeserializeOwned>(dir: &LruDir, key: &Hash32) -> Lookup2
 }
 
 fn put_in<T: serde::Serialize>(dir: &LruDir, key: &Hash32, value: &T) -> anyhow::Result<()> {
-    {
-        let payload = frame::encode(value)?;
-        let mut data = Vec::with_capacity(HEADER + payload.len());
-        data.extend_from_slice(MAGIC);
-        data.extend_from_slice(&Hash32::of(&payload).0);
-        data.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        data.extend_from_slice(&payload);
-        dir.put(&key.to_hex(), &data)?;
-        Ok(())
-    }
+    dir.put(&key.to_hex(), &encode_entry(value)?)?;
+    Ok(())
+}
+
+/// An entry as stored: magic, checksum and length of the payload, payload.
+fn encode_entry<T: serde::Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
+    let payload = frame::encode(value)?;
+    let mut data = Vec::with_capacity(HEADER + payload.len());
+    data.extend_from_slice(MAGIC);
+    data.extend_from_slice(&Hash32::of(&payload).0);
+    data.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    data.extend_from_slice(&payload);
+    Ok(data)
 }
 
 fn decode_entry<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
@@ -154,5 +222,44 @@ mod tests {
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
         assert!(matches!(c.get(&k), Lookup::Corrupt));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_manifest_is_served_at_once_and_reaches_the_disk() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Cache::open(t.path(), 1 << 20).unwrap();
+        let m = |n: u8| Manifest {
+            files: vec![swarmcc_protocol::job::SourceRef {
+                path: "/src/a.c".into(),
+                hash: Hash32::of(&[n]),
+            }],
+            result_key: Hash32::of(b"result"),
+            dep_file: Some(("a.d".into(), vec![n; 10])),
+        };
+        let keys: Vec<Hash32> = (0..20u8).map(|n| Hash32::of(&[n, 1])).collect();
+        for (n, k) in keys.iter().enumerate() {
+            c.put_manifest(k, &m(n as u8)).unwrap();
+            // Seen at once, whether or not it is on disk yet.
+            assert_eq!(c.get_manifest(k).unwrap().dep_file, m(n as u8).dep_file);
+        }
+        // A newer manifest for a key replaces the older, pending or not.
+        c.put_manifest(&keys[0], &m(99)).unwrap();
+        assert_eq!(c.get_manifest(&keys[0]).unwrap().dep_file, m(99).dep_file);
+        for _ in 0..500 {
+            if c.manifests_written() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(c.manifests_written());
+        // On disk: a cache opened anew reads every one of them.
+        let again = Cache::open(t.path(), 1 << 20).unwrap();
+        assert_eq!(
+            again.get_manifest(&keys[0]).unwrap().dep_file,
+            m(99).dep_file
+        );
+        for (n, k) in keys.iter().enumerate().skip(1) {
+            assert_eq!(again.get_manifest(k).unwrap().dep_file, m(n as u8).dep_file);
+        }
     }
 }

@@ -190,6 +190,15 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!("swarmcc node stopping");
     let _ = std::fs::remove_file(&sock);
     stats.save();
+    // Manifests still on their way to the disk (a second at most).
+    if let Some(cache) = &node.cache {
+        for _ in 0..100 {
+            if cache.manifests_written() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     Ok(())
 }
 

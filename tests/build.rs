@@ -211,7 +211,9 @@ fn corrupted_cache_entry_is_not_served() {
             .args(["gcc", "-O2", "-c", "a.c", "-o", "a.o"])
             .current_dir(d),
     );
-    // Damage every cache entry on disk.
+    // Damage every cache entry on disk (written moments after the answer,
+    // and served from memory until then: so the node is stopped first).
+    run_ok(env.cmd(swarmcc()).arg("--stop-server"));
     let cache = env.state().join("cache");
     let mut damaged = 0;
     for shard in std::fs::read_dir(&cache).unwrap().flatten() {

@@ -14,17 +14,9 @@ const MAGIC: &[u8; 8] = b"SWCCRES1";
 const HEADER: usize = 8 + 32 + 8;
 
 pub struct Cache {
-    dir: LruDir,
-    manifests: Arc<LruDir>,
-    /// Manifests stored but not yet on disk: written in the background, as
-    /// the client waits for the answer and a new file costs about a
-    /// millisecond on a busy ext4; served from here until written.
-    pending: Arc<Mutex<HashMap<Hash32, Arc<Vec<u8>>>>>,
-    writing: Arc<Mutex<()>>,
+    results: WriteBehind,
+    manifests: WriteBehind,
 }
-
-/// Manifests waiting for the disk at most; beyond, a put writes at once.
-const MAX_PENDING: usize = 256;
 
 /// Outcome of a lookup.
 pub enum Lookup {
@@ -37,74 +29,141 @@ pub enum Lookup {
 impl Cache {
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Cache> {
         Ok(Cache {
-            dir: LruDir::open(dir, max_bytes)?,
-            manifests: Arc::new(LruDir::open(
+            results: WriteBehind::new(LruDir::open(dir, max_bytes)?),
+            manifests: WriteBehind::new(LruDir::open(
                 &dir.join("manifests"),
                 max_bytes / 16 + (1 << 20),
             )?),
-            pending: Arc::default(),
-            writing: Arc::default(),
         })
     }
 
     pub fn get(&self, key: &Hash32) -> Lookup {
-        match get_in(&self.dir, key) {
+        match self.results.get(key) {
             Lookup2::Hit(r) => Lookup::Hit(r),
             Lookup2::Miss => Lookup::Miss,
             Lookup2::Corrupt => Lookup::Corrupt,
         }
     }
 
+    /// Store a result: seen by [`get`](Cache::get) at once, on disk shortly
+    /// after (see [`WriteBehind`]).
     pub fn put(&self, key: &Hash32, result: &JobResult) -> anyhow::Result<()> {
-        put_in(&self.dir, key, result)
+        self.results.put(key, encode_entry(result)?)
     }
 
     /// Direct mode: the manifest under `key`, if intact.
     pub fn get_manifest(&self, key: &Hash32) -> Option<Manifest> {
-        let pending = self.lock_pending().get(key).cloned();
-        if let Some(data) = pending {
-            return decode_entry(&data);
-        }
-        match get_in(&self.manifests, key) {
+        match self.manifests.get(key) {
             Lookup2::Hit(m) => Some(m),
             _ => None,
         }
     }
 
-    /// Store a manifest: seen by [`get_manifest`](Cache::get_manifest) at
-    /// once, on disk shortly after (in the background when a runtime is at
-    /// hand). A node killed in between loses it, which costs one compile
-    /// the preprocessor; the file is written atomically either way.
+    /// Store a manifest, as [`put`](Cache::put) does a result.
     pub fn put_manifest(&self, key: &Hash32, m: &Manifest) -> anyhow::Result<()> {
-        let data = Arc::new(encode_entry(m)?);
+        self.manifests.put(key, encode_entry(m)?)
+    }
+
+    /// Whether everything stored so far is on disk.
+    pub fn written(&self) -> bool {
+        self.results.written() && self.manifests.written()
+    }
+
+    /// Where an entry lives on disk (for tests and tools).
+    pub fn entry_path(&self, key: &Hash32) -> std::path::PathBuf {
+        self.results.dir.path_of(&key.to_hex())
+    }
+}
+
+/// Entries waiting for the disk at most (bytes); beyond, a put writes at once.
+const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// A store whose puts return at once and reach the disk in the background.
+///
+/// The client waits for the node's answer, and a new file costs about a
+/// millisecond on a busy ext4 (two or three per compile: the result and its
+/// manifests). An entry is served from memory until it is on disk. One
+/// writer at a time, each writing the key's latest entry (unless a writer
+/// before it already has), so the disk ends with the newest whatever order
+/// the writers ran in. A node killed in between loses what was pending,
+/// which costs a compile, never a wrong answer: files are written atomically
+/// either way. Without a runtime at hand, or with too much pending, a put
+/// writes at once.
+struct WriteBehind {
+    dir: Arc<LruDir>,
+    pending: Arc<Mutex<Pending>>,
+    writing: Arc<Mutex<()>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    entries: HashMap<Hash32, Arc<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn remove_if(&mut self, key: &Hash32, data: &Arc<Vec<u8>>) {
+        if self.entries.get(key).is_some_and(|d| Arc::ptr_eq(d, data)) {
+            self.entries.remove(key);
+            self.bytes -= data.len();
+        }
+    }
+}
+
+impl WriteBehind {
+    fn new(dir: LruDir) -> WriteBehind {
+        WriteBehind {
+            dir: Arc::new(dir),
+            pending: Arc::default(),
+            writing: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &Hash32) -> Lookup2<T> {
+        let pending = self.lock().entries.get(key).cloned();
+        match pending {
+            Some(data) => decode_entry(&data).map_or(Lookup2::Miss, Lookup2::Hit),
+            None => get_in(&self.dir, key),
+        }
+    }
+
+    fn put(&self, key: &Hash32, data: Vec<u8>) -> anyhow::Result<()> {
+        let data = Arc::new(data);
         let rt = tokio::runtime::Handle::try_current();
         {
-            let mut pending = self.lock_pending();
-            if rt.is_err() || pending.len() >= MAX_PENDING {
+            let mut pending = self.lock();
+            if let Some(old) = pending.entries.remove(key) {
+                pending.bytes -= old.len();
+            }
+            if rt.is_err() || pending.bytes + data.len() > MAX_PENDING_BYTES {
                 drop(pending);
-                self.manifests.put(&key.to_hex(), &data)?;
+                let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+                self.dir.put(&key.to_hex(), &data)?;
                 return Ok(());
             }
-            pending.insert(*key, data);
+            pending.bytes += data.len();
+            pending.entries.insert(*key, data);
         }
-        let (dir, pending, key) = (self.manifests.clone(), self.pending.clone(), *key);
-        let writing = self.writing.clone();
+        let (dir, pending, writing, key) = (
+            self.dir.clone(),
+            self.pending.clone(),
+            self.writing.clone(),
+            *key,
+        );
         let write = move || {
-            // One writer at a time, each writing the key's latest manifest
-            // (if a writer before it has not already): so the disk ends with
-            // the newest, whatever order the writers ran in.
             let _one = writing.lock().unwrap_or_else(|p| p.into_inner());
             let lock = || pending.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(latest) = lock().get(&key).cloned() else {
+            let Some(latest) = lock().entries.get(&key).cloned() else {
                 return;
             };
             if let Err(e) = dir.put(&key.to_hex(), &latest) {
-                tracing::warn!("manifest put: {e}");
+                tracing::warn!("cache put: {e}");
             }
-            let mut pending = lock();
-            if pending.get(&key).is_some_and(|d| Arc::ptr_eq(d, &latest)) {
-                pending.remove(&key);
-            }
+            lock().remove_if(&key, &latest);
         };
         if let Ok(rt) = rt {
             drop(rt.spawn_blocking(write));
@@ -112,18 +171,8 @@ impl Cache {
         Ok(())
     }
 
-    /// Whether every manifest stored so far is on disk.
-    pub fn manifests_written(&self) -> bool {
-        self.lock_pending().is_empty()
-    }
-
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<Hash32, Arc<Vec<u8>>>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Where an entry lives on disk (for tests and tools).
-    pub fn entry_path(&self, key: &Hash32) -> std::path::PathBuf {
-        self.dir.path_of(&key.to_hex())
+    fn written(&self) -> bool {
+        self.lock().entries.is_empty()
     }
 }
 
@@ -153,11 +202,6 @@ fn get_in<T: serde::de::DeserializeOwned>(dir: &LruDir, key: &Hash32) -> Lookup2
             }
         }
     }
-}
-
-fn put_in<T: serde::Serialize>(dir: &LruDir, key: &Hash32, value: &T) -> anyhow::Result<()> {
-    dir.put(&key.to_hex(), &encode_entry(value)?)?;
-    Ok(())
 }
 
 /// An entry as stored: magic, checksum and length of the payload, payload.
@@ -225,7 +269,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_manifest_is_served_at_once_and_reaches_the_disk() {
+    async fn entries_are_served_at_once_and_reach_the_disk() {
         let t = tempfile::tempdir().unwrap();
         let c = Cache::open(t.path(), 1 << 20).unwrap();
         let m = |n: u8| Manifest {
@@ -246,14 +290,26 @@ mod tests {
         c.put_manifest(&keys[0], &m(99)).unwrap();
         assert_eq!(c.get_manifest(&keys[0]).unwrap().dep_file, m(99).dep_file);
         for _ in 0..500 {
-            if c.manifests_written() {
+            if c.written() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert!(c.manifests_written());
+        assert!(c.written());
+        // Results too.
+        let rk = Hash32::of(b"a result");
+        c.put(&rk, &sample()).unwrap();
+        assert!(matches!(c.get(&rk), Lookup::Hit(r) if r == sample()));
+        for _ in 0..500 {
+            if c.written() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(c.written() && c.entry_path(&rk).exists());
         // On disk: a cache opened anew reads every one of them.
         let again = Cache::open(t.path(), 1 << 20).unwrap();
+        assert!(matches!(again.get(&rk), Lookup::Hit(r) if r == sample()));
         assert_eq!(
             again.get_manifest(&keys[0]).unwrap().dep_file,
             m(99).dep_file

@@ -188,17 +188,18 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     }
     tracing::info!("swarmcc node stopping");
-    let _ = std::fs::remove_file(&sock);
-    stats.save();
-    // Manifests still on their way to the disk (a second at most).
+    // Cache entries still on their way to the disk (a second at most),
+    // before the socket goes: `--stop-server` waits for that.
     if let Some(cache) = &node.cache {
         for _ in 0..100 {
-            if cache.manifests_written() {
+            if cache.written() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    let _ = std::fs::remove_file(&sock);
+    stats.save();
     Ok(())
 }
 

@@ -275,7 +275,7 @@ impl Builder {
         // for interior mutability, and is not held while the job runs.
         let mounts = {
             let mut tree = self.trees[slot].lock().unwrap_or_else(|p| p.into_inner());
-            let layout = jobtree::plan_in(
+            let layout = jobtree::plan(
                 &self.root_view(&root.root),
                 &carried,
                 tree.dir(),

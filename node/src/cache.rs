@@ -268,6 +268,16 @@ mod tests {
         assert!(matches!(c.get(&k), Lookup::Corrupt));
     }
 
+    /// Until everything stored is on disk (5 s at most).
+    async fn wait_written(c: &Cache) {
+        for _ in 0..500 {
+            if c.written() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn entries_are_served_at_once_and_reach_the_disk() {
         let t = tempfile::tempdir().unwrap();
@@ -289,23 +299,13 @@ mod tests {
         // A newer manifest for a key replaces the older, pending or not.
         c.put_manifest(&keys[0], &m(99)).unwrap();
         assert_eq!(c.get_manifest(&keys[0]).unwrap().dep_file, m(99).dep_file);
-        for _ in 0..500 {
-            if c.written() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_written(&c).await;
         assert!(c.written());
         // Results too.
         let rk = Hash32::of(b"a result");
         c.put(&rk, &sample()).unwrap();
         assert!(matches!(c.get(&rk), Lookup::Hit(r) if r == sample()));
-        for _ in 0..500 {
-            if c.written() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_written(&c).await;
         assert!(c.written() && c.entry_path(&rk).exists());
         // On disk: a cache opened anew reads every one of them.
         let again = Cache::open(t.path(), 1 << 20).unwrap();

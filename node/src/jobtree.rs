@@ -49,7 +49,8 @@ pub struct Layout {
 
 /// Plan the sandbox's filesystem.
 ///
-/// Three layers: the toolchain root `root`, the carried files `carried`
+/// Three layers: the toolchain root (`view`, whose reads are remembered
+/// for the next job of the same toolchain), the carried files `carried`
 /// (absolute path in the sandbox → the file to link there), and the
 /// writable `workdir` bound at `cwd`. The tree (at `tree` on the host)
 /// becomes the sandbox's `/`: where a directory exists in both the carried
@@ -65,21 +66,6 @@ pub struct Layout {
 ///
 /// Only the toolchain root is read; nothing is written.
 pub fn plan(
-    root: &Path,
-    carried: &BTreeMap<PathBuf, PathBuf>,
-    tree: &Path,
-    workdir: &Path,
-    cwd: &str,
-    tmp_size: u64,
-    link_toolchain: bool,
-) -> Result<Layout> {
-    let view = RootView::new(root.to_path_buf());
-    plan_in(&view, carried, tree, workdir, cwd, tmp_size, link_toolchain)
-}
-
-/// [`plan`] with what is read of the toolchain root remembered in `view`,
-/// for the next job of the same toolchain.
-pub fn plan_in(
     view: &RootView,
     carried: &BTreeMap<PathBuf, PathBuf>,
     tree: &Path,
@@ -371,10 +357,6 @@ impl RootView {
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// `host`'s kind (a symlink's target with it), `None` if it is absent.
     fn lstat(&self, host: &Path) -> Option<Node> {
         let lock = || self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -589,8 +571,17 @@ mod tests {
         for round in 0..2 {
             for (files, cwd) in &jobs {
                 let files = carried(&blobs, files);
-                let fresh = plan(&root, &files, &tree, &work, cwd, 1, true).unwrap();
-                let kept = plan_in(&view, &files, &tree, &work, cwd, 1, true).unwrap();
+                let fresh = plan(
+                    &RootView::new(root.clone()),
+                    &files,
+                    &tree,
+                    &work,
+                    cwd,
+                    1,
+                    true,
+                )
+                .unwrap();
+                let kept = plan(&view, &files, &tree, &work, cwd, 1, true).unwrap();
                 assert_eq!(fresh.entries, kept.entries, "round {round}, {cwd}");
                 assert_eq!(fresh.args, kept.args, "round {round}, {cwd}");
             }
@@ -599,7 +590,7 @@ mod tests {
         // was read once is not read again (shown here by changing it).
         fs::remove_file(root.join("usr/lib/gcc/12/cc1")).unwrap();
         let files = carried(&blobs, &jobs[0].0);
-        let kept = plan_in(&view, &files, &tree, &work, "/home/u/b", 1, true).unwrap();
+        let kept = plan(&view, &files, &tree, &work, "/home/u/b", 1, true).unwrap();
         assert!(kept.entries.contains_key(Path::new("usr/lib/gcc/12/cc1")));
     }
 
@@ -619,7 +610,7 @@ mod tests {
         );
         let (tree, work) = (t.path().join("tree"), t.path().join("work"));
         let layout = plan(
-            &root,
+            &RootView::new(root.clone()),
             &files,
             &tree,
             &work,
@@ -689,7 +680,7 @@ mod tests {
 
         // Without hard links into the toolchain: its files are bound.
         let layout = plan(
-            &root,
+            &RootView::new(root.clone()),
             &files,
             &tree,
             &work,
@@ -711,17 +702,44 @@ mod tests {
         // Unclean working directories and carried paths are refused.
         for cwd in ["/", "rel", "/a/../etc"] {
             assert!(
-                plan(&root, &files, &tree, &work, cwd, 1, true).is_err(),
+                plan(
+                    &RootView::new(root.clone()),
+                    &files,
+                    &tree,
+                    &work,
+                    cwd,
+                    1,
+                    true
+                )
+                .is_err(),
                 "{cwd}"
             );
         }
         let mut bad = files.clone();
         bad.insert("/usr/../etc/x".into(), root.join("usr/bin/gcc"));
-        assert!(plan(&root, &bad, &tree, &work, "/home/u/b", 1, true).is_err());
+        assert!(plan(
+            &RootView::new(root.clone()),
+            &bad,
+            &tree,
+            &work,
+            "/home/u/b",
+            1,
+            true
+        )
+        .is_err());
         // A carried file where another one needs a directory.
         let mut clash = files.clone();
         clash.insert("/usr/include".into(), root.join("usr/bin/gcc"));
-        assert!(plan(&root, &clash, &tree, &work, "/home/u/b", 1, true).is_err());
+        assert!(plan(
+            &RootView::new(root.clone()),
+            &clash,
+            &tree,
+            &work,
+            "/home/u/b",
+            1,
+            true
+        )
+        .is_err());
     }
 
     #[test]
@@ -734,7 +752,16 @@ mod tests {
             &t.path().join("blobs"),
             &["tmp/p/src/a.h", "tmp/p/build/b.c", "usr/include/stdio.h"],
         );
-        let layout = plan(&root, &files, &tree, &work, "/tmp/p/build", 1 << 20, true).unwrap();
+        let layout = plan(
+            &RootView::new(root.clone()),
+            &files,
+            &tree,
+            &work,
+            "/tmp/p/build",
+            1 << 20,
+            true,
+        )
+        .unwrap();
         let joined = line_of(&layout.args);
         let has = |s: String| assert!(joined.contains(&s), "missing {s:?} in {joined}");
         has(format!(
@@ -751,7 +778,16 @@ mod tests {
         // Carried files under /tmp with the cwd elsewhere: still visible
         // over a writable /tmp.
         let files = carried(&t.path().join("blobs"), &["tmp/gen/x.h", "home/u/a.c"]);
-        let layout = plan(&root, &files, &tree, &work, "/home/u/b", 1 << 20, true).unwrap();
+        let layout = plan(
+            &RootView::new(root.clone()),
+            &files,
+            &tree,
+            &work,
+            "/home/u/b",
+            1 << 20,
+            true,
+        )
+        .unwrap();
         let joined = line_of(&layout.args);
         assert!(
             joined.contains(&format!(
@@ -795,7 +831,16 @@ mod tests {
                 "home/u/a/a.c",
             ],
         );
-        let layout = plan(&root, &first, &tree, &work, "/home/u/a", 1, true).unwrap();
+        let layout = plan(
+            &RootView::new(root.clone()),
+            &first,
+            &tree,
+            &work,
+            "/home/u/a",
+            1,
+            true,
+        )
+        .unwrap();
         let planned: BTreeSet<PathBuf> = layout.entries.keys().cloned().collect();
         slot.sync(layout.entries).unwrap();
         assert_eq!(listing(&tree), planned);
@@ -805,7 +850,16 @@ mod tests {
         // The next job: another project, stdio.h with other content.
         let other = t.path().join("blobs2");
         let second = carried(&other, &["usr/include/stdio.h", "srv/b/b.c"]);
-        let layout = plan(&root, &second, &tree, &work, "/srv/b", 1, true).unwrap();
+        let layout = plan(
+            &RootView::new(root.clone()),
+            &second,
+            &tree,
+            &work,
+            "/srv/b",
+            1,
+            true,
+        )
+        .unwrap();
         let planned: BTreeSet<PathBuf> = layout.entries.keys().cloned().collect();
         slot.sync(layout.entries).unwrap();
         assert_eq!(listing(&tree), planned, "nothing of the first job is left");
@@ -836,7 +890,16 @@ mod tests {
         // strays in its directory are gone.
         fs::write(tree.join("usr/include/stray.h"), b"x").unwrap();
         let mut fresh = SlotTree::new(tree.clone());
-        let layout = plan(&root, &second, &tree, &work, "/srv/b", 1, true).unwrap();
+        let layout = plan(
+            &RootView::new(root.clone()),
+            &second,
+            &tree,
+            &work,
+            "/srv/b",
+            1,
+            true,
+        )
+        .unwrap();
         let planned: BTreeSet<PathBuf> = layout.entries.keys().cloned().collect();
         fresh.sync(layout.entries).unwrap();
         assert_eq!(listing(&tree), planned);
@@ -845,9 +908,27 @@ mod tests {
         // unknown, and the next sync repairs the tree.
         let mut gone = second.clone();
         gone.insert("/usr/include/new.h".into(), t.path().join("no-such-blob"));
-        let layout = plan(&root, &gone, &tree, &work, "/srv/b", 1, true).unwrap();
+        let layout = plan(
+            &RootView::new(root.clone()),
+            &gone,
+            &tree,
+            &work,
+            "/srv/b",
+            1,
+            true,
+        )
+        .unwrap();
         assert!(fresh.sync(layout.entries).is_err());
-        let layout = plan(&root, &first, &tree, &work, "/home/u/a", 1, true).unwrap();
+        let layout = plan(
+            &RootView::new(root.clone()),
+            &first,
+            &tree,
+            &work,
+            "/home/u/a",
+            1,
+            true,
+        )
+        .unwrap();
         let planned: BTreeSet<PathBuf> = layout.entries.keys().cloned().collect();
         fresh.sync(layout.entries).unwrap();
         assert_eq!(listing(&tree), planned);

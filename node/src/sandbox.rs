@@ -141,7 +141,7 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
     drop(info_w);
     let mut child = spawned
         .map_err(|e| SandboxError::Setup(format!("cannot run {}: {e}", spec.bwrap.display())))?;
-    let pid = Some(child.id());
+    let pid = child.id();
     let init = tokio::spawn(read_init_pid(info_r.into()));
     let pipe = |fd: Option<OwnedFd>| {
         fd.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok())
@@ -266,12 +266,10 @@ pub fn become_subreaper() {
     }
 }
 
-fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid {
-        // SAFETY: plain syscall; the group is the bwrap process we started.
-        unsafe {
-            libc::kill(-(pid as i32), libc::SIGKILL);
-        }
+fn kill_group(pid: u32) {
+    // SAFETY: plain syscall; the group is the bwrap process we started.
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
     }
 }
 
@@ -280,7 +278,7 @@ fn kill_group(pid: Option<u32>) {
 async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
     cap: u64,
-    pid: Option<u32>,
+    pid: u32,
 ) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];

@@ -33,6 +33,10 @@ pub fn human(s: &Stats) -> String {
     line("Jobs stopped by sandbox limits", s.sandbox_limit_hits);
     line("Jobs run for other nodes", s.jobs_run_for_peers);
     line(
+        "Sandboxes set up before their job came",
+        s.sandboxes_set_up_ahead,
+    );
+    line(
         "Jobs re-allocated after a builder was lost",
         s.jobs_reallocated,
     );

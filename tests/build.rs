@@ -76,8 +76,10 @@ fn killing_the_node_mid_build_still_builds_correctly() {
         "objects differ from a local build"
     );
     run_ok(&mut Command::new(proj.join("luatest")));
-    // No sandbox of the killed node lives on (nor of the one the wrapper
-    // started in its place, now idle).
+    // No sandbox of the killed node lives on, nor of the one the wrapper
+    // started in its place (idle now, with sandboxes set up ahead) once it
+    // is stopped.
+    run_ok(env.cmd(swarmcc()).arg("--stop-server"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut left = sandbox_processes(UID_BASE);
     while !left.is_empty() && std::time::Instant::now() < deadline {

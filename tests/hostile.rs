@@ -443,3 +443,153 @@ fn a_job_sees_no_file_an_earlier_job_carried() {
     assert_eq!(stdout_of(&reader), "0:\n", "{reader:?}");
     assert_clean(&env, OTHER_UID_BASE);
 }
+
+/// A toolchain whose compiler, `/usr/bin/fake-gcc`, reads its arguments
+/// from an `@file` as gcc does (so the node gives them that way, and sets
+/// each slot's next sandbox up ahead) and hands them to bash.
+fn fake_gcc_toolchain(env: &Env) -> ToolchainId {
+    let bash = env.state().join("bash.tar.zst");
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["package-toolchain", "bash"])
+            .arg(&bash),
+    );
+    let root = tempfile::tempdir().unwrap();
+    let raw = zstd::decode_all(std::fs::File::open(&bash).unwrap()).unwrap();
+    tar::Archive::new(&raw[..]).unpack(root.path()).unwrap();
+    let gcc = root.path().join("usr/bin/fake-gcc");
+    // (`read` without -r undoes the backslashes the node puts in)
+    std::fs::write(
+        &gcc,
+        "#!/usr/bin/bash\n\
+         case \"$1\" in @*) a=(); while IFS= read l; do a+=(\"$l\"); done < \"${1#@}\"; set -- \"${a[@]}\";; esac\n\
+         exec /usr/bin/bash \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&gcc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", root.path()).unwrap();
+    let archive = env.state().join("fake-gcc.tar.zst");
+    std::fs::write(
+        &archive,
+        zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap(),
+    )
+    .unwrap();
+    match call(
+        env,
+        &Request::Toolchain(ToolchainSpec::Archive {
+            archive: archive.to_string_lossy().into_owned(),
+            compiler: "/usr/bin/fake-gcc".into(),
+        }),
+    ) {
+        Response::Toolchain(info) => info.id,
+        other => panic!("toolchain: {other:?}"),
+    }
+}
+
+#[test]
+fn a_sandbox_set_up_ahead_shows_each_job_its_own_files() {
+    use swarmcc_protocol::job::{Blob, SourceRef};
+    use swarmcc_protocol::Hash32;
+    let mut env = Env::new(&format!(
+        "[node]\nmax_jobs = 1\n[sandbox]\nuid_base = {}\n",
+        UID_BASE + 2000
+    ));
+    env.start_node();
+    let tc = fake_gcc_toolchain(&env);
+    let ahead = || env.stats_json()["sandboxes_set_up_ahead"].as_u64().unwrap();
+    let run = |cwd: &str, files: &[(&str, &str)], script: &str| {
+        let mut j = job(tc, script);
+        j.compiler = "/usr/bin/fake-gcc".into();
+        j.cwd = cwd.into();
+        j.outputs = vec![format!("{cwd}/out.o")];
+        let mut blobs = Vec::new();
+        for (path, data) in files {
+            let hash = Hash32::of(data.as_bytes());
+            j.sources.push(SourceRef {
+                path: path.to_string(),
+                hash,
+            });
+            blobs.push(Blob {
+                hash,
+                data: data.as_bytes().to_vec(),
+            });
+        }
+        let r = call(
+            &env,
+            &Request::Compile {
+                key: None,
+                job: Box::new(j),
+                blobs,
+            },
+        );
+        stdout_of(&r)
+    };
+    let show =
+        "for f in /srv/a.h /tmp/t.h; do [ -e $f ] && echo \"$(< $f)\"; done; echo 'quoted arg'";
+    let p = "/home/user/proj";
+    assert_eq!(run(p, &[("/srv/a.h", "1")], show), "1\nquoted arg\n");
+    assert_eq!(ahead(), 0);
+    // The same sandbox, set up while the node waited: it shows the new file.
+    assert_eq!(run(p, &[("/srv/a.h", "2")], show), "2\nquoted arg\n");
+    assert_eq!(ahead(), 1);
+    // Still there once the runtime's idle blocking threads have ended (after
+    // 10 s): a sandbox dies with the thread that started it.
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    assert_eq!(run(p, &[("/srv/a.h", "2b")], show), "2b\nquoted arg\n");
+    assert_eq!(ahead(), 2);
+    // A file under /tmp is bound on its own: another sandbox.
+    assert_eq!(
+        run(p, &[("/srv/a.h", "3"), ("/tmp/t.h", "t3")], show),
+        "3\nt3\nquoted arg\n"
+    );
+    assert_eq!(ahead(), 2);
+    // Same mounts, but the file bound on its own changed: the sandbox set
+    // up ahead would show the old one, so it is not used.
+    assert_eq!(
+        run(p, &[("/srv/a.h", "4"), ("/tmp/t.h", "t4")], show),
+        "4\nt4\nquoted arg\n"
+    );
+    assert_eq!(ahead(), 2);
+    assert_eq!(
+        run(p, &[("/srv/a.h", "4"), ("/tmp/t.h", "t4")], show),
+        "4\nt4\nquoted arg\n"
+    );
+    assert_eq!(ahead(), 3);
+    // Another cwd: another sandbox.
+    assert_eq!(
+        run("/work/other", &[("/srv/a.h", "5")], "pwd"),
+        "/work/other\n"
+    );
+    assert_eq!(ahead(), 3);
+    // What a job leaves in its directory is gone for the next, which uses
+    // the sandbox set up ahead.
+    assert_eq!(
+        run("/work/other", &[], "echo left > top; echo wrote"),
+        "wrote\n"
+    );
+    assert_eq!(ahead(), 4);
+    assert_eq!(
+        run(
+            "/work/other",
+            &[],
+            "shopt -s dotglob nullglob; f=(*); echo \"${f[*]}\""
+        ),
+        ".swarmcc-args\n"
+    );
+    assert_eq!(ahead(), 5);
+    // The slot's next sandbox waits, blocked before exec: gone with the node.
+    assert!(!sandbox_processes(UID_BASE + 2000).is_empty());
+    env.kill_node();
+    let mut left = sandbox_processes(UID_BASE + 2000);
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = sandbox_processes(UID_BASE + 2000);
+    }
+    assert!(left.is_empty(), "sandboxes outlived the node: {left:?}");
+}

@@ -475,11 +475,14 @@ impl SlotTree {
 
     /// Change the tree on disk into exactly `want`: remove what it lacks or
     /// holds differently (deepest first), then add what is missing (parents
-    /// first). Entries already right are not touched.
-    pub fn sync(&mut self, want: BTreeMap<PathBuf, Entry>) -> Result<()> {
+    /// first). Entries already right are not touched. Returns what was
+    /// removed (an empty path: the whole tree).
+    pub fn sync(&mut self, want: BTreeMap<PathBuf, Entry>) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
         let holds = match self.holds.take() {
             Some(h) => h,
             None => {
+                removed.push(PathBuf::new());
                 crate::toolchain::store::remove_tree(&self.dir)
                     .with_context(|| format!("clearing {}", self.dir.display()))?;
                 BTreeMap::new()
@@ -496,6 +499,7 @@ impl SlotTree {
                 _ => fs::remove_file(&at),
             };
             res.with_context(|| format!("removing {}", at.display()))?;
+            removed.push(rel.clone());
         }
         for (rel, entry) in &want {
             if holds.get(rel) == Some(entry) {
@@ -511,7 +515,7 @@ impl SlotTree {
             res.with_context(|| format!("making {}", at.display()))?;
         }
         self.holds = Some(want);
-        Ok(())
+        Ok(removed)
     }
 }
 

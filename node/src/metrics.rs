@@ -96,6 +96,12 @@ pub fn render(view: &OfficeView, s: &Stats, office: &SchedulerStatusResult) -> S
     );
     counter(
         &mut reg,
+        "sandboxes_set_up_ahead",
+        "Sandbox runs whose sandbox was set up before the job came",
+        s.sandboxes_set_up_ahead,
+    );
+    counter(
+        &mut reg,
         "jobs_reallocated",
         "Jobs given to another builder after one was lost",
         s.jobs_reallocated,

@@ -81,7 +81,99 @@ pub fn check_clean_abs(p: &str) -> Result<()> {
 
 /// Run one command in the sandbox, collecting stdout/stderr up to the limit.
 pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
-    let mut args: Vec<OsString> = vec![
+    start(spec, false)?.finish(spec.limits).await
+}
+
+/// A started bubblewrap. Started blocked ([`start`] with `block`), it makes
+/// the namespaces and mounts the filesystem, then waits before `exec` until
+/// [`finish`](Started::finish) lets it go: a slot's next sandbox is set up
+/// while the node waits for its next job, and that job, if it needs the
+/// very same sandbox (see [`Started::fits`]), skips bubblewrap's set-up.
+pub struct Started {
+    child: crate::spawn::Child,
+    /// The init's pid, from `--info-fd`; see [`reap_init`].
+    init: Option<tokio::task::JoinHandle<Option<i32>>>,
+    /// The write end of `--block-fd`. It must not close while bubblewrap
+    /// lives: bubblewrap would take the end of the pipe as its signal to go.
+    block: Option<OwnedFd>,
+    /// Everything that defines the sandbox and its command.
+    key: Vec<OsString>,
+    /// The bind mounts' sources and what they were (device, inode) when
+    /// bubblewrap was started: a source replaced since is not what a
+    /// new start would mount.
+    sources: Vec<(PathBuf, Option<(u64, u64)>)>,
+}
+
+/// Start bubblewrap for `spec`; with `block`, held before `exec` until
+/// [`Started::finish`].
+pub fn start(spec: &RunSpec<'_>, block: bool) -> Result<Started, SandboxError> {
+    let key = sandbox_key(spec);
+    let split = key.len() - spec.argv.len() - 1;
+    let mut args: Vec<OsString> = key[..split].to_vec();
+    // bubblewrap tells the pid of its init in the job's pid namespace here;
+    // see `reap_init`.
+    let (info_r, info_w) =
+        std::io::pipe().map_err(|e| SandboxError::Setup(format!("pipe: {e}")))?;
+    let info_fd = info_w.as_raw_fd();
+    args.extend(["--info-fd".into(), info_fd.to_string().into()]);
+    let mut keep_fds = vec![info_fd];
+    let (block_r, block_w) = if block {
+        let (r, w) = std::io::pipe().map_err(|e| SandboxError::Setup(format!("pipe: {e}")))?;
+        args.extend(["--block-fd".into(), r.as_raw_fd().to_string().into()]);
+        keep_fds.push(r.as_raw_fd());
+        (Some(r), Some(OwnedFd::from(w)))
+    } else {
+        (None, None)
+    };
+    args.extend(key[split..].iter().cloned());
+
+    let limits = spec.limits;
+    let mut rlimits = vec![
+        (libc::RLIMIT_AS, limits.memory),
+        (libc::RLIMIT_FSIZE, limits.output),
+        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_NOFILE, 1024),
+    ];
+    if limits.uid.is_some() {
+        // Per uid: only a uid of the slot's own scopes it to the job.
+        rlimits.push((libc::RLIMIT_NPROC, limits.processes));
+    }
+    let sources = if block {
+        bind_sources(&key)
+    } else {
+        Vec::new()
+    };
+    let spawned = crate::spawn::spawn(
+        spec.bwrap,
+        &args,
+        crate::spawn::Setup {
+            netns: limits.netns,
+            rlimits,
+            uid: limits.uid,
+            // bwrap's own --die-with-parent covers the job, not bwrap: if
+            // the node dies (SIGKILL, OOM), bwrap must go too, or one caught
+            // in its set-up waits for ever.
+            die_with_node: true,
+            // The info pipe's write end and the block pipe's read end, and
+            // only they, are inherited by bwrap.
+            keep_fds,
+        },
+    );
+    drop((info_w, block_r));
+    let child = spawned
+        .map_err(|e| SandboxError::Setup(format!("cannot run {}: {e}", spec.bwrap.display())))?;
+    Ok(Started {
+        child,
+        init: Some(tokio::spawn(read_init_pid(info_r.into()))),
+        block: block_w,
+        key,
+        sources,
+    })
+}
+
+/// bubblewrap's arguments but the descriptors, then `--` and the command.
+fn sandbox_key(spec: &RunSpec<'_>) -> Vec<OsString> {
+    let mut key: Vec<OsString> = vec![
         "--unshare-user".into(),
         "--unshare-pid".into(),
         "--unshare-ipc".into(),
@@ -96,106 +188,198 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
         "swarmcc-job".into(),
     ];
     if spec.limits.netns.is_none() {
-        args.push("--unshare-net".into());
+        key.push("--unshare-net".into());
     }
     for (k, v) in spec.env {
-        args.extend(["--setenv".into(), k.into(), v.into()]);
+        key.extend(["--setenv".into(), k.into(), v.into()]);
     }
-    args.extend(spec.mounts.iter().cloned());
-    // bubblewrap tells the pid of its init in the job's pid namespace here;
-    // see `reap_init`.
-    let (info_r, info_w) =
-        std::io::pipe().map_err(|e| SandboxError::Setup(format!("pipe: {e}")))?;
-    let info_fd = info_w.as_raw_fd();
-    args.extend(["--info-fd".into(), info_fd.to_string().into()]);
-    args.extend(["--chdir".into(), spec.cwd.into(), "--".into()]);
-    let t0 = std::time::Instant::now();
-    args.extend(spec.argv.iter().map(OsString::from));
+    key.extend(spec.mounts.iter().cloned());
+    key.extend(["--chdir".into(), spec.cwd.into(), "--".into()]);
+    key.extend(spec.argv.iter().map(OsString::from));
+    key
+}
 
-    let limits = spec.limits;
-    let mut rlimits = vec![
-        (libc::RLIMIT_AS, limits.memory),
-        (libc::RLIMIT_FSIZE, limits.output),
-        (libc::RLIMIT_CORE, 0),
-        (libc::RLIMIT_NOFILE, 1024),
-    ];
-    if limits.uid.is_some() {
-        // Per uid: only a uid of the slot's own scopes it to the job.
-        rlimits.push((libc::RLIMIT_NPROC, limits.processes));
+/// The source of every bind mount in `args`, with its (device, inode).
+fn bind_sources(args: &[OsString]) -> Vec<(PathBuf, Option<(u64, u64)>)> {
+    args.windows(2)
+        .filter(|w| w[0] == "--ro-bind" || w[0] == "--bind" || w[0] == "--dev-bind")
+        .map(|w| {
+            let p = PathBuf::from(&w[1]);
+            let id = file_id(&p);
+            (p, id)
+        })
+        .collect()
+}
+
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl Started {
+    /// Whether this waiting sandbox is exactly what [`start`] would make
+    /// for `spec` now: same arguments, the same files behind every bind
+    /// mount, and bubblewrap still waiting (not dead of a failed set-up).
+    pub fn fits(&mut self, spec: &RunSpec<'_>) -> bool {
+        self.block.is_some()
+            && self.key == sandbox_key(spec)
+            && self
+                .sources
+                .iter()
+                .all(|(p, id)| id.is_some() && file_id(p) == *id)
+            && !self.child.has_ended()
     }
-    let spawned = crate::spawn::spawn(
-        spec.bwrap,
-        &args,
-        crate::spawn::Setup {
-            netns: limits.netns,
-            rlimits,
-            uid: limits.uid,
-            // bwrap's own --die-with-parent covers the job, not bwrap: if
-            // the node dies (SIGKILL, OOM), bwrap must go too, or one caught
-            // in its set-up waits for ever.
-            die_with_node: true,
-            // The info pipe's write end, and only it, is inherited by bwrap.
-            keep_fd: Some(info_fd),
-        },
-    );
-    drop(info_w);
-    let mut child = spawned
-        .map_err(|e| SandboxError::Setup(format!("cannot run {}: {e}", spec.bwrap.display())))?;
-    let pid = child.id();
-    let init = tokio::spawn(read_init_pid(info_r.into()));
-    let pipe = |fd: Option<OwnedFd>| {
-        fd.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok())
-    };
-    let (Some(mut out), Some(mut err)) = (pipe(child.stdout.take()), pipe(child.stderr.take()))
-    else {
-        return Err(SandboxError::Setup("no pipes".into()));
-    };
-    let cap = spec.limits.output;
-    let collect = async {
-        let (o, e) = tokio::join!(
-            read_capped(&mut out, cap, pid),
-            read_capped(&mut err, cap, pid)
+
+    /// Let the command run (if held) and collect its output.
+    pub async fn finish(mut self, limits: &Limits) -> Result<RunOutput, SandboxError> {
+        let t0 = std::time::Instant::now();
+        if let Some(block) = self.block.take() {
+            let mut f = fs::File::from(block);
+            if let Err(e) = std::io::Write::write_all(&mut f, b"x") {
+                // Nothing ran: bubblewrap died before it was let go.
+                self.child.kill_and_reap();
+                reap_init(&mut self.child, self.init.take()).await;
+                return Err(SandboxError::Setup(format!(
+                    "the waiting sandbox is gone: {e}"
+                )));
+            }
+        }
+        let pid = self.child.id();
+        let init = self.init.take();
+        let child = &mut self.child;
+        let pipe = |fd: Option<OwnedFd>| {
+            fd.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok())
+        };
+        let (Some(mut out), Some(mut err)) = (pipe(child.stdout.take()), pipe(child.stderr.take()))
+        else {
+            return Err(SandboxError::Setup("no pipes".into()));
+        };
+        let cap = limits.output;
+        let collect = async {
+            let (o, e) = tokio::join!(
+                read_capped(&mut out, cap, pid),
+                read_capped(&mut err, cap, pid)
+            );
+            let status = child.wait().await;
+            (o, e, status)
+        };
+        let (o, e, status) = match tokio::time::timeout(limits.timeout, collect).await {
+            Ok(r) => r,
+            Err(_) => {
+                kill_group(pid);
+                reap_init(&mut self.child, init).await;
+                return Err(SandboxError::Timeout(limits.timeout));
+            }
+        };
+        let (stdout, stderr) = match (o, e) {
+            (Some(o), Some(e)) => (o, e),
+            _ => {
+                kill_group(pid);
+                reap_init(&mut self.child, init).await;
+                return Err(SandboxError::OutputLimit(cap));
+            }
+        };
+        reap_init(&mut self.child, init).await;
+        let status = status.map_err(|e| SandboxError::Setup(e.to_string()))?;
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return Err(SandboxError::Signal(sig));
+        }
+        let code = status.code().unwrap_or(-1);
+        tracing::debug!(
+            micros = t0.elapsed().as_micros() as u64,
+            args = self.key.len(),
+            "sandbox run"
         );
-        let status = child.wait().await;
-        (o, e, status)
-    };
-    let (o, e, status) = match tokio::time::timeout(spec.limits.timeout, collect).await {
-        Ok(r) => r,
-        Err(_) => {
-            kill_group(pid);
-            reap_init(&mut child, init).await;
-            return Err(SandboxError::Timeout(spec.limits.timeout));
+        // bwrap reports a child killed by a signal as 128+n.
+        if code > 128 && code < 128 + 65 {
+            return Err(SandboxError::Signal(code - 128));
         }
-    };
-    let (stdout, stderr) = match (o, e) {
-        (Some(o), Some(e)) => (o, e),
-        _ => {
-            kill_group(pid);
-            reap_init(&mut child, init).await;
-            return Err(SandboxError::OutputLimit(cap));
+        Ok(RunOutput {
+            exit_code: code,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+impl Started {
+    /// SIGKILL bubblewrap's process group, unless bubblewrap was reaped
+    /// already (its pid, and so the group's, may be another's by now).
+    fn kill(&mut self) {
+        if !self.child.has_ended() {
+            kill_group(self.child.id());
         }
-    };
-    reap_init(&mut child, init).await;
-    let status = status.map_err(|e| SandboxError::Setup(e.to_string()))?;
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(sig) = status.signal() {
-        return Err(SandboxError::Signal(sig));
     }
-    let code = status.code().unwrap_or(-1);
-    tracing::debug!(
-        micros = t0.elapsed().as_micros() as u64,
-        args = args.len(),
-        "sandbox run"
-    );
-    // bwrap reports a child killed by a signal as 128+n.
-    if code > 128 && code < 128 + 65 {
-        return Err(SandboxError::Signal(code - 128));
+
+    /// Stop a sandbox that was never let go, waiting until every process of
+    /// it is gone (they count against the slot uid's process limit, which
+    /// the slot's next job needs whole).
+    pub async fn discard(mut self) {
+        let Some(block) = self.block.take() else {
+            return;
+        };
+        self.kill();
+        let _ = self.child.wait().await;
+        release_held(self.init.take(), block).await;
     }
-    Ok(RunOutput {
-        exit_code: code,
-        stdout,
-        stderr,
-    })
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let Some(block) = self.block.take() else {
+            // Let go or never held: the child's own drop kills and reaps it.
+            return;
+        };
+        // Held and never let go.
+        self.kill();
+        self.child.kill_and_reap();
+        let init = self.init.take();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(release_held(init, block));
+        }
+    }
+}
+
+/// Finish off a held sandbox whose outer bubblewrap is gone: kill its inner
+/// bubblewrap (the sandbox's pid 1, so all of it), reap it, and only then
+/// close the block pipe. bubblewrap gives the inner one its parent-death
+/// signal only right before `exec`, so a held one outlives the outer one,
+/// and would run the command once the pipe closed.
+async fn release_held(init: Option<tokio::task::JoinHandle<Option<i32>>>, block: OwnedFd) {
+    if let Some(init) = init {
+        if let Ok(Ok(Some(pid))) = tokio::time::timeout(Duration::from_secs(10), init).await {
+            if kill_if_ours(pid) {
+                if let Some(reaped) = reap_pid(pid) {
+                    let _ = reaped.await;
+                }
+            }
+        }
+    }
+    drop(block);
+}
+
+/// SIGKILL `pid` if it is a child of this process (reparented to this
+/// subreaper when the outer bubblewrap died), alive or a zombie: only then
+/// can its pid not have been reused.
+fn kill_if_ours(pid: i32) -> bool {
+    if !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: plain syscalls; `info` is written by the kernel.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let ours = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        ) == 0;
+        if ours {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        ours
+    }
 }
 
 /// The `child-pid` that bubblewrap writes to `--info-fd` (JSON) right after
@@ -226,26 +410,38 @@ fn parse_child_pid(info: &[u8]) -> Option<i32> {
 /// init becomes our child once the outer bwrap has exited: wait for that
 /// first, then reap exactly that pid (tokio reaps only its own children by
 /// pid, so this takes nothing from it).
-async fn reap_init(child: &mut crate::spawn::Child, init: tokio::task::JoinHandle<Option<i32>>) {
+async fn reap_init(
+    child: &mut crate::spawn::Child,
+    init: Option<tokio::task::JoinHandle<Option<i32>>>,
+) {
     // The outer bwrap is gone or was just killed; it exits at once, and
     // with it the pipe that brings the pid.
     let limit = Duration::from_secs(10);
     let _ = tokio::time::timeout(limit, child.wait()).await;
+    let Some(init) = init else {
+        return;
+    };
     let Ok(Ok(Some(init))) = tokio::time::timeout(limit, init).await else {
         return;
     };
+    reap_pid(init);
+}
+
+/// Reap a job's init that became ours (see [`reap_init`]), in the
+/// background; the handle tells when it is done.
+fn reap_pid(init: i32) -> Option<tokio::task::JoinHandle<()>> {
     if !SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
         // Not ours to reap: the pid may be reused once the host reaps it.
-        return;
+        return None;
     }
     // It dies with its parent (`--die-with-parent`), so this wait is short.
-    tokio::task::spawn_blocking(move || {
+    Some(tokio::task::spawn_blocking(move || {
         let mut status = 0;
         // SAFETY: plain syscall on a pid that only this code reaps.
         while unsafe { libc::waitpid(init, &mut status, libc::__WALL) } == -1
             && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
         {}
-    });
+    }))
 }
 
 /// Whether [`become_subreaper`] succeeded: only then is a job's init ours.
@@ -415,6 +611,80 @@ mod tests {
         ] {
             assert_eq!(parse_child_pid(bad), None, "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_held_sandbox_runs_only_once_let_go() {
+        let t = tempfile::tempdir().unwrap();
+        let work = t.path().join("work");
+        fs::create_dir(&work).unwrap();
+        let dir = work.to_str().unwrap().to_string();
+        let marker = work.join("marker");
+        let mounts: Vec<OsString> = ["--ro-bind", "/", "/", "--bind", &dir, &dir]
+            .map(Into::into)
+            .to_vec();
+        let limits = Limits {
+            timeout: Duration::from_secs(60),
+            memory: 4 << 30,
+            output: 1 << 20,
+            processes: 1000,
+            uid: None,
+            netns: None,
+        };
+        let argv: Vec<String> = ["/bin/sh", "-c", "echo ran > marker; echo out"]
+            .map(String::from)
+            .to_vec();
+        let bwrap = crate::spawn::find_program(Path::new("bwrap"));
+        let spec = RunSpec {
+            bwrap: &bwrap,
+            mounts: &mounts,
+            cwd: &dir,
+            env: &[],
+            argv: &argv,
+            limits: &limits,
+        };
+        let settle = || tokio::time::sleep(Duration::from_millis(300));
+
+        let mut held = start(&spec, true).unwrap();
+        settle().await;
+        assert!(!marker.exists(), "ran before it was let go");
+        assert!(held.fits(&spec));
+        let out = held.finish(&limits).await.unwrap();
+        assert_eq!((out.exit_code, &out.stdout[..]), (0, &b"out\n"[..]));
+        assert!(marker.exists());
+
+        // Dropped while held: bubblewrap goes, and the command never runs.
+        fs::remove_file(&marker).unwrap();
+        let held = start(&spec, true).unwrap();
+        settle().await;
+        drop(held);
+        settle().await;
+        assert!(!marker.exists(), "a dropped sandbox ran its command");
+
+        // Another command, or a bind source replaced since: no fit.
+        let mut held = start(&spec, true).unwrap();
+        let other: Vec<String> = ["/bin/true"].map(String::from).to_vec();
+        assert!(!held.fits(&RunSpec {
+            argv: &other,
+            ..spec
+        }));
+        assert!(held.fits(&spec));
+        fs::rename(&work, t.path().join("old")).unwrap();
+        fs::create_dir(&work).unwrap();
+        assert!(!held.fits(&spec));
+        drop(held);
+
+        // A sandbox whose set-up failed does not fit either.
+        let unmountable: Vec<OsString> = ["--ro-bind", "/", "/", "--ro-bind", "/etc", "/no-such/x"]
+            .map(Into::into)
+            .to_vec();
+        let broken = RunSpec {
+            mounts: &unmountable,
+            ..spec
+        };
+        let mut held = start(&broken, true).unwrap();
+        settle().await;
+        assert!(!held.fits(&broken));
     }
 
     #[test]

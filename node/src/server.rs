@@ -74,8 +74,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     } else {
         None
     };
-    let builder = Arc::new(Builder::new(&cfg, &visible, store.clone())?);
     let stats = StatsStore::open(state.join("stats.json"));
+    let builder = Arc::new(Builder::new(&cfg, &visible, store.clone(), stats.clone())?);
     stats.spawn_saver(Duration::from_secs(1));
     let name = cfg.node.name.clone().unwrap_or_else(hostname);
     let remote = match &cfg.office {

@@ -36,11 +36,14 @@ pub struct Setup {
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     /// Drop all groups and become this uid and gid.
     pub uid: Option<u32>,
-    /// Get SIGKILL when the node dies; fail if it already has.
+    /// Get SIGKILL when the node dies; fail if it already has. (Linux
+    /// sends it when the *thread* that spawned the child ends: spawn from
+    /// threads that live as long as the node, such as the runtime's
+    /// workers, never from tokio's blocking pool, whose idle threads end.)
     pub die_with_node: bool,
-    /// Keep this descriptor open across `exec` (all others the node holds
-    /// are close-on-exec).
-    pub keep_fd: Option<RawFd>,
+    /// Keep these descriptors open across `exec` (all others the node
+    /// holds are close-on-exec).
+    pub keep_fds: Vec<RawFd>,
 }
 
 /// A started process: its stdout and stderr pipes, and a handle to wait for
@@ -196,6 +199,38 @@ impl Child {
         self.status = Some(status);
         Ok(status)
     }
+
+    /// Whether the process has ended (reaping it if so), without waiting.
+    pub fn has_ended(&mut self) -> bool {
+        if self.status.is_some() {
+            return true;
+        }
+        match wait_pid(self.pid, libc::WNOHANG) {
+            Ok(Some(s)) => {
+                self.status = Some(s);
+                true
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Kill the process and wait here until it is gone (a killed process
+    /// exits at once, so this blocks only briefly): for when something must
+    /// happen only after it can no longer run.
+    pub fn kill_and_reap(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
+        // SAFETY: plain syscall on our own unreaped child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+        }
+        self.status = wait_pid(self.pid, 0)
+            .ok()
+            .flatten()
+            .or(Some(ExitStatus::from_raw(libc::SIGKILL)));
+    }
 }
 
 impl Drop for Child {
@@ -329,7 +364,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(6);
             }
         }
-        if let Some(fd) = s.keep_fd {
+        for &fd in &s.keep_fds {
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                 return fail(7);
             }
@@ -404,28 +439,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_kept_descriptor_is_inherited() {
+    async fn only_the_kept_descriptors_are_inherited() {
         let (keep_r, keep_w) = std::io::pipe().unwrap();
+        let (keep2_r, keep2_w) = std::io::pipe().unwrap();
         let (_other_r, other_w) = std::io::pipe().unwrap();
         let script = format!(
-            "[ -e /proc/self/fd/{} ] && echo keep; [ -e /proc/self/fd/{} ] && echo other; true",
+            "[ -e /proc/self/fd/{} ] && echo keep; [ -e /proc/self/fd/{} ] && echo keep2; \
+             [ -e /proc/self/fd/{} ] && echo other; true",
             keep_w.as_raw_fd(),
+            keep2_r.as_raw_fd(),
             other_w.as_raw_fd()
         );
         let mut child = spawn(
             Path::new("/bin/sh"),
             &["-c".into(), script.into()],
             Setup {
-                keep_fd: Some(keep_w.as_raw_fd()),
+                keep_fds: vec![keep_w.as_raw_fd(), keep2_r.as_raw_fd()],
                 ..Setup::default()
             },
         )
         .unwrap();
         drop(keep_w);
         let out = read_all(child.stdout.take().unwrap()).await;
-        assert_eq!(out, b"keep\n");
+        assert_eq!(out, b"keep\nkeep2\n");
         assert!(child.wait().await.unwrap().success());
-        drop(keep_r);
+        drop((keep_r, keep2_r, keep2_w));
     }
 
     #[tokio::test]

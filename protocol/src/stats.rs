@@ -113,6 +113,10 @@ pub struct Stats {
     /// Jobs this node ran for other nodes of its office.
     #[serde(default)]
     pub jobs_run_for_peers: u64,
+    /// Sandbox runs that found their sandbox set up ahead, while the node
+    /// waited for the job (the builder's slots keep their last job's).
+    #[serde(default)]
+    pub sandboxes_set_up_ahead: u64,
     /// Jobs given to another builder after one was lost or refused them.
     #[serde(default)]
     pub jobs_reallocated: u64,

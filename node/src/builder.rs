@@ -302,7 +302,7 @@ impl Builder {
                 .map_err(|e| JobError::Internal(format!("preparing the job: {e:#}")))?;
             (layout.args, removed, tree.dir().to_path_buf())
         };
-        let args_file = ArgsFile::for_job(job, &workdir);
+        let args_file = ArgsFile::for_job(job, &tree_dir);
         if args_file.is_some() {
             lease.ahead = Some(Ahead {
                 bwrap: self.bwrap.clone(),
@@ -443,42 +443,37 @@ impl Builder {
     }
 }
 
-/// A job's arguments in a response file (`@file`) in its writable
-/// directory, for compilers that read them (gcc, clang): the command is
-/// then the same for every job of a build, so the slot's next sandbox can be
-/// set up before its job arrives.
+/// A job's arguments in a response file (`@file`), for compilers that read
+/// them (gcc, clang): the command is then the same for every job of a
+/// build, so the slot's next sandbox can be set up before its job arrives.
+/// The file is `/.swarmcc-args` in the sandbox, a file of the slot's
+/// read-only tree, which jobs cannot change: it is rewritten in place for
+/// each run, so no job costs a new inode for it.
 struct ArgsFile {
     /// On the host.
     path: PathBuf,
 }
 
-/// The response file's name in the job's cwd.
-const ARGS_FILE: &str = ".swarmcc-args";
+/// The response file's path in the sandbox.
+const ARGS_FILE: &str = "/.swarmcc-args";
 
 impl ArgsFile {
     /// `None` when the compiler is not one known to read `@file`s, or the
-    /// job has a file of its own at that name.
-    fn for_job(job: &Job, workdir: &Path) -> Option<ArgsFile> {
-        let at = Self::sandbox_path(job);
-        let taken = |p: &str| Path::new(p).starts_with(&at);
+    /// job has a file of its own at that path.
+    fn for_job(job: &Job, tree: &Path) -> Option<ArgsFile> {
+        let taken = |p: &str| Path::new(p).starts_with(ARGS_FILE);
         (reads_response_files(&job.compiler)
             && !job.sources.iter().any(|s| taken(&s.path))
-            && !job.outputs.iter().any(|o| taken(o)))
+            && !job.outputs.iter().any(|o| taken(o))
+            && !taken(&job.cwd))
         .then(|| ArgsFile {
-            path: workdir.join(ARGS_FILE),
+            path: tree.join(&ARGS_FILE[1..]),
         })
-    }
-
-    fn sandbox_path(job: &Job) -> String {
-        format!("{}/{ARGS_FILE}", job.cwd.trim_end_matches('/'))
     }
 
     /// The command that reads the arguments from the file.
     fn argv(job: &Job) -> Vec<String> {
-        vec![
-            job.compiler.clone(),
-            format!("@{}", Self::sandbox_path(job)),
-        ]
+        vec![job.compiler.clone(), format!("@{ARGS_FILE}")]
     }
 
     /// Write `args` for the compile about to run; its command, or `None`
@@ -487,16 +482,10 @@ impl ArgsFile {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let text = response_file(args)?;
-        // An earlier run of this job may have left anything here (a
-        // symlink to a host file, say): remove it and make a new file,
-        // never following a link.
-        match std::fs::remove_file(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return None,
-            _ => {}
-        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&self.path)
@@ -1153,13 +1142,11 @@ mod tests {
     }
 
     #[test]
-    fn the_args_file_replaces_whatever_the_job_left_there() {
+    fn the_args_file_is_rewritten_in_place_and_never_through_a_link() {
+        use std::os::unix::fs::MetadataExt;
         let t = tempfile::tempdir().unwrap();
-        let work = t.path().join("work");
-        std::fs::create_dir(&work).unwrap();
-        let host_file = t.path().join("host-file");
-        std::fs::write(&host_file, "keep").unwrap();
-        std::os::unix::fs::symlink(&host_file, work.join(ARGS_FILE)).unwrap();
+        let tree = t.path().join("tree-0");
+        std::fs::create_dir(&tree).unwrap();
         let mut job = Job {
             toolchain: swarmcc_protocol::ToolchainId(Hash32::of(b"t")),
             compiler: "/usr/bin/gcc".into(),
@@ -1171,22 +1158,32 @@ mod tests {
             args: vec![],
             outputs: vec!["/src/a.o".into()],
         };
-        let f = ArgsFile::for_job(&job, &work).unwrap();
+        let f = ArgsFile::for_job(&job, &tree).unwrap();
+        let at = tree.join(".swarmcc-args");
         let argv = f.write(&job, &["-c".into(), "a b.c".into()]).unwrap();
-        assert_eq!(argv, ["/usr/bin/gcc", "@/src/.swarmcc-args"]);
+        assert_eq!(argv, ["/usr/bin/gcc", "@/.swarmcc-args"]);
+        assert_eq!(std::fs::read(&at).unwrap(), b"-c\na\\ b.c\n");
+        let inode = std::fs::metadata(&at).unwrap().ino();
+        f.write(&job, &["-O2".into()]).unwrap();
+        assert_eq!(std::fs::read(&at).unwrap(), b"-O2\n");
+        assert_eq!(std::fs::metadata(&at).unwrap().ino(), inode, "same file");
+        // A link there is not followed: the arguments stay on the command line.
+        let host_file = t.path().join("host-file");
+        std::fs::write(&host_file, "keep").unwrap();
+        std::fs::remove_file(&at).unwrap();
+        std::os::unix::fs::symlink(&host_file, &at).unwrap();
+        assert_eq!(f.write(&job, &["-c".into()]), None);
         assert_eq!(std::fs::read(&host_file).unwrap(), b"keep");
-        let written = std::fs::symlink_metadata(work.join(ARGS_FILE)).unwrap();
-        assert!(written.file_type().is_file());
-        assert_eq!(
-            std::fs::read(work.join(ARGS_FILE)).unwrap(),
-            b"-c\na\\ b.c\n"
-        );
-        // A job with a file of that name of its own keeps its command line.
-        job.outputs.push("/src/.swarmcc-args".into());
-        assert!(ArgsFile::for_job(&job, &work).is_none());
+        // A job with a file at that path, or a compiler not known to read
+        // `@file`s, keeps its command line.
+        job.sources.push(swarmcc_protocol::job::SourceRef {
+            path: "/.swarmcc-args".into(),
+            hash: Hash32::of(b"x"),
+        });
+        assert!(ArgsFile::for_job(&job, &tree).is_none());
+        job.sources.clear();
         job.compiler = "/usr/bin/bash".into();
-        job.outputs.pop();
-        assert!(ArgsFile::for_job(&job, &work).is_none());
+        assert!(ArgsFile::for_job(&job, &tree).is_none());
     }
 
     #[test]

@@ -368,7 +368,11 @@ impl Builder {
                     }
                     None => sandbox::start(&spec, false)?,
                 };
-                started.finish(limits).await
+                let out = started.finish(limits).await;
+                if let Some(f) = args_file {
+                    f.clear();
+                }
+                out
             }
         };
         // Did the sandbox show the compiler the client's inputs? Cheap proof
@@ -474,6 +478,18 @@ impl ArgsFile {
     /// The command that reads the arguments from the file.
     fn argv(job: &Job) -> Vec<String> {
         vec![job.compiler.clone(), format!("@{ARGS_FILE}")]
+    }
+
+    /// Empty the file once the run is over: a held sandbox whose node was
+    /// killed runs its command once (see [`sandbox::Started`]), and then
+    /// finds no arguments to compile with.
+    fn clear(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path);
     }
 
     /// Write `args` for the compile about to run; its command, or `None`
@@ -1164,6 +1180,8 @@ mod tests {
         assert_eq!(argv, ["/usr/bin/gcc", "@/.swarmcc-args"]);
         assert_eq!(std::fs::read(&at).unwrap(), b"-c\na\\ b.c\n");
         let inode = std::fs::metadata(&at).unwrap().ino();
+        f.clear();
+        assert_eq!(std::fs::read(&at).unwrap(), b"");
         f.write(&job, &["-O2".into()]).unwrap();
         assert_eq!(std::fs::read(&at).unwrap(), b"-O2\n");
         assert_eq!(std::fs::metadata(&at).unwrap().ino(), inode, "same file");

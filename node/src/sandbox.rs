@@ -89,6 +89,12 @@ pub async fn run(spec: &RunSpec<'_>) -> Result<RunOutput, SandboxError> {
 /// [`finish`](Started::finish) lets it go: a slot's next sandbox is set up
 /// while the node waits for its next job, and that job, if it needs the
 /// very same sandbox (see [`Started::fits`]), skips bubblewrap's set-up.
+///
+/// A held sandbox is stopped whole before its block pipe closes (see
+/// [`release_held`]). Only if the node itself is killed does the pipe close
+/// first: the held sandbox then runs its command once, without the node's
+/// wall-clock limit (its CPU-time limit still holds), on the slot's emptied
+/// directory and an emptied argument file.
 pub struct Started {
     child: crate::spawn::Child,
     /// The init's pid, from `--info-fd`; see [`reap_init`].
@@ -133,6 +139,9 @@ pub fn start(spec: &RunSpec<'_>, block: bool) -> Result<Started, SandboxError> {
         (libc::RLIMIT_FSIZE, limits.output),
         (libc::RLIMIT_CORE, 0),
         (libc::RLIMIT_NOFILE, 1024),
+        // CPU time per process, past the wall-clock limit: the node enforces
+        // that one, but a held sandbox whose node was killed runs without.
+        (libc::RLIMIT_CPU, limits.timeout.as_secs() + 1),
     ];
     if limits.uid.is_some() {
         // Per uid: only a uid of the slot's own scopes it to the job.
@@ -631,7 +640,7 @@ mod tests {
             uid: None,
             netns: None,
         };
-        let argv: Vec<String> = ["/bin/sh", "-c", "echo ran > marker; echo out"]
+        let argv: Vec<String> = ["/bin/sh", "-c", "echo ran > marker; echo out; ulimit -t"]
             .map(String::from)
             .to_vec();
         let bwrap = crate::spawn::find_program(Path::new("bwrap"));
@@ -650,7 +659,8 @@ mod tests {
         assert!(!marker.exists(), "ran before it was let go");
         assert!(held.fits(&spec));
         let out = held.finish(&limits).await.unwrap();
-        assert_eq!((out.exit_code, &out.stdout[..]), (0, &b"out\n"[..]));
+        // With a CPU-time limit past the wall-clock one.
+        assert_eq!((out.exit_code, &out.stdout[..]), (0, &b"out\n61\n"[..]));
         assert!(marker.exists());
 
         // Dropped while held: bubblewrap goes, and the command never runs.

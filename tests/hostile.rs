@@ -19,23 +19,33 @@ fn call(env: &Env, req: &Request) -> Response {
     read_frame(&mut s, LOCAL_FRAME_MAX).unwrap()
 }
 
-fn bash_toolchain(env: &Env) -> ToolchainId {
+/// bash and what it needs, packaged as a toolchain archive.
+fn bash_archive(env: &Env) -> std::path::PathBuf {
     let archive = env.state().join("bash.tar.zst");
     run_ok(
         env.cmd(swarmcc())
             .args(["package-toolchain", "bash"])
             .arg(&archive),
     );
+    archive
+}
+
+/// Give the node a toolchain archive with its compiler's path inside.
+fn register(env: &Env, archive: &Path, compiler: &str) -> ToolchainId {
     match call(
         env,
         &Request::Toolchain(ToolchainSpec::Archive {
             archive: archive.to_string_lossy().into_owned(),
-            compiler: "/usr/bin/bash".into(),
+            compiler: compiler.into(),
         }),
     ) {
         Response::Toolchain(info) => info.id,
         other => panic!("toolchain: {other:?}"),
     }
+}
+
+fn bash_toolchain(env: &Env) -> ToolchainId {
+    register(env, &bash_archive(env), "/usr/bin/bash")
 }
 
 fn job(tc: ToolchainId, script: &str) -> Job {
@@ -448,12 +458,7 @@ fn a_job_sees_no_file_an_earlier_job_carried() {
 /// from an `@file` as gcc does (so the node gives them that way, and sets
 /// each slot's next sandbox up ahead) and hands them to bash.
 fn fake_gcc_toolchain(env: &Env) -> ToolchainId {
-    let bash = env.state().join("bash.tar.zst");
-    run_ok(
-        env.cmd(swarmcc())
-            .args(["package-toolchain", "bash"])
-            .arg(&bash),
-    );
+    let bash = bash_archive(env);
     let root = tempfile::tempdir().unwrap();
     let raw = zstd::decode_all(std::fs::File::open(&bash).unwrap()).unwrap();
     tar::Archive::new(&raw[..]).unpack(root.path()).unwrap();
@@ -477,16 +482,7 @@ fn fake_gcc_toolchain(env: &Env) -> ToolchainId {
         zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap(),
     )
     .unwrap();
-    match call(
-        env,
-        &Request::Toolchain(ToolchainSpec::Archive {
-            archive: archive.to_string_lossy().into_owned(),
-            compiler: "/usr/bin/fake-gcc".into(),
-        }),
-    ) {
-        Response::Toolchain(info) => info.id,
-        other => panic!("toolchain: {other:?}"),
-    }
+    register(env, &archive, "/usr/bin/fake-gcc")
 }
 
 #[test]

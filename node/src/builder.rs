@@ -484,30 +484,28 @@ impl ArgsFile {
     /// killed runs its command once (see [`sandbox::Started`]), and then
     /// finds no arguments to compile with.
     fn clear(&self) {
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&self.path);
+        let _ = self.open_empty(false);
     }
 
     /// Write `args` for the compile about to run; its command, or `None`
     /// (then the arguments go on the command line).
     fn write(&self, job: &Job, args: &[String]) -> Option<Vec<String>> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let text = response_file(args)?;
-        let mut f = std::fs::OpenOptions::new()
+        self.open_empty(true).ok()?.write_all(&text).ok()?;
+        Some(Self::argv(job))
+    }
+
+    /// The file emptied (made if missing and `create`); never through a link.
+    fn open_empty(&self, create: bool) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
+            .create(create)
             .truncate(true)
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&self.path)
-            .ok()?;
-        f.write_all(&text).ok()?;
-        Some(Self::argv(job))
     }
 }
 

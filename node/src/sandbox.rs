@@ -310,9 +310,7 @@ impl Started {
             stderr,
         })
     }
-}
 
-impl Started {
     /// SIGKILL bubblewrap's process group, unless bubblewrap was reaped
     /// already (its pid, and so the group's, may be another's by now).
     fn kill(&mut self) {

@@ -384,7 +384,12 @@ fn direct_mode_hits_restore_deps_and_never_serve_a_changed_header() {
         std::fs::read(d.join("ref.o")).unwrap(),
         std::fs::read(d.join("ref2.o")).unwrap()
     );
-    assert_eq!(env.stats_json()["cache_misses"], 2);
+    let s = env.stats_json();
+    assert_eq!(
+        (&s["compile_requests"], &s["cache_misses"], &s["direct_hits"]),
+        (&3.into(), &2.into(), &1.into()),
+        "the hit the node offered and the client refused is not counted: {s}"
+    );
 
     // __TIME__ keeps a unit out of direct mode: every compile preprocesses
     // (a cache hit needs the same preprocessed text, which changes each second).

@@ -258,10 +258,22 @@ async fn write_msg(s: &mut UnixStream, r: &Response) -> Result<()> {
 }
 
 async fn serve(node: Arc<Node>, mut s: UnixStream) -> Result<()> {
+    // A direct-mode hit is counted when answered, but the client checks the
+    // manifest's files itself: if it asks anything more, one had changed and
+    // it goes on to compile, so the hit is taken back (this request counts).
+    let mut direct_hit = false;
     while let Some(req) = read_msg(&mut s).await? {
+        if std::mem::take(&mut direct_hit) {
+            node.stats.update(|s| {
+                s.compile_requests = s.compile_requests.saturating_sub(1);
+                s.cache_hits = s.cache_hits.saturating_sub(1);
+                s.direct_hits = s.direct_hits.saturating_sub(1);
+            });
+        }
         let t = std::time::Instant::now();
         let what = request_name(&req);
         let resp = handle(&node, req).await;
+        direct_hit = matches!(resp, Response::DirectHit { .. });
         tracing::debug!(
             request = what,
             micros = t.elapsed().as_micros() as u64,

@@ -6,6 +6,7 @@
 
 mod args;
 mod client;
+mod fileinfo;
 mod scan;
 mod sources;
 mod stats_view;

@@ -21,6 +21,8 @@
 //! `__has_include(MACRO)`, precompiled headers, `-I-`) make it give up.
 
 use crate::args::{Compile, Lang};
+use crate::fileinfo::{File, FileInfo, Known, Stamp};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -180,7 +182,7 @@ fn remember(dir: &Path, key: &str, text: &str) {
 }
 
 /// One `#include`-like reference in a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Include {
     pub name: String,
     pub angle: bool,
@@ -189,11 +191,11 @@ pub struct Include {
 }
 
 /// Why a file cannot be scanned: a name only the preprocessor can compute.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unresolvable;
 
 /// What the scanner reads out of one file.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Directives {
     /// Every include directive and `__has_include` test, in any branch of
     /// any conditional (and, harmlessly, in comments), except those in a
@@ -493,19 +495,13 @@ enum Found {
     Chain(usize),
 }
 
-/// A file the compile may read: its absolute, lexically normalized path (as
-/// the builder will lay it out) and its content.
-#[derive(Debug)]
-pub struct Read {
-    pub path: PathBuf,
-    pub data: Vec<u8>,
-}
-
 /// The main file and every file it may include, each as the compiler would
-/// find it first on this machine. `None`: the scan cannot vouch for a guess.
-pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath) -> Option<Vec<Read>> {
+/// find it first on this machine, at its absolute, lexically normalized path
+/// (as the builder will lay it out). A file `info` knows unchanged is not
+/// read. `None`: the scan cannot vouch for a guess.
+pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath, info: &mut FileInfo) -> Option<Vec<File>> {
     let chain: Vec<&String> = sp.chain().collect();
-    let mut files: Vec<Read> = Vec::new();
+    let mut files: Vec<File> = Vec::new();
     let mut index: HashMap<PathBuf, Vec<Include>> = HashMap::new();
     let (mut assumed, mut defined) = (HashSet::new(), HashSet::new());
     let mut seen: HashSet<(PathBuf, Found)> = HashSet::new();
@@ -545,17 +541,32 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath) -> Option<Vec<Read>> {
             continue;
         }
         if !index.contains_key(&abs) {
-            let data = std::fs::read(cwd.join(&spelled)).ok()?;
-            bytes += data.len();
+            let on_disk = cwd.join(&spelled);
+            let stamp = Stamp::of(&std::fs::metadata(&on_disk).ok()?);
+            bytes += stamp.size() as usize;
             if files.len() >= MAX_FILES || bytes > MAX_BYTES {
                 return None;
             }
-            let d = directives(&data).ok()?;
+            let (known, data) = match info.get(&abs, &stamp) {
+                Some(k) if k.directives.is_some() => (k.clone(), None),
+                _ => {
+                    let data = std::fs::read(&on_disk).ok()?;
+                    let mut k = Known::of(&data);
+                    k.directives = Some(directives(&data));
+                    if data.len() as u64 == stamp.size() {
+                        info.learn(&abs, stamp, k.clone());
+                    }
+                    (k, Some(data))
+                }
+            };
+            let d = known.directives?.ok()?;
             assumed.extend(d.assumed_undefined);
             defined.extend(d.defines);
             index.insert(abs.clone(), d.includes);
-            files.push(Read {
+            files.push(File {
                 path: abs.clone(),
+                hash: known.hash,
+                clock: known.clock,
                 data,
             });
         }
@@ -809,7 +820,7 @@ int n = 1'000'000; /* digit separators
         crate::args::parse(crate::args::Kind::Gcc, &args).unwrap()
     }
 
-    fn paths(files: &[Read], root: &Path) -> Vec<String> {
+    fn paths(files: &[File], root: &Path) -> Vec<String> {
         files
             .iter()
             .map(|f| {
@@ -852,7 +863,7 @@ int n = 1'000'000; /* digit separators
             macros: HashSet::new(),
         };
         let c = compile("src/main.c", &[]);
-        let files = scan(&c, d, &sp).unwrap();
+        let files = scan(&c, d, &sp, &mut FileInfo::none()).unwrap();
         assert_eq!(
             paths(&files, d),
             vec![
@@ -865,7 +876,7 @@ int n = 1'000'000; /* digit separators
                 "c/x.h"
             ]
         );
-        assert_eq!(files[1].data, b"");
+        assert_eq!(files[1].data.as_deref(), Some(&b""[..]));
     }
 
     #[test]
@@ -880,9 +891,9 @@ int n = 1'000'000; /* digit separators
         // A precompiled header beside a header: gcc would read that instead.
         write(d, "m.c", "#include <p.h>\n");
         write(d, "inc/p.h", "");
-        assert!(scan(&compile("m.c", &[]), d, &sp).is_some());
+        assert!(scan(&compile("m.c", &[]), d, &sp, &mut FileInfo::none()).is_some());
         write(d, "inc/p.h.gch", "");
-        assert!(scan(&compile("m.c", &[]), d, &sp).is_none());
+        assert!(scan(&compile("m.c", &[]), d, &sp, &mut FileInfo::none()).is_none());
         // A computed include under a macro that something defines.
         write(
             d,
@@ -890,12 +901,12 @@ int n = 1'000'000; /* digit separators
             "#include <q.h>\n#ifdef USER_H\n#include USER_H\n#endif\n",
         );
         write(d, "inc/q.h", "");
-        assert!(scan(&compile("n.c", &[]), d, &sp).is_some());
+        assert!(scan(&compile("n.c", &[]), d, &sp, &mut FileInfo::none()).is_some());
         write(d, "inc/q.h", "#define USER_H \"evil.h\"\n");
-        assert!(scan(&compile("n.c", &[]), d, &sp).is_none());
+        assert!(scan(&compile("n.c", &[]), d, &sp, &mut FileInfo::none()).is_none());
         write(d, "inc/q.h", "");
         write(d, "o.c", "#ifdef PREDEFINED\n#include PREDEFINED\n#endif\n");
-        assert!(scan(&compile("o.c", &[]), d, &sp).is_none());
+        assert!(scan(&compile("o.c", &[]), d, &sp, &mut FileInfo::none()).is_none());
         // `-I-` changes the quote rules.
         assert!(!applicable(&compile("m.c", &["-I-"])));
         assert!(applicable(&compile("m.c", &["-Iinc"])));
@@ -914,19 +925,32 @@ int n = 1'000'000; /* digit separators
         write(d, "force.h", "#include <more.h>\n");
         write(d, "sys/more.h", "");
         write(d, "sys/stdc-predef.h", "");
-        let files = scan(&compile("m.c", &["-include", "force.h"]), d, &sp).unwrap();
+        let files = scan(
+            &compile("m.c", &["-include", "force.h"]),
+            d,
+            &sp,
+            &mut FileInfo::none(),
+        )
+        .unwrap();
         assert_eq!(
             paths(&files, d),
             vec!["m.c", "sys/stdc-predef.h", "force.h", "sys/more.h"]
         );
         // A forced include that does not exist: gcc fails, so no guess.
-        assert!(scan(&compile("m.c", &["-include", "nope.h"]), d, &sp).is_none());
+        assert!(scan(
+            &compile("m.c", &["-include", "nope.h"]),
+            d,
+            &sp,
+            &mut FileInfo::none()
+        )
+        .is_none());
         // An absolute one is taken as it is.
         let abs = d.join("force.h");
         let files = scan(
             &compile("m.c", &["-include", abs.to_str().unwrap()]),
             d,
             &sp,
+            &mut FileInfo::none(),
         )
         .unwrap();
         assert_eq!(
@@ -958,7 +982,7 @@ int n = 1'000'000; /* digit separators
             Some(sp.clone()),
             "remembered"
         );
-        let files = scan(&c, d, &sp).unwrap();
+        let files = scan(&c, d, &sp, &mut FileInfo::none()).unwrap();
         let out = Command::new("gcc")
             .args(["-O2", "-M", "u.c"])
             .current_dir(d)

@@ -9,6 +9,7 @@
 
 use crate::args::{self, Compile, Kind};
 use crate::client::NodeClient;
+use crate::fileinfo::{File, FileInfo};
 use crate::scan;
 use crate::sources;
 use anyhow::{anyhow, bail, Context, Result};
@@ -247,8 +248,14 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         None
     };
     if let Some((dk, hint)) = keys {
+        let mut info = FileInfo::load(
+            &swarmcc_node::config::state_dir().join("file-info"),
+            format!("{}\0{}", tc.id, cwd.display()).as_bytes(),
+        );
         let hinted = match node.call(&Request::DirectGet { key: dk, hint }) {
-            Ok(Response::DirectHit { manifest, result }) if manifest_still_holds(&manifest) => {
+            Ok(Response::DirectHit { manifest, result })
+                if manifest_still_holds(&manifest, &mut info) =>
+            {
                 let dep_ok = match &manifest.dep_file {
                     Some((path, bytes)) => write_atomic(&cwd.join(path), bytes).is_ok(),
                     None => true,
@@ -268,7 +275,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         // let the builder prove it (only for toolchains packaged from this
         // machine, whose files the client has as well).
         if spec_is_local {
-            if let Some(files) = guess(cfg, compiler, &tc, &compile, &cwd, hinted) {
+            if let Some(files) = guess(cfg, compiler, &tc, &compile, &cwd, hinted, &mut info) {
                 let spec = Speculation {
                     tc: &tc,
                     compile: &compile,
@@ -324,7 +331,8 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
     let want = job_output(&compile, &cwd);
     let remember = |node: &mut NodeClient| {
         if let Some((dk, hint)) = keys {
-            if let Some(manifest) = manifest_for(&compile, &cwd, &job, &blobs, key, started) {
+            let clock = blobs.iter().any(|b| names_the_clock(&b.data));
+            if let Some(manifest) = manifest_for(&compile, &cwd, &job, clock, key, started) {
                 let _ = node.call(&Request::PutManifest {
                     key: dk,
                     hint,
@@ -333,7 +341,8 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
             }
         }
     };
-    let (cached, missing) = match node.call_two(&Request::CacheGet { key }, &missing_query(&blobs))
+    let hashes = blobs.iter().map(|b| b.hash).collect();
+    let (cached, missing) = match node.call_two(&Request::CacheGet { key }, &missing_query(hashes))
     {
         Ok(r) => r,
         Err(e) => return Err(on_node(LocalReason::SwarmFailure)(e)),
@@ -457,12 +466,10 @@ fn build_job(
     }
 }
 
-/// Which of `blobs` the node lacks: asked with the cache lookup, so that a
-/// miss needs no round trip of its own before the compile.
-fn missing_query(blobs: &[Blob]) -> Request {
-    Request::MissingBlobs {
-        hashes: blobs.iter().map(|b| b.hash).collect(),
-    }
+/// Which of these contents the node lacks: asked with the cache lookup, so
+/// that a miss needs no round trip of its own before the compile.
+fn missing_query(hashes: Vec<Hash32>) -> Request {
+    Request::MissingBlobs { hashes }
 }
 
 /// Only the blobs the node does not hold yet, from its answer to
@@ -526,7 +533,8 @@ fn guess(
     c: &Compile,
     cwd: &Path,
     hint: Option<Manifest>,
-) -> Option<Vec<scan::Read>> {
+    info: &mut FileInfo,
+) -> Option<Vec<File>> {
     if cfg.dist.strict_inputs {
         return None;
     }
@@ -534,7 +542,7 @@ fn guess(
         let env = job_env(&tc.compiler);
         let probes = swarmcc_node::config::state_dir().join("include-paths");
         if let Some(files) = scan::search_path(compiler, &tc.id.to_string(), c, cwd, &env, &probes)
-            .and_then(|sp| scan::scan(c, cwd, &sp))
+            .and_then(|sp| scan::scan(c, cwd, &sp, info))
         {
             return Some(files);
         }
@@ -542,13 +550,7 @@ fn guess(
     hint?
         .files
         .into_iter()
-        .map(|f| {
-            let data = std::fs::read(&f.path).ok()?;
-            Some(scan::Read {
-                path: f.path.into(),
-                data,
-            })
-        })
+        .map(|f| info.file(Path::new(&f.path)))
         .collect()
 }
 
@@ -557,8 +559,8 @@ struct Speculation<'a> {
     tc: &'a ToolchainInfo,
     compile: &'a Compile,
     cwd: &'a Path,
-    /// The guessed files, read.
-    files: Vec<scan::Read>,
+    /// The guessed files.
+    files: Vec<File>,
     keys: (Hash32, Hash32),
     started: std::time::SystemTime,
 }
@@ -569,26 +571,38 @@ struct Speculation<'a> {
 /// the checked way"; it never reaches the user.
 fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
     let (c, cwd) = (sp.compile, sp.cwd);
-    let mut sources = Vec::with_capacity(sp.files.len());
-    let mut blobs = Vec::with_capacity(sp.files.len());
-    for f in sp.files {
-        let hash = Hash32::of(&f.data);
-        sources.push(SourceRef {
-            path: f.path.to_str()?.to_string(),
-            hash,
-        });
-        blobs.push(Blob { hash, data: f.data });
-    }
+    let mut files = sp.files;
+    let sources = files
+        .iter()
+        .map(|f| {
+            Some(SourceRef {
+                path: f.path.to_str()?.to_string(),
+                hash: f.hash,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
     let job = build_job(sp.tc, c, cwd, None, sources, &c.deps);
     let output = job_output(c, cwd);
     let key = cache_key(&job);
+    let hashes = files.iter().map(|f| f.hash).collect();
     let (cached, missing) = node
-        .call_two(&Request::CacheGet { key }, &missing_query(&blobs))
+        .call_two(&Request::CacheGet { key }, &missing_query(hashes))
         .ok()?;
     let result = match cached {
         Response::CacheHit(r) => r,
         _ => {
-            let to_send = unsent(&blobs, missing);
+            // Only what the node lacks is read (if not read yet) and sent.
+            let mut missing: std::collections::HashSet<Hash32> = match missing {
+                Response::Missing(m) => m.into_iter().collect(),
+                _ => files.iter().map(|f| f.hash).collect(),
+            };
+            let mut to_send = Vec::new();
+            for f in &mut files {
+                if missing.remove(&f.hash) {
+                    let data = f.take_data()?;
+                    to_send.push(Blob { hash: f.hash, data });
+                }
+            }
             let req = Request::Compile {
                 key: Some(key),
                 job: Box::new(job.clone()),
@@ -606,7 +620,8 @@ fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
         write_atomic(&cwd.join(user_dep), bytes).ok()?;
     }
     let code = deliver(c, cwd, &output, &result).ok()?;
-    if let Some(manifest) = manifest_for(c, cwd, &job, &blobs, key, sp.started) {
+    let clock = files.iter().any(|f| f.clock);
+    if let Some(manifest) = manifest_for(c, cwd, &job, clock, key, sp.started) {
         let _ = node.call(&Request::PutManifest {
             key: sp.keys.0,
             hint: sp.keys.1,
@@ -649,7 +664,7 @@ fn redirect_dep_file(deps: &[String], dest: &str) -> Vec<String> {
 /// Whether a file names `__DATE__`, `__TIME__` or `__TIMESTAMP__` (two
 /// passes over it, not three: every `__TIME` is checked for the rest; glibc
 /// names `__TIME_T_TYPE` and `__TIMESIZE`, which do not count).
-fn names_the_clock(data: &[u8]) -> bool {
+pub(crate) fn names_the_clock(data: &[u8]) -> bool {
     use std::sync::LazyLock;
     static DATE: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"__DATE__"));
@@ -663,25 +678,26 @@ fn names_the_clock(data: &[u8]) -> bool {
 }
 
 /// Whether every file a manifest lists still has the content it had.
-fn manifest_still_holds(m: &Manifest) -> bool {
+fn manifest_still_holds(m: &Manifest, info: &mut FileInfo) -> bool {
     !m.files.is_empty()
-        && m.files
-            .iter()
-            .all(|f| std::fs::read(&f.path).is_ok_and(|d| Hash32::of(&d) == f.hash))
+        && m.files.iter().all(|f| {
+            info.file(Path::new(&f.path))
+                .is_some_and(|g| g.hash == f.hash)
+        })
 }
 
 /// The manifest of a finished compile, unless direct mode cannot vouch for
-/// it (as ccache: a file uses `__DATE__`/`__TIME__`/`__TIMESTAMP__`, or was
-/// modified after the compile started).
+/// it (as ccache: a file uses `__DATE__`/`__TIME__`/`__TIMESTAMP__`, told
+/// by `clock`, or was modified after the compile started).
 fn manifest_for(
     c: &Compile,
     cwd: &Path,
     job: &Job,
-    blobs: &[Blob],
+    clock: bool,
     result_key: Hash32,
     started: std::time::SystemTime,
 ) -> Option<Manifest> {
-    if blobs.iter().any(|b| names_the_clock(&b.data)) {
+    if clock {
         return None;
     }
     for f in &job.sources {

@@ -702,3 +702,79 @@ fn a_node_started_by_the_wrapper_holds_none_of_the_builds_descriptors() {
         "the pipe did not end while the node runs: {got:?}"
     );
 }
+
+/// Files that have not changed for a while are known by their `stat`
+/// (device, inode, size, mtime, ctime) and not read again; a header then
+/// rewritten in place with the same size and its mtime set back is still
+/// seen, by the direct-mode check and by the scan of a first compile.
+#[test]
+fn known_headers_rewritten_in_place_are_never_taken_for_unchanged() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::create_dir_all(d.join("inc")).unwrap();
+    std::fs::write(d.join("inc/v.h"), "#define V 1\n").unwrap();
+    std::fs::write(
+        d.join("a.c"),
+        "#include \"v.h\"\n#include <stdio.h>\nint v(void) { return V; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("b.c"),
+        "#include \"v.h\"\nint w(void) { return V * 3; }\n",
+    )
+    .unwrap();
+    // Only files unchanged for a few seconds are kept.
+    std::thread::sleep(Duration::from_secs(4));
+    let through = |unit: &str| {
+        run_ok(
+            env.cmd(swarmcc())
+                .args(["gcc", "-O2", "-Iinc", "-c", unit, "-o", "out.o"])
+                .current_dir(d),
+        );
+        std::fs::read(d.join("out.o")).unwrap()
+    };
+    let local = |unit: &str| {
+        run_ok(
+            Command::new("gcc")
+                .args(["-O2", "-Iinc", "-c", unit, "-o", "ref.o"])
+                .current_dir(d),
+        );
+        std::fs::read(d.join("ref.o")).unwrap()
+    };
+    assert_eq!(through("a.c"), local("a.c"));
+    assert_eq!(through("a.c"), local("a.c"), "a direct hit");
+    let kept = env.state().join("file-info");
+    assert_eq!(
+        std::fs::read_dir(&kept).unwrap().count(),
+        1,
+        "one set: one toolchain, one directory"
+    );
+    let old = std::fs::metadata(d.join("inc/v.h"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let rewrite = |text: &str| {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(d.join("inc/v.h"))
+            .unwrap();
+        use std::io::Write;
+        (&f).write_all(text.as_bytes()).unwrap();
+        f.set_modified(old).unwrap();
+    };
+    rewrite("#define V 2\n");
+    let two = local("a.c");
+    assert_eq!(through("a.c"), two, "the direct-mode check read it again");
+    // b.c is new to the cache: its first compile scans its includes.
+    rewrite("#define V 5\n");
+    assert_eq!(through("b.c"), local("b.c"), "the scan read it again");
+    let s = env.stats_json();
+    // A direct hit whose manifest no longer holds is not counted as one.
+    assert_eq!(
+        (&s["compile_requests"], &s["cache_hits"], &s["direct_hits"]),
+        (&4.into(), &1.into(), &1.into()),
+        "{s}"
+    );
+    assert_eq!(s["speculative_compiles"], 3, "{s}");
+}

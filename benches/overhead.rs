@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 50;
 /// Whole builds of each kind.
-const BUILDS: usize = 5;
+const BUILDS: usize = 7;
 
 fn time_once(mut c: Command) -> Duration {
     let t = Instant::now();
@@ -148,7 +148,7 @@ fn main() {
     // Rounds of plain, cold and warm builds back to back.
     let swarm_cc = format!("{} gcc", swarmcc().display());
     let (mut plain_build, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..BUILDS {
+    for round in 0..BUILDS {
         let mut env = Env::new("");
         env.start_node();
         run_ok(
@@ -156,12 +156,22 @@ fn main() {
                 .args(["gcc", "-O2", "-c", "tiny.c", "-o", "warmup.o"])
                 .current_dir(d),
         );
-        clean();
-        plain_build.push(time_once(make(None, "gcc")));
+        // Plain first in even rounds, last in odd ones, so that a machine
+        // slowing down or speeding up over a round favours neither.
+        let mut plain_once = || {
+            clean();
+            plain_build.push(time_once(make(None, "gcc")));
+        };
+        if round % 2 == 0 {
+            plain_once();
+        }
         clean();
         cold.push(time_once(make(Some(&env), &swarm_cc)));
         clean();
         warm.push(time_once(make(Some(&env), &swarm_cc)));
+        if round % 2 == 1 {
+            plain_once();
+        }
         env.kill_node();
         finished.push(env);
     }
@@ -175,6 +185,11 @@ fn main() {
         )
     };
     let (cold_x, warm_x) = (ratio(&cold), ratio(&warm));
+    let rounds: Vec<String> = cold
+        .iter()
+        .zip(&plain_build)
+        .map(|(c, p)| format!("{:.2}", c.as_secs_f64() / p.as_secs_f64()))
+        .collect();
     let miss_over = paired_ms(&plain_edit, &miss);
     let dist_over = paired_ms(&off_plain, &dist);
     let (pb, cb, wb) = (median(plain_build), median(cold), median(warm));
@@ -209,8 +224,9 @@ fn main() {
         ms(pb)
     );
     println!(
-        "| Lua 5.4, `make -j2`, swarmcc cold ({BUILDS} builds) | {} (**{cold_x:.2}x** plain, median of the rounds' ratios) |",
-        ms(cb)
+        "| Lua 5.4, `make -j2`, swarmcc cold ({BUILDS} builds) | {} (**{cold_x:.2}x** plain, median of the rounds' ratios: {}) |",
+        ms(cb),
+        rounds.join(", ")
     );
     println!(
         "| Lua 5.4, `make -j2`, swarmcc warm ({BUILDS} builds) | {} ({warm_x:.2}x plain) |",

@@ -386,7 +386,11 @@ fn direct_mode_hits_restore_deps_and_never_serve_a_changed_header() {
     );
     let s = env.stats_json();
     assert_eq!(
-        (&s["compile_requests"], &s["cache_misses"], &s["direct_hits"]),
+        (
+            &s["compile_requests"],
+            &s["cache_misses"],
+            &s["direct_hits"]
+        ),
         (&3.into(), &2.into(), &1.into()),
         "the hit the node offered and the client refused is not counted: {s}"
     );

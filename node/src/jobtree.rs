@@ -156,11 +156,14 @@ impl Carried {
             c.files.insert(path.clone());
             let mut child = path.as_path();
             while let Some(parent) = child.parent() {
-                if let Some(name) = child.file_name() {
-                    c.dirs
-                        .entry(parent.to_path_buf())
-                        .or_default()
-                        .insert(name.to_os_string());
+                let Some(name) = child.file_name() else { break };
+                let names = match c.dirs.get_mut(parent) {
+                    Some(n) => n,
+                    None => c.dirs.entry(parent.to_path_buf()).or_default(),
+                };
+                if !names.insert(name.to_os_string()) {
+                    // Known already, and so is the way up from it.
+                    break;
                 }
                 child = parent;
             }
@@ -192,8 +195,8 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    fn rel(p: &Path) -> PathBuf {
-        p.strip_prefix("/").unwrap_or(p).to_path_buf()
+    fn rel(p: &Path) -> &Path {
+        p.strip_prefix("/").unwrap_or(p)
     }
 
     fn in_tree(&self, p: &Path) -> PathBuf {
@@ -204,19 +207,21 @@ impl Plan<'_> {
     fn add(&mut self, path: &Path, entry: Entry) -> Result<()> {
         let mut parent = path.parent();
         while let Some(dir) = parent.filter(|d| *d != Path::new("/")) {
-            match self.entries.get(&Self::rel(dir)) {
+            match self.entries.get(Self::rel(dir)) {
                 Some(Entry::Dir) => break,
                 Some(_) => bail!("{} is in the way of {}", dir.display(), path.display()),
                 None => {
-                    self.entries.insert(Self::rel(dir), Entry::Dir);
+                    self.entries
+                        .insert(Self::rel(dir).to_path_buf(), Entry::Dir);
                 }
             }
             parent = dir.parent();
         }
-        match self.entries.get(&Self::rel(path)) {
+        match self.entries.get(Self::rel(path)) {
             Some(old) if *old != entry => bail!("{} is planned twice", path.display()),
-            _ => {
-                self.entries.insert(Self::rel(path), entry);
+            Some(_) => {}
+            None => {
+                self.entries.insert(Self::rel(path).to_path_buf(), entry);
             }
         }
         Ok(())
@@ -489,8 +494,12 @@ impl SlotTree {
             }
         };
         fs::create_dir_all(&self.dir)?;
+        // Both maps are sorted alike: each is walked once beside the other
+        // (a lookup per entry would compare paths log n times each).
+        let mut wanted = want.iter().rev().peekable();
         for (rel, had) in holds.iter().rev() {
-            if want.get(rel) == Some(had) {
+            while wanted.next_if(|(w, _)| *w > rel).is_some() {}
+            if wanted.peek() == Some(&(rel, had)) {
                 continue;
             }
             let at = self.dir.join(rel);
@@ -501,8 +510,10 @@ impl SlotTree {
             res.with_context(|| format!("removing {}", at.display()))?;
             removed.push(rel.clone());
         }
+        let mut held = holds.iter().peekable();
         for (rel, entry) in &want {
-            if holds.get(rel) == Some(entry) {
+            while held.next_if(|(h, _)| *h < rel).is_some() {}
+            if held.peek() == Some(&(rel, entry)) {
                 continue;
             }
             let at = self.dir.join(rel);

@@ -86,7 +86,12 @@ impl Builder {
         stats: Arc<crate::stats::StatsStore>,
     ) -> Result<Builder> {
         let jobs_dir = visible.join("jobs");
-        // Directories of jobs cut short by a killed node.
+        let bwrap = crate::spawn::find_program(&cfg.sandbox.bwrap);
+        // Sandboxes and directories of jobs cut short by a killed node.
+        let killed = crate::sandbox::kill_leftovers(&bwrap, &jobs_dir);
+        if killed > 0 {
+            tracing::warn!("stopped {killed} sandbox processes left by an earlier node");
+        }
         let _ = crate::toolchain::store::remove_tree(&jobs_dir);
         std::fs::create_dir_all(&jobs_dir)?;
         let max_jobs = cfg.max_jobs().max(1);
@@ -114,7 +119,7 @@ impl Builder {
         let link_toolchain =
             dev(&jobs_dir).is_some() && dev(&jobs_dir) == dev(toolchains.roots_dir());
         Ok(Builder {
-            bwrap: crate::spawn::find_program(&cfg.sandbox.bwrap),
+            bwrap,
             jobs_dir,
             trees,
             link_toolchain,
@@ -139,6 +144,15 @@ impl Builder {
             max_jobs,
             running: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         })
+    }
+
+    /// The node is stopping: no sandbox of its may live on (see
+    /// [`sandbox::kill_leftovers`]).
+    pub fn stop(&self) {
+        let killed = crate::sandbox::kill_leftovers(&self.bwrap, &self.jobs_dir);
+        if killed > 0 {
+            tracing::info!("stopped {killed} sandbox processes on the way out");
+        }
     }
 
     /// Store the source blobs that came with a job, verifying each hash.

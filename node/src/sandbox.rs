@@ -469,6 +469,65 @@ pub fn become_subreaper() {
     }
 }
 
+/// Kill every process left of this node's sandboxes: a `bwrap` whose command
+/// line names a path below `jobs_dir` (each bubblewrap of ours mounts its
+/// slot's tree and directory from there, and the state directory, so
+/// `jobs_dir` too, is this node's alone). Returns how many were killed.
+///
+/// A sandbox can outlive its node: bubblewrap's inner process waits for the
+/// outer one to signal that its namespaces are set up, and gets its
+/// parent-death signal only right before `exec`; when the outer one dies in
+/// between (the node killed, or a held sandbox stopped, while it was being
+/// set up) the inner one waits for ever. So the node sweeps them when it
+/// starts and when it stops.
+pub fn kill_leftovers(bwrap: &Path, jobs_dir: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let mut prefix = jobs_dir.as_os_str().as_bytes().to_vec();
+    prefix.push(b'/');
+    let bwrap = std::fs::canonicalize(bwrap).unwrap_or_else(|_| bwrap.to_path_buf());
+    let ours = |pid: i32| {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == bwrap)
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg.starts_with(&prefix)))
+    };
+    let me = std::process::id() as i32;
+    let mut killed = 0;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me || !ours(pid) {
+            continue;
+        }
+        // Pin the process, then check again that it is the one read: its pid
+        // may have been reused in between.
+        // SAFETY: plain syscalls; the descriptor is owned below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: `fd` was just opened and is owned here only.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if ours(pid) {
+            // SAFETY: plain syscall on an open pidfd.
+            let sent = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            } == 0;
+            killed += usize::from(sent);
+        }
+    }
+    killed
+}
+
 fn kill_group(pid: u32) {
     // SAFETY: plain syscall; the group is the bwrap process we started.
     unsafe {
@@ -617,6 +676,51 @@ mod tests {
             b"\xff",
         ] {
             assert_eq!(parse_child_pid(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A sandbox stuck in its set-up (here: held by a pipe nobody will
+    /// close, as one whose outer bubblewrap died waits for ever) is found by
+    /// its paths and killed; other processes are left alone.
+    #[test]
+    fn leftover_sandboxes_of_this_state_dir_are_killed_and_nothing_else() {
+        let t = tempfile::tempdir().unwrap();
+        let jobs = t.path().join("jobs");
+        let other = t.path().join("jobs-of-another");
+        for d in [&jobs, &other] {
+            fs::create_dir_all(d.join("work-0")).unwrap();
+        }
+        let bwrap = crate::spawn::find_program(Path::new("bwrap"));
+        let sandbox = |dir: &Path| {
+            std::process::Command::new(&bwrap)
+                .args(["--unshare-pid", "--ro-bind", "/", "/", "--bind"])
+                .arg(dir.join("work-0"))
+                .args(["/mnt", "sleep", "60"])
+                .spawn()
+                .unwrap()
+        };
+        let mut ours = sandbox(&jobs);
+        let mut theirs = sandbox(&other);
+        // Not bubblewrap, though it names the directory.
+        let mut bystander = std::process::Command::new("perl")
+            .args(["-e", "sleep 60"])
+            .arg(jobs.join("work-0"))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // The outer bubblewrap and the sandbox's init.
+        assert_eq!(kill_leftovers(&bwrap, &jobs), 2);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while ours.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(theirs.try_wait().unwrap().is_none());
+        assert!(bystander.try_wait().unwrap().is_none());
+        assert_eq!(kill_leftovers(&bwrap, &jobs), 0);
+        for c in [&mut theirs, &mut bystander] {
+            c.kill().unwrap();
+            c.wait().unwrap();
         }
     }
 

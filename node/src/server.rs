@@ -198,6 +198,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    node.builder.stop();
     let _ = std::fs::remove_file(&sock);
     stats.save();
     Ok(())

@@ -75,7 +75,7 @@ pub struct Known {
 
 impl Known {
     /// Learned from a file's content.
-    pub fn of(data: &[u8]) -> Known {
+    fn of(data: &[u8]) -> Known {
         Known {
             hash: Hash32::of(data),
             clock: crate::wrapper::names_the_clock(data),
@@ -142,7 +142,7 @@ impl FileInfo {
     }
 
     /// What is known of `path`, if its stamp still is `stamp`.
-    pub fn get(&self, path: &Path, stamp: &Stamp) -> Option<&Known> {
+    fn get(&self, path: &Path, stamp: &Stamp) -> Option<&Known> {
         match self.entries.get(path) {
             Some((s, k)) if s == stamp => Some(k),
             _ => None,
@@ -150,7 +150,7 @@ impl FileInfo {
     }
 
     /// Remember `known` for `path` as it is at `stamp`, if it has settled.
-    pub fn learn(&mut self, path: &Path, stamp: Stamp, known: Known) {
+    fn learn(&mut self, path: &Path, stamp: Stamp, known: Known) {
         if stamp.mtime.0 >= self.settled_before || stamp.ctime.0 >= self.settled_before {
             return;
         }
@@ -158,28 +158,51 @@ impl FileInfo {
         self.entries.insert(path.to_path_buf(), (stamp, known));
     }
 
+    /// What the file at `on_disk` (kept as `path`), found at `stamp`, gives:
+    /// what is known while the stamp holds, else read (and learned), with
+    /// its include directives when `directives` is asked for. Its content
+    /// too when it had to be read.
+    pub fn known(
+        &mut self,
+        path: &Path,
+        on_disk: &Path,
+        stamp: Stamp,
+        directives: bool,
+    ) -> Option<(Known, Option<Vec<u8>>)> {
+        if let Some(k) = self.get(path, &stamp) {
+            if !directives || k.directives.is_some() {
+                let k = Known {
+                    hash: k.hash,
+                    clock: k.clock,
+                    directives: if directives {
+                        k.directives.clone()
+                    } else {
+                        None
+                    },
+                };
+                return Some((k, None));
+            }
+        }
+        let data = std::fs::read(on_disk).ok()?;
+        let mut known = Known::of(&data);
+        if directives {
+            known.directives = Some(crate::scan::directives(&data));
+        }
+        if data.len() as u64 == stamp.size {
+            self.learn(path, stamp, known.clone());
+        }
+        Some((known, Some(data)))
+    }
+
     /// The file at `path`: known, or read and hashed (and learned).
     pub fn file(&mut self, path: &Path) -> Option<File> {
         let stamp = Stamp::of(&std::fs::metadata(path).ok()?);
-        if let Some(k) = self.get(path, &stamp) {
-            return Some(File {
-                path: path.to_path_buf(),
-                hash: k.hash,
-                clock: k.clock,
-                data: None,
-            });
-        }
-        let data = std::fs::read(path).ok()?;
-        let known = Known::of(&data);
-        let (hash, clock) = (known.hash, known.clock);
-        if data.len() as u64 == stamp.size {
-            self.learn(path, stamp, known);
-        }
+        let (k, data) = self.known(path, path, stamp, false)?;
         Some(File {
             path: path.to_path_buf(),
-            hash,
-            clock,
-            data: Some(data),
+            hash: k.hash,
+            clock: k.clock,
+            data,
         })
     }
 
@@ -242,6 +265,14 @@ fn now_secs() -> i64 {
 mod tests {
     use super::*;
 
+    /// Read `f` as a run that started after it settled, and keep it.
+    fn keep(dir: &Path, f: &Path) {
+        let mut info = FileInfo::load(dir, b"k");
+        info.settled_before = now_secs() + 10;
+        info.file(f).unwrap();
+        info.save();
+    }
+
     fn age(path: &Path, secs: u64) {
         let t = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
         let f = std::fs::File::options().write(true).open(path).unwrap();
@@ -263,10 +294,7 @@ mod tests {
         assert!(FileInfo::load(&dir, b"k").entries.is_empty());
 
         // Settled (as if the run started later): kept, and then known.
-        let mut info = FileInfo::load(&dir, b"k");
-        info.settled_before = now_secs() + 10;
-        info.file(&f).unwrap();
-        drop(info);
+        keep(&dir, &f);
         let mut info = FileInfo::load(&dir, b"k");
         let got = info.file(&f).unwrap();
         assert_eq!((got.hash, got.data), (h, None));
@@ -296,10 +324,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (dir, f) = (t.path().join("info"), t.path().join("h.h"));
         std::fs::write(&f, "x").unwrap();
-        let mut info = FileInfo::load(&dir, b"k");
-        info.settled_before = now_secs() + 10;
-        info.file(&f).unwrap();
-        info.save();
+        keep(&dir, &f);
         let kept = std::fs::read_dir(&dir)
             .unwrap()
             .next()

@@ -21,7 +21,7 @@
 //! `__has_include(MACRO)`, precompiled headers, `-I-`) make it give up.
 
 use crate::args::{Compile, Lang};
-use crate::fileinfo::{File, FileInfo, Known, Stamp};
+use crate::fileinfo::{File, FileInfo, Stamp};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Component, Path, PathBuf};
@@ -547,18 +547,7 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath, info: &mut FileInfo) -> Op
             if files.len() >= MAX_FILES || bytes > MAX_BYTES {
                 return None;
             }
-            let (known, data) = match info.get(&abs, &stamp) {
-                Some(k) if k.directives.is_some() => (k.clone(), None),
-                _ => {
-                    let data = std::fs::read(&on_disk).ok()?;
-                    let mut k = Known::of(&data);
-                    k.directives = Some(directives(&data));
-                    if data.len() as u64 == stamp.size() {
-                        info.learn(&abs, stamp, k.clone());
-                    }
-                    (k, Some(data))
-                }
-            };
+            let (known, data) = info.known(&abs, &on_disk, stamp, true)?;
             let d = known.directives?.ok()?;
             assumed.extend(d.assumed_undefined);
             defined.extend(d.defines);

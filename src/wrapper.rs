@@ -472,20 +472,27 @@ fn missing_query(hashes: Vec<Hash32>) -> Request {
     Request::MissingBlobs { hashes }
 }
 
+/// Which contents the node lacks, from its answer to [`missing_query`] (all
+/// of `hashes` if it could not say).
+fn lacking(
+    answer: Response,
+    hashes: impl IntoIterator<Item = Hash32>,
+) -> std::collections::HashSet<Hash32> {
+    match answer {
+        Response::Missing(missing) => missing.into_iter().collect(),
+        _ => hashes.into_iter().collect(),
+    }
+}
+
 /// Only the blobs the node does not hold yet, from its answer to
 /// [`missing_query`] (all of them if it could not say).
 fn unsent(blobs: &[Blob], answer: Response) -> Vec<Blob> {
-    match answer {
-        Response::Missing(missing) => {
-            let missing: std::collections::HashSet<Hash32> = missing.into_iter().collect();
-            blobs
-                .iter()
-                .filter(|b| missing.contains(&b.hash))
-                .cloned()
-                .collect()
-        }
-        _ => blobs.to_vec(),
-    }
+    let missing = lacking(answer, blobs.iter().map(|b| b.hash));
+    blobs
+        .iter()
+        .filter(|b| missing.contains(&b.hash))
+        .cloned()
+        .collect()
 }
 
 /// Where the builder writes the object (inside the job's own directory).
@@ -592,10 +599,7 @@ fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
         Response::CacheHit(r) => r,
         _ => {
             // Only what the node lacks is read (if not read yet) and sent.
-            let mut missing: std::collections::HashSet<Hash32> = match missing {
-                Response::Missing(m) => m.into_iter().collect(),
-                _ => files.iter().map(|f| f.hash).collect(),
-            };
+            let mut missing = lacking(missing, files.iter().map(|f| f.hash));
             let mut to_send = Vec::new();
             for f in &mut files {
                 if missing.remove(&f.hash) {

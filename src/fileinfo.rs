@@ -222,18 +222,13 @@ impl FileInfo {
         if merged.len() > MAX_ENTRIES {
             merged.clear();
         }
-        let Some(dir) = file.parent() else { return };
-        if std::fs::create_dir_all(dir).is_err() {
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
             return;
-        }
-        if !file.exists() && std::fs::read_dir(dir).is_ok_and(|d| d.count() > MAX_SETS) {
-            let _ = std::fs::remove_dir_all(dir);
-            let _ = std::fs::create_dir_all(dir);
-        }
+        };
         if let Ok(body) = swarmcc_protocol::frame::encode(&merged) {
             let mut bytes = Hash32::of(&body).0.to_vec();
             bytes.extend_from_slice(&body);
-            let _ = crate::wrapper::write_atomic(file, &bytes);
+            crate::wrapper::keep_file(dir, name, &bytes, MAX_SETS);
         }
     }
 }

@@ -164,21 +164,10 @@ pub fn search_path(
     let mut text = String::from_utf8(out.stdout).ok()?;
     text.push_str(std::str::from_utf8(&out.stderr).ok()?);
     let sp = SearchPath::parse(&text)?;
-    remember(cache_dir, &key, &text);
+    // Kept atomically; the directory is emptied when it grows past a few
+    // thousand flag sets.
+    crate::wrapper::keep_file(cache_dir, &key, text.as_bytes(), 4096);
     Some(sp)
-}
-
-/// Keep a probe's output (best effort, atomically). The directory is emptied
-/// when it grows past a few thousand flag sets.
-fn remember(dir: &Path, key: &str, text: &str) {
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    if std::fs::read_dir(dir).is_ok_and(|d| d.count() > 4096) {
-        let _ = std::fs::remove_dir_all(dir);
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = crate::wrapper::write_atomic(&dir.join(key), text.as_bytes());
 }
 
 /// One `#include`-like reference in a file.

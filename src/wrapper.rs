@@ -785,6 +785,21 @@ fn deliver(c: &Compile, cwd: &Path, want: &str, r: &JobResult) -> Result<i32> {
     Ok(r.exit_code)
 }
 
+/// Keep `data` as `name` in `dir`, a directory of files kept between runs,
+/// atomically and best effort; a new file that would take the directory
+/// past `max` files empties it first.
+pub(crate) fn keep_file(dir: &Path, name: impl AsRef<Path>, data: &[u8], max: usize) {
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let file = dir.join(name);
+    if !file.exists() && std::fs::read_dir(dir).is_ok_and(|d| d.count() > max) {
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = write_atomic(&file, data);
+}
+
 pub(crate) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     let dir = dest
         .parent()

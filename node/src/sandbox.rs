@@ -504,13 +504,9 @@ pub fn kill_leftovers(bwrap: &Path, jobs_dir: &Path) -> usize {
         }
         // Pin the process, then check again that it is the one read: its pid
         // may have been reused in between.
-        // SAFETY: plain syscalls; the descriptor is owned below.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-        if fd < 0 {
+        let Some(fd) = crate::spawn::pidfd_open(pid) else {
             continue;
-        }
-        // SAFETY: `fd` was just opened and is owned here only.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        };
         if ours(pid) {
             // SAFETY: plain syscall on an open pidfd.
             let sent = unsafe {

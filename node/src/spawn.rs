@@ -146,12 +146,7 @@ pub fn spawn(program: &Path, args: &[OsString], setup: Setup) -> io::Result<Chil
         ));
     }
     // A zombie at worst until reaped here, so the pid cannot be reused.
-    // SAFETY: plain syscall; the result is checked before it is owned.
-    let pidfd = unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
-        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
-    };
-    let pidfd = pidfd
+    let pidfd = pidfd_open(pid)
         .filter(|_| tokio::runtime::Handle::try_current().is_ok())
         .and_then(|fd| {
             // SAFETY: the pidfd is owned, and stays open and the same for
@@ -168,6 +163,16 @@ pub fn spawn(program: &Path, args: &[OsString], setup: Setup) -> io::Result<Chil
         stdout: Some(out_r.into()),
         stderr: Some(err_r.into()),
     })
+}
+
+/// A descriptor that names the process `pid` is now, whatever takes its
+/// pid later; `None` if there is none.
+pub fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before it is owned.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
+        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
+    }
 }
 
 impl Child {

@@ -481,33 +481,15 @@ pub fn become_subreaper() {
 /// set up) the inner one waits for ever. So the node sweeps them when it
 /// starts and when it stops.
 pub fn kill_leftovers(bwrap: &Path, jobs_dir: &Path) -> usize {
-    use std::os::unix::ffi::OsStrExt;
-    let mut prefix = jobs_dir.as_os_str().as_bytes().to_vec();
-    prefix.push(b'/');
-    let bwrap = std::fs::canonicalize(bwrap).unwrap_or_else(|_| bwrap.to_path_buf());
-    let ours = |pid: i32| {
-        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == bwrap)
-            && std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg.starts_with(&prefix)))
-    };
-    let me = std::process::id() as i32;
+    let left = Leftovers::new(bwrap, jobs_dir);
     let mut killed = 0;
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for e in procs.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me || !ours(pid) {
-            continue;
-        }
+    for pid in left.pids() {
         // Pin the process, then check again that it is the one read: its pid
         // may have been reused in between.
         let Some(fd) = crate::spawn::pidfd_open(pid) else {
             continue;
         };
-        if ours(pid) {
+        if left.is_one(pid) {
             // SAFETY: plain syscall on an open pidfd.
             let sent = unsafe {
                 libc::syscall(
@@ -522,6 +504,46 @@ pub fn kill_leftovers(bwrap: &Path, jobs_dir: &Path) -> usize {
         }
     }
     killed
+}
+
+/// How [`kill_leftovers`] tells a process of this node's sandboxes.
+struct Leftovers {
+    bwrap: PathBuf,
+    /// `jobs_dir/`, as bytes.
+    prefix: Vec<u8>,
+}
+
+impl Leftovers {
+    fn new(bwrap: &Path, jobs_dir: &Path) -> Leftovers {
+        use std::os::unix::ffi::OsStrExt;
+        let mut prefix = jobs_dir.as_os_str().as_bytes().to_vec();
+        prefix.push(b'/');
+        Leftovers {
+            bwrap: std::fs::canonicalize(bwrap).unwrap_or_else(|_| bwrap.to_path_buf()),
+            prefix,
+        }
+    }
+
+    fn is_one(&self, pid: i32) -> bool {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == self.bwrap)
+            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|arg| arg.starts_with(&self.prefix))
+            })
+    }
+
+    /// Every such process but this one.
+    fn pids(&self) -> Vec<i32> {
+        let me = std::process::id() as i32;
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != me && self.is_one(pid))
+            .collect()
+    }
 }
 
 fn kill_group(pid: u32) {
@@ -709,6 +731,13 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while ours.try_wait().unwrap().is_none() {
             assert!(std::time::Instant::now() < deadline, "still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The sandbox's init goes too, of the one signal it got (it may
+        // outlive the outer bubblewrap by a moment).
+        let left = Leftovers::new(&bwrap, &jobs);
+        while !left.pids().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "init still running");
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(theirs.try_wait().unwrap().is_none());

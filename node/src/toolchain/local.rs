@@ -1,6 +1,7 @@
 //! Toolchains of the compilers on this machine: packaged once per compiler
 //! and reused while none of the files in its closure changed (checked by
-//! path, size and mtime on every lookup, which costs a few `stat` calls).
+//! path, size and mtime on every lookup, which costs a few `stat` calls)
+//! and every symbolic link followed to them still points where it did.
 
 use super::package::package_compiler;
 use super::store::ToolchainStore;
@@ -19,6 +20,9 @@ struct Known {
     id: ToolchainId,
     compiler: String,
     files: Vec<(PathBuf, u64, i64)>,
+    /// (No serde default: an index from before links were kept does not
+    /// load, and every compiler is packaged again, once.)
+    links: Vec<(PathBuf, PathBuf)>,
 }
 
 pub struct LocalToolchains {
@@ -33,7 +37,10 @@ fn still_valid(k: &Known) -> bool {
         std::fs::metadata(p)
             .map(|m| m.len() == *size && m.mtime() == *mtime)
             .unwrap_or(false)
-    })
+    }) && k
+        .links
+        .iter()
+        .all(|(p, target)| std::fs::read_link(p).is_ok_and(|t| t == *target))
 }
 
 impl LocalToolchains {
@@ -102,6 +109,7 @@ impl LocalToolchains {
                         id: out.id,
                         compiler,
                         files: out.files,
+                        links: out.links,
                     })
                 }
                 ToolchainSpec::Archive { archive, compiler } => {
@@ -115,6 +123,7 @@ impl LocalToolchains {
                         id,
                         compiler,
                         files: vec![(PathBuf::from(&archive), meta.len(), meta.mtime())],
+                        links: Vec::new(),
                     })
                 }
             }

@@ -30,6 +30,10 @@ pub struct PackageOutcome {
     pub size: u64,
     /// The host files packaged (for change detection: path, size, mtime).
     pub files: Vec<(PathBuf, u64, i64)>,
+    /// The symbolic links followed on the way (path, target): pointed
+    /// elsewhere (`update-alternatives`, a `cc` link from gcc to clang),
+    /// they make another compiler of the same files.
+    pub links: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Package the compiler at `compiler` (absolute path) into `out` (a
@@ -109,8 +113,14 @@ pub fn package_compiler(compiler: &Path, out: &Path) -> Result<PackageOutcome> {
         }
     }
     let files = tree.host_files();
+    let links = tree.links();
     let (id, size) = write_archive(&tree, out)?;
-    Ok(PackageOutcome { id, size, files })
+    Ok(PackageOutcome {
+        id,
+        size,
+        files,
+        links,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +311,16 @@ impl Tree {
             }
         }
         Ok(())
+    }
+
+    fn links(&self) -> Vec<(PathBuf, PathBuf)> {
+        self.nodes
+            .iter()
+            .filter_map(|(path, n)| match n {
+                Node::Symlink(target) => Some((path.clone(), target.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     fn host_files(&self) -> Vec<(PathBuf, u64, i64)> {

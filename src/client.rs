@@ -13,10 +13,12 @@ use swarmcc_protocol::local::{Request, Response, LOCAL_PROTOCOL_VERSION};
 
 pub struct NodeClient {
     stream: UnixStream,
-    /// The greeting was sent but its answer not yet read: it is read with
-    /// the first call's, so that a compile does not wait a round trip for
-    /// it.
+    /// The greeting's answer is not yet read: it is read with the first
+    /// call's, so that a compile does not wait a round trip for it.
     hello_pending: bool,
+    /// Requests not yet sent: whatever a call asks goes out in one write
+    /// (the greeting with the first), waking the node once.
+    outbox: Vec<u8>,
 }
 
 impl NodeClient {
@@ -24,16 +26,17 @@ impl NodeClient {
     /// checked with the first call's answer.
     pub fn connect(cfg: &Config) -> Result<NodeClient> {
         let sock = cfg.socket_path();
-        let mut stream = UnixStream::connect(&sock)
+        let stream = UnixStream::connect(&sock)
             .with_context(|| format!("connecting to {}", sock.display()))?;
-        let hello = Request::Hello {
-            version: LOCAL_PROTOCOL_VERSION,
-        };
-        frame::write_frame(&mut stream, &hello, LOCAL_FRAME_MAX)?;
-        Ok(NodeClient {
+        let mut client = NodeClient {
             stream,
             hello_pending: true,
-        })
+            outbox: Vec::new(),
+        };
+        client.send(&Request::Hello {
+            version: LOCAL_PROTOCOL_VERSION,
+        })?;
+        Ok(client)
     }
 
     /// Connect, starting a node in the background if none is running.
@@ -70,11 +73,17 @@ impl NodeClient {
     }
 
     fn send(&mut self, req: &Request) -> Result<()> {
-        frame::write_frame(&mut self.stream, req, LOCAL_FRAME_MAX)?;
+        frame::append_frame(&mut self.outbox, req, LOCAL_FRAME_MAX)?;
         Ok(())
     }
 
     fn recv(&mut self) -> Result<Response> {
+        if !self.outbox.is_empty() {
+            use std::io::Write;
+            let sent = self.stream.write_all(&self.outbox);
+            self.outbox.clear();
+            sent.context("sending to the node")?;
+        }
         if self.hello_pending {
             self.hello_pending = false;
             match frame::read_frame(&mut self.stream, LOCAL_FRAME_MAX)? {

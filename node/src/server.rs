@@ -248,12 +248,8 @@ async fn read_msg(s: &mut UnixStream) -> Result<Option<Request>> {
 }
 
 async fn write_msg(s: &mut UnixStream, r: &Response) -> Result<()> {
-    let body = frame::encode(r)?;
-    if body.len() as u64 > u64::from(LOCAL_FRAME_MAX) {
-        bail!("response too large");
-    }
-    s.write_u32(body.len() as u32).await?;
-    s.write_all(&body).await?;
+    let bytes = frame::encode_frame(r, LOCAL_FRAME_MAX)?;
+    s.write_all(&bytes).await?;
     s.flush().await?;
     Ok(())
 }

@@ -33,14 +33,7 @@ where
     T: AsyncWrite + Unpin,
     M: serde::Serialize,
 {
-    let body = swarmcc_protocol::frame::encode(m).map_err(invalid)?;
-    if body.len() > max as usize {
-        return Err(invalid(format!(
-            "message of {} bytes exceeds the bound of {max}",
-            body.len()
-        )));
-    }
-    io.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    io.write_all(&body).await?;
+    let bytes = swarmcc_protocol::frame::encode_frame(m, max).map_err(invalid)?;
+    io.write_all(&bytes).await?;
     io.flush().await
 }

@@ -36,17 +36,35 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
         .deserialize(body)?)
 }
 
+/// Append one whole frame (length and body) to `buf`, refusing one larger
+/// than `max`. A frame goes out in one write: with the length sent apart,
+/// a reader may wake for four bytes and sleep again for the rest.
+pub fn append_frame<T: Serialize>(buf: &mut Vec<u8>, msg: &T, max: u32) -> Result<(), FrameError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    if let Err(e) = bincode::serialize_into(&mut *buf, msg) {
+        buf.truncate(start);
+        return Err(e.into());
+    }
+    let len = (buf.len() - start - 4) as u64;
+    if len > u64::from(max) {
+        buf.truncate(start);
+        return Err(FrameError::TooLarge { len, max });
+    }
+    buf[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// One whole frame (length and body); see [`append_frame`].
+pub fn encode_frame<T: Serialize>(msg: &T, max: u32) -> Result<Vec<u8>, FrameError> {
+    let mut buf = Vec::new();
+    append_frame(&mut buf, msg, max)?;
+    Ok(buf)
+}
+
 /// Write one frame.
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T, max: u32) -> Result<(), FrameError> {
-    let body = encode(msg)?;
-    if body.len() as u64 > u64::from(max) {
-        return Err(FrameError::TooLarge {
-            len: body.len() as u64,
-            max,
-        });
-    }
-    w.write_all(&(body.len() as u32).to_be_bytes())?;
-    w.write_all(&body)?;
+    w.write_all(&encode_frame(msg, max)?)?;
     w.flush()?;
     Ok(())
 }
@@ -93,6 +111,31 @@ mod tests {
             write_frame(&mut Vec::new(), &msg, 4),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn frames_appended_to_one_buffer_read_back_in_order() {
+        let mut buf = Vec::new();
+        append_frame(&mut buf, &String::from("first"), 64).unwrap();
+        append_frame(&mut buf, &7u64, 64).unwrap();
+        let whole = buf.clone();
+        // One too large for the bound leaves the buffer as it was.
+        assert!(matches!(
+            append_frame(&mut buf, &vec![0u8; 100], 64),
+            Err(FrameError::TooLarge { len: 108, max: 64 })
+        ));
+        assert_eq!(buf, whole);
+        let mut r = &buf[..];
+        assert_eq!(read_frame::<_, String>(&mut r, 64).unwrap(), "first");
+        assert_eq!(read_frame::<_, u64>(&mut r, 64).unwrap(), 7);
+        assert!(r.is_empty());
+        // The same bytes as the length followed by `encode`'s body.
+        let body = encode(&7u64).unwrap();
+        assert_eq!(
+            &whole[whole.len() - 12..whole.len() - 8],
+            &8u32.to_be_bytes()
+        );
+        assert_eq!(&whole[whole.len() - 8..], &body[..]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod args;
 mod client;
 mod fileinfo;
+mod last_toolchain;
 mod scan;
 mod sources;
 mod stats_view;

@@ -222,37 +222,71 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         },
     };
     let spec_is_local = matches!(spec, ToolchainSpec::Local { .. });
-    let tc = match node.call(&Request::Toolchain(spec)) {
-        Ok(Response::Toolchain(info)) => info,
-        Ok(Response::Error(e)) => {
+    // With the toolchain the node named last time, the direct-mode lookup
+    // goes along with the question (see `last_toolchain`); its answer
+    // counts only if the node names that toolchain again.
+    let direct = cfg.cache.enabled && cfg.cache.direct;
+    let last_dir = swarmcc_node::config::state_dir().join("last-toolchain");
+    let last = direct
+        .then(|| crate::last_toolchain::recall(&last_dir, &spec))
+        .flatten();
+    // (Before the source is first read: see `manifest_for`.)
+    let started = std::time::SystemTime::now();
+    let early_keys = last.as_ref().and_then(|t| direct_keys(t, &compile, &cwd));
+    let asked = match early_keys {
+        Some((key, hint)) => node
+            .call_two(
+                &Request::Toolchain(spec.clone()),
+                &Request::DirectGet { key, hint },
+            )
+            .map(|(t, d)| (t, Some(d))),
+        None => node
+            .call(&Request::Toolchain(spec.clone()))
+            .map(|t| (t, None)),
+    };
+    let (answer, mut early) = match asked {
+        Ok(a) => a,
+        Err(e) => return Err(on_node(LocalReason::SwarmFailure)(e)),
+    };
+    let tc = match answer {
+        Response::Toolchain(info) => info,
+        Response::Error(e) => {
             return Err(Fallback {
                 reason: LocalReason::SwarmFailure,
                 why: Some(anyhow!(e)),
                 node: Some(node),
             })
         }
-        Ok(other) => {
+        other => {
             return Err(on_node(LocalReason::SwarmFailure)(anyhow!(
                 "unexpected {other:?}"
             )))
         }
-        Err(e) => return Err(on_node(LocalReason::SwarmFailure)(e)),
     };
+    if last.as_ref() != Some(&tc) {
+        early = None;
+        if direct {
+            crate::last_toolchain::remember(&last_dir, &spec, &tc);
+        }
+    }
 
     // 2. Direct mode: answer from what an earlier identical compile read,
     //    hashing those files instead of running the preprocessor.
-    let started = std::time::SystemTime::now();
-    let keys = if cfg.cache.enabled && cfg.cache.direct {
-        direct_keys(&tc, &compile, &cwd)
-    } else {
-        None
+    let keys = match early_keys {
+        Some(k) if early.is_some() => Some(k),
+        _ if direct => direct_keys(&tc, &compile, &cwd),
+        _ => None,
     };
     if let Some((dk, hint)) = keys {
         let mut info = FileInfo::load(
             &swarmcc_node::config::state_dir().join("file-info"),
             format!("{}\0{}", tc.id, cwd.display()).as_bytes(),
         );
-        let hinted = match node.call(&Request::DirectGet { key: dk, hint }) {
+        let answer = match early.take() {
+            Some(a) => Ok(a),
+            None => node.call(&Request::DirectGet { key: dk, hint }),
+        };
+        let hinted = match answer {
             Ok(Response::DirectHit { manifest, result })
                 if manifest_still_holds(&manifest, &mut info) =>
             {

@@ -782,3 +782,52 @@ fn known_headers_rewritten_in_place_are_never_taken_for_unchanged() {
     );
     assert_eq!(s["speculative_compiles"], 3, "{s}");
 }
+
+#[test]
+fn a_changed_compiler_is_never_answered_from_its_old_toolchain() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    // `cc` is gcc, then clang: the same compiler path, another toolchain.
+    let bin = tempfile::tempdir().unwrap();
+    let cc = bin.path().join("cc");
+    std::os::unix::fs::symlink("/usr/bin/gcc", &cc).unwrap();
+    std::fs::write(d.join("a.c"), "int a(int x) { return x * 7; }\n").unwrap();
+    let local = || {
+        run_ok(
+            Command::new(&cc)
+                .args(["-O2", "-c", "a.c", "-o", "ref.o"])
+                .current_dir(d),
+        );
+        std::fs::read(d.join("ref.o")).unwrap()
+    };
+    let through = || {
+        run_ok(
+            env.cmd(swarmcc())
+                .arg(&cc)
+                .args(["-O2", "-c", "a.c", "-o", "a.o"])
+                .current_dir(d),
+        );
+        std::fs::read(d.join("a.o")).unwrap()
+    };
+    let counts = || {
+        let s = env.stats_json();
+        let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k}: {s}"));
+        (n("compile_requests"), n("cache_hits"), n("cache_misses"))
+    };
+    let by_gcc = local();
+    assert!(through() == by_gcc);
+    assert!(through() == by_gcc);
+    assert_eq!(counts(), (2, 1, 1), "a miss, then a direct hit");
+    // The wrapper asks for the toolchain and looks up the key it had last
+    // time at once; the node now names clang's toolchain, so gcc's object,
+    // found under that key, must not be taken.
+    std::fs::remove_file(&cc).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/clang", &cc).unwrap();
+    let by_clang = local();
+    assert_ne!(by_gcc, by_clang);
+    assert!(through() == by_clang, "gcc's object served for clang");
+    assert_eq!(counts(), (3, 1, 2), "compiled again, by clang");
+    assert!(through() == by_clang);
+    assert_eq!(counts(), (4, 2, 2), "then hits under clang's toolchain");
+}

@@ -831,3 +831,34 @@ fn a_changed_compiler_is_never_answered_from_its_old_toolchain() {
     assert!(through() == by_clang);
     assert_eq!(counts(), (4, 2, 2), "then hits under clang's toolchain");
 }
+
+#[test]
+fn a_compiler_kept_under_the_working_directory_is_distributed() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    // As Android's prebuilts: the compiler lives in the project, and the
+    // job's writable directory (bound at the cwd) must not hide it.
+    std::fs::create_dir(d.join("prebuilts")).unwrap();
+    let cc = d.join("prebuilts/gcc");
+    std::os::unix::fs::symlink("/usr/bin/gcc", &cc).unwrap();
+    std::fs::write(d.join("a.c"), "int a(int x) { return x * 9; }\n").unwrap();
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["prebuilts/gcc", "-O2", "-c", "a.c", "-o", "a.o"])
+            .current_dir(d),
+    );
+    run_ok(
+        Command::new(&cc)
+            .args(["-O2", "-c", "a.c", "-o", "ref.o"])
+            .current_dir(d),
+    );
+    assert!(std::fs::read(d.join("a.o")).unwrap() == std::fs::read(d.join("ref.o")).unwrap());
+    let s = env.stats_json();
+    assert_eq!(
+        (dist_total(&s), s["dist_errors"].as_u64()),
+        (1, Some(0)),
+        "{s}\n{}",
+        env.node_log()
+    );
+}

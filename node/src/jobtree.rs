@@ -66,7 +66,8 @@ pub struct Layout {
 /// files lack are bound whole. Every mount costs bubblewrap time on every
 /// compile, so a C unit whose headers sit next to the compiler's files costs
 /// a handful of mounts instead of one per toolchain file. Below `/tmp` (a
-/// size-bounded tmpfs over the tree) entries are bound one by one.
+/// size-bounded tmpfs over the tree) and below the cwd (the writable
+/// directory) entries are bound one by one.
 /// Everything is read-only but the cwd and `/tmp`. `link_toolchain`: the
 /// toolchain's files can be hard-linked into the tree (same filesystem);
 /// otherwise they are bound one by one.
@@ -269,7 +270,13 @@ impl Plan<'_> {
                 if into_tree {
                     self.mount_point(&path, true)?;
                 }
-                args.extend(["--bind".into(), self.workdir.into(), path.into_os_string()]);
+                args.extend(["--bind".into(), self.workdir.into(), path.clone().into()]);
+                // A toolchain of the project's own (a compiler kept in the
+                // source tree, as Android's prebuilts are) has files under
+                // the cwd: mounted over the writable directory. (The
+                // builder puts the carried files under the cwd into the
+                // directory; any left in `carried` are mounted too.)
+                self.merge(&path, false, args)?;
                 continue;
             }
             let t_raw = t_dir.as_ref().map(|d| d.join(&name));
@@ -786,8 +793,9 @@ mod tests {
         let joined = line_of(&layout.args);
         let has = |s: String| assert!(joined.contains(&s), "missing {s:?} in {joined}");
         has(format!(
-            "--size 1048576 --tmpfs /tmp --dir /tmp/p --bind {} /tmp/p/build --ro-bind {}/tmp/p/src /tmp/p/src",
+            "--size 1048576 --tmpfs /tmp --dir /tmp/p --bind {} /tmp/p/build --ro-bind {}/tmp/p/build/b.c /tmp/p/build/b.c --ro-bind {}/tmp/p/src /tmp/p/src",
             work.display(),
+            tree.display(),
             tree.display()
         ));
         assert_eq!(joined.matches("--tmpfs").count(), 1, "{joined}");
@@ -818,6 +826,42 @@ mod tests {
             "{joined}"
         );
         assert_eq!(joined.matches("--tmpfs").count(), 1, "{joined}");
+    }
+
+    #[test]
+    fn a_toolchain_under_the_cwd_is_mounted_over_the_writable_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        toolchain(&root);
+        // A compiler kept in the project: its files and a link to it.
+        fs::create_dir_all(root.join("home/u/proj/prebuilts/bin")).unwrap();
+        fs::write(root.join("home/u/proj/prebuilts/bin/cc"), b"cc").unwrap();
+        std::os::unix::fs::symlink("prebuilts/bin/cc", root.join("home/u/proj/cc")).unwrap();
+        let (tree, work) = (t.path().join("tree"), t.path().join("work"));
+        let files = carried(&t.path().join("blobs"), &["usr/include/stdio.h"]);
+        let layout = plan(
+            &RootView::new(root.clone()),
+            &files,
+            &tree,
+            &work,
+            "/home/u/proj",
+            1 << 20,
+            true,
+        )
+        .unwrap();
+        let joined = line_of(&layout.args);
+        // After the cwd's bind (a mount under it comes after it), in order.
+        assert!(
+            joined.contains(&format!(
+                "--bind {} /home/u/proj --symlink prebuilts/bin/cc /home/u/proj/cc --ro-bind {}/home/u/proj/prebuilts /home/u/proj/prebuilts",
+                work.display(),
+                root.display()
+            )),
+            "{joined}"
+        );
+        // Nothing under the cwd goes into the tree, which the cwd hides.
+        SlotTree::new(tree.clone()).sync(layout.entries).unwrap();
+        assert_eq!(listing(&tree.join("home/u/proj")), BTreeSet::new());
     }
 
     /// Every path under `dir`, relative.

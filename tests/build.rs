@@ -495,6 +495,11 @@ fn edited_sources_compile_from_the_last_manifest_and_new_includes_are_caught() {
     let s = env.stats_json();
     assert_eq!(s["speculation_misses"], 1, "{s}");
     assert_eq!(s["dist_errors"], 0, "never a failure: {s}");
+    assert_eq!(
+        (&s["compile_requests"], &s["cache_misses"]),
+        (&3.into(), &3.into()),
+        "one request per compile, the redone guess's too: {s}"
+    );
     // A compile error under speculation is redone the checked way and is
     // then the user's error, exactly as gcc reports it.
     std::fs::write(

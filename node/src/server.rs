@@ -254,23 +254,72 @@ async fn write_msg(s: &mut UnixStream, r: &Response) -> Result<()> {
     Ok(())
 }
 
-async fn serve(node: Arc<Node>, mut s: UnixStream) -> Result<()> {
-    // A direct-mode hit is counted when answered, but the client checks the
-    // manifest's files itself: if it asks anything more, one had changed and
-    // it goes on to compile, so the hit is taken back (this request counts).
-    let mut direct_hit = false;
-    while let Some(req) = read_msg(&mut s).await? {
-        if std::mem::take(&mut direct_hit) {
-            node.stats.update(|s| {
-                s.compile_requests = s.compile_requests.saturating_sub(1);
+/// What one connection, that is one compile, counted as its compile
+/// request. A compile may ask again (after a direct hit it refused, or a
+/// speculative compile that failed) and is still one request: the last
+/// answer is what it counts as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Counted {
+    DirectHit,
+    Hit,
+    Miss,
+    Local,
+}
+
+impl Counted {
+    /// What answering `req` will count, given the answer.
+    fn by(req: &Request) -> fn(&Response) -> Option<Counted> {
+        match req {
+            Request::DirectGet { .. } => {
+                |r| matches!(r, Response::DirectHit { .. }).then_some(Counted::DirectHit)
+            }
+            Request::CacheGet { .. } => |r| {
+                Some(match r {
+                    Response::CacheHit(_) => Counted::Hit,
+                    _ => Counted::Miss,
+                })
+            },
+            Request::RecordLocal { reason }
+                if *reason != swarmcc_protocol::stats::LocalReason::SwarmFailure =>
+            {
+                |_| Some(Counted::Local)
+            }
+            _ => |_| None,
+        }
+    }
+
+    fn take_back(self, s: &mut swarmcc_protocol::stats::Stats) {
+        s.compile_requests = s.compile_requests.saturating_sub(1);
+        match self {
+            Counted::DirectHit => {
                 s.cache_hits = s.cache_hits.saturating_sub(1);
                 s.direct_hits = s.direct_hits.saturating_sub(1);
-            });
+            }
+            Counted::Hit => s.cache_hits = s.cache_hits.saturating_sub(1),
+            Counted::Miss => s.cache_misses = s.cache_misses.saturating_sub(1),
+            Counted::Local => {}
+        }
+    }
+}
+
+async fn serve(node: Arc<Node>, mut s: UnixStream) -> Result<()> {
+    let mut counted: Option<Counted> = None;
+    while let Some(req) = read_msg(&mut s).await? {
+        // The client checks a direct hit's manifest itself: if it asks
+        // anything more, a file had changed and it goes on to compile.
+        if counted == Some(Counted::DirectHit) {
+            counted = None;
+            node.stats.update(|s| Counted::DirectHit.take_back(s));
         }
         let t = std::time::Instant::now();
         let what = request_name(&req);
+        let counts = Counted::by(&req);
         let resp = handle(&node, req).await;
-        direct_hit = matches!(resp, Response::DirectHit { .. });
+        if let Some(new) = counts(&resp) {
+            if let Some(old) = counted.replace(new) {
+                node.stats.update(|s| old.take_back(s));
+            }
+        }
         tracing::debug!(
             request = what,
             micros = t.elapsed().as_micros() as u64,

@@ -845,6 +845,11 @@ pub(crate) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.swarmcc-{}", std::process::id()));
     std::fs::write(&tmp, data)?;
+    // The old file goes first: ext4 (auto_da_alloc) writes a file renamed
+    // over another out to disk at once, and the rename waits for it. With
+    // the old file gone, a build stopped here finds none and rebuilds, as
+    // it would after a compile stopped half-way.
+    let _ = std::fs::remove_file(dest);
     if let Err(e) = std::fs::rename(&tmp, dest) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e.into());
@@ -855,6 +860,24 @@ pub(crate) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outputs_replace_old_files_and_leave_nothing_else() {
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().join("a.o");
+        write_atomic(&out, b"first").unwrap();
+        write_atomic(&out, b"second").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"second");
+        // A directory in the way is an error, and is left as it was.
+        std::fs::create_dir(t.path().join("d.o")).unwrap();
+        assert!(write_atomic(&t.path().join("d.o"), b"x").is_err());
+        assert!(t.path().join("d.o").is_dir());
+        let names: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+    }
 
     #[test]
     fn clock_names_are_told_from_lookalikes() {

@@ -291,7 +291,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
                 if manifest_still_holds(&manifest, &mut info) =>
             {
                 let dep_ok = match &manifest.dep_file {
-                    Some((path, bytes)) => write_atomic(&cwd.join(path), bytes).is_ok(),
+                    Some((path, bytes)) => write_output(&cwd.join(path), bytes).is_ok(),
                     None => true,
                 };
                 if dep_ok {
@@ -655,7 +655,7 @@ fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
     if let Some(user_dep) = dep_file_path(&c.deps) {
         let deps_out = job.deps_file.as_ref()?;
         let (_, bytes) = result.outputs.iter().find(|(p, _)| p == deps_out)?;
-        write_atomic(&cwd.join(user_dep), bytes).ok()?;
+        write_output(&cwd.join(user_dep), bytes).ok()?;
     }
     let code = deliver(c, cwd, &output, &result).ok()?;
     let clock = files.iter().any(|f| f.clock);
@@ -806,7 +806,7 @@ fn deliver(c: &Compile, cwd: &Path, want: &str, r: &JobResult) -> Result<i32> {
             .map(|(_, d)| d)
             .ok_or_else(|| anyhow!("the builder returned no object"))?;
         let dest = cwd.join(&c.output);
-        write_atomic(&dest, data).with_context(|| format!("writing {}", dest.display()))?;
+        write_output(&dest, data).with_context(|| format!("writing {}", dest.display()))?;
     } else {
         // gcc removes its output when a compile fails; so do we.
         let _ = std::fs::remove_file(cwd.join(&c.output));
@@ -834,7 +834,21 @@ pub(crate) fn keep_file(dir: &Path, name: impl AsRef<Path>, data: &[u8], max: us
     let _ = write_atomic(&file, data);
 }
 
-pub(crate) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
+/// Write a compile's output (object, dependency file) where the user asked
+/// for it: written aside, then renamed into place. The old file goes first:
+/// ext4 (auto_da_alloc) writes a file renamed over another out to disk at
+/// once, and the rename waits for it. A build stopped in between finds no
+/// output and rebuilds it, as after a compile stopped half-way.
+fn write_output(dest: &Path, data: &[u8]) -> Result<()> {
+    write_aside_then_rename(dest, data, true)
+}
+
+/// Replace `dest` atomically: a reader sees the old file or the new one.
+fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
+    write_aside_then_rename(dest, data, false)
+}
+
+fn write_aside_then_rename(dest: &Path, data: &[u8], remove_first: bool) -> Result<()> {
     let dir = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -845,11 +859,9 @@ pub(crate) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.swarmcc-{}", std::process::id()));
     std::fs::write(&tmp, data)?;
-    // The old file goes first: ext4 (auto_da_alloc) writes a file renamed
-    // over another out to disk at once, and the rename waits for it. With
-    // the old file gone, a build stopped here finds none and rebuilds, as
-    // it would after a compile stopped half-way.
-    let _ = std::fs::remove_file(dest);
+    if remove_first {
+        let _ = std::fs::remove_file(dest);
+    }
     if let Err(e) = std::fs::rename(&tmp, dest) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e.into());
@@ -862,21 +874,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn outputs_replace_old_files_and_leave_nothing_else() {
-        let t = tempfile::tempdir().unwrap();
-        let out = t.path().join("a.o");
-        write_atomic(&out, b"first").unwrap();
-        write_atomic(&out, b"second").unwrap();
-        assert_eq!(std::fs::read(&out).unwrap(), b"second");
-        // A directory in the way is an error, and is left as it was.
-        std::fs::create_dir(t.path().join("d.o")).unwrap();
-        assert!(write_atomic(&t.path().join("d.o"), b"x").is_err());
-        assert!(t.path().join("d.o").is_dir());
-        let names: Vec<_> = std::fs::read_dir(t.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+    fn outputs_and_kept_files_replace_old_files_and_leave_nothing_else() {
+        for write in [write_output, write_atomic] {
+            let t = tempfile::tempdir().unwrap();
+            let out = t.path().join("a.o");
+            write(&out, b"first").unwrap();
+            write(&out, b"second").unwrap();
+            assert_eq!(std::fs::read(&out).unwrap(), b"second");
+            // A directory in the way is an error, and is left as it was.
+            std::fs::create_dir(t.path().join("d.o")).unwrap();
+            assert!(write(&t.path().join("d.o"), b"x").is_err());
+            assert!(t.path().join("d.o").is_dir());
+            let names: Vec<_> = std::fs::read_dir(t.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+        }
     }
 
     #[test]

@@ -569,6 +569,27 @@ mod tests {
             .join(" ")
     }
 
+    /// The plan of a fresh read of `root` for a job at `cwd`, with a 1 MiB
+    /// `/tmp` and toolchain files linked into the tree.
+    fn plan_at(
+        root: &Path,
+        files: &BTreeMap<PathBuf, PathBuf>,
+        tree: &Path,
+        work: &Path,
+        cwd: &str,
+    ) -> Layout {
+        plan(
+            &RootView::new(root.to_path_buf()),
+            files,
+            tree,
+            work,
+            cwd,
+            1 << 20,
+            true,
+        )
+        .unwrap()
+    }
+
     fn toolchain(root: &Path) {
         fs::create_dir_all(root.join("usr/bin")).unwrap();
         fs::create_dir_all(root.join("usr/lib/gcc/12")).unwrap();
@@ -637,16 +658,7 @@ mod tests {
             ],
         );
         let (tree, work) = (t.path().join("tree"), t.path().join("work"));
-        let layout = plan(
-            &RootView::new(root.clone()),
-            &files,
-            &tree,
-            &work,
-            "/home/u/proj/build",
-            1 << 20,
-            true,
-        )
-        .unwrap();
+        let layout = plan_at(&root, &files, &tree, &work, "/home/u/proj/build");
         let mut slot = SlotTree::new(tree.clone());
         slot.sync(layout.entries).unwrap();
         let joined = line_of(&layout.args);
@@ -780,16 +792,7 @@ mod tests {
             &t.path().join("blobs"),
             &["tmp/p/src/a.h", "tmp/p/build/b.c", "usr/include/stdio.h"],
         );
-        let layout = plan(
-            &RootView::new(root.clone()),
-            &files,
-            &tree,
-            &work,
-            "/tmp/p/build",
-            1 << 20,
-            true,
-        )
-        .unwrap();
+        let layout = plan_at(&root, &files, &tree, &work, "/tmp/p/build");
         let joined = line_of(&layout.args);
         let has = |s: String| assert!(joined.contains(&s), "missing {s:?} in {joined}");
         has(format!(
@@ -807,16 +810,7 @@ mod tests {
         // Carried files under /tmp with the cwd elsewhere: still visible
         // over a writable /tmp.
         let files = carried(&t.path().join("blobs"), &["tmp/gen/x.h", "home/u/a.c"]);
-        let layout = plan(
-            &RootView::new(root.clone()),
-            &files,
-            &tree,
-            &work,
-            "/home/u/b",
-            1 << 20,
-            true,
-        )
-        .unwrap();
+        let layout = plan_at(&root, &files, &tree, &work, "/home/u/b");
         let joined = line_of(&layout.args);
         assert!(
             joined.contains(&format!(
@@ -839,16 +833,7 @@ mod tests {
         std::os::unix::fs::symlink("prebuilts/bin/cc", root.join("home/u/proj/cc")).unwrap();
         let (tree, work) = (t.path().join("tree"), t.path().join("work"));
         let files = carried(&t.path().join("blobs"), &["usr/include/stdio.h"]);
-        let layout = plan(
-            &RootView::new(root.clone()),
-            &files,
-            &tree,
-            &work,
-            "/home/u/proj",
-            1 << 20,
-            true,
-        )
-        .unwrap();
+        let layout = plan_at(&root, &files, &tree, &work, "/home/u/proj");
         let joined = line_of(&layout.args);
         // After the cwd's bind (a mount under it comes after it), in order.
         assert!(

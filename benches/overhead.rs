@@ -3,9 +3,10 @@
 //! Prints a Markdown table for BENCHMARKS.md.
 //!
 //! The VM this runs on drifts in speed by a fifth from one minute to the
-//! next, so every comparison is made of pairs run back to back (plain, then
-//! through swarmcc) and reported as the median of the pairs' differences or
-//! ratios, beside the medians of each side.
+//! next, so every comparison is made of runs back to back: each compile
+//! through swarmcc right after a plain one, each whole build through swarmcc
+//! between two plain ones. They are reported as the median of the pairs'
+//! differences or of the rounds' ratios, beside the medians of each side.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,8 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 50;
-/// Whole builds of each kind.
-const BUILDS: usize = 7;
+/// Rounds of whole builds: each round builds plain, cold, warm and plain.
+const BUILDS: usize = 9;
 
 fn time_once(mut c: Command) -> Duration {
     let t = Instant::now();
@@ -145,10 +146,14 @@ fn main() {
         c
     };
     let clean = || run_ok(Command::new("make").arg("clean").current_dir(&proj));
-    // Rounds of plain, cold and warm builds back to back.
+    // Rounds of plain, cold, warm and plain builds back to back. Each
+    // cold build is compared with the mean of the plain builds on either
+    // side of it, so that the VM speeding up or slowing down within a
+    // round favours neither.
     let swarm_cc = format!("{} gcc", swarmcc().display());
     let (mut plain_build, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..BUILDS {
+    let mut ratios = Vec::new();
+    for _ in 0..BUILDS {
         let mut env = Env::new("");
         env.start_node();
         run_ok(
@@ -156,40 +161,28 @@ fn main() {
                 .args(["gcc", "-O2", "-c", "tiny.c", "-o", "warmup.o"])
                 .current_dir(d),
         );
-        // Plain first in even rounds, last in odd ones, so that a machine
-        // slowing down or speeding up over a round favours neither.
-        let mut plain_once = || {
+        let plain_once = || {
             clean();
-            plain_build.push(time_once(make(None, "gcc")));
+            time_once(make(None, "gcc"))
         };
-        if round % 2 == 0 {
-            plain_once();
-        }
+        let before = plain_once();
         clean();
-        cold.push(time_once(make(Some(&env), &swarm_cc)));
+        let c = time_once(make(Some(&env), &swarm_cc));
         clean();
-        warm.push(time_once(make(Some(&env), &swarm_cc)));
-        if round % 2 == 1 {
-            plain_once();
-        }
+        let w = time_once(make(Some(&env), &swarm_cc));
+        let after = plain_once();
+        let around = (before + after).as_secs_f64() / 2.0;
+        ratios.push((c.as_secs_f64() / around, w.as_secs_f64() / around));
+        plain_build.extend([before, after]);
+        cold.push(c);
+        warm.push(w);
         env.kill_node();
         finished.push(env);
     }
     drop(finished);
-    let ratio = |v: &[Duration]| {
-        median_f(
-            v.iter()
-                .zip(&plain_build)
-                .map(|(s, p)| s.as_secs_f64() / p.as_secs_f64())
-                .collect(),
-        )
-    };
-    let (cold_x, warm_x) = (ratio(&cold), ratio(&warm));
-    let rounds: Vec<String> = cold
-        .iter()
-        .zip(&plain_build)
-        .map(|(c, p)| format!("{:.2}", c.as_secs_f64() / p.as_secs_f64()))
-        .collect();
+    let cold_x = median_f(ratios.iter().map(|r| r.0).collect());
+    let warm_x = median_f(ratios.iter().map(|r| r.1).collect());
+    let rounds: Vec<String> = ratios.iter().map(|r| format!("{:.2}", r.0)).collect();
     let miss_over = paired_ms(&plain_edit, &miss);
     let dist_over = paired_ms(&off_plain, &dist);
     let (pb, cb, wb) = (median(plain_build), median(cold), median(warm));
@@ -220,11 +213,12 @@ fn main() {
     );
     println!("| **cache hit**, end to end ({RUNS} runs) | {} |", ms(hit));
     println!(
-        "| Lua 5.4, `make -j2`, plain gcc ({BUILDS} builds) | {} |",
+        "| Lua 5.4, `make -j2`, plain gcc ({} builds) | {} |",
+        2 * BUILDS,
         ms(pb)
     );
     println!(
-        "| Lua 5.4, `make -j2`, swarmcc cold ({BUILDS} builds) | {} (**{cold_x:.2}x** plain, median of the rounds' ratios: {}) |",
+        "| Lua 5.4, `make -j2`, swarmcc cold ({BUILDS} builds) | {} (**{cold_x:.2}x** plain, median of the rounds' ratios to the mean of the plain builds around each: {}) |",
         ms(cb),
         rounds.join(", ")
     );

@@ -531,7 +531,10 @@ pub fn scan(c: &Compile, cwd: &Path, sp: &SearchPath, info: &mut FileInfo) -> Op
         }
         if !index.contains_key(&abs) {
             let on_disk = cwd.join(&spelled);
-            let stamp = Stamp::of(&std::fs::metadata(&on_disk).ok()?);
+            let stamp = match fs.stamp(&spelled) {
+                Some(stamp) => stamp,
+                None => Stamp::of(&std::fs::metadata(&on_disk).ok()?),
+            };
             bytes += stamp.size() as usize;
             if files.len() >= MAX_FILES || bytes > MAX_BYTES {
                 return None;
@@ -621,34 +624,45 @@ fn lookup(
     Some(None)
 }
 
-/// [`exists_checked`] answers, remembered: units include the same names
-/// from many headers, and each miss in a search directory is a `stat`.
+/// [`Lookups::exists_checked`] answers, remembered: units include the same
+/// names from many headers, and each miss in a search directory is a `stat`.
 struct Lookups<'a> {
     cwd: &'a Path,
-    known: HashMap<String, Option<bool>>,
+    /// `spelled` -> whether it is a file, with its stamp when it is one (the
+    /// scan needs that next, and need not `stat` it again).
+    known: HashMap<String, Option<Option<Stamp>>>,
 }
 
 impl Lookups<'_> {
     fn exists(&mut self, spelled: &str) -> Option<bool> {
-        if let Some(&k) = self.known.get(spelled) {
-            return k;
-        }
-        let k = exists_checked(self.cwd, spelled);
-        self.known.insert(spelled.to_string(), k);
-        k
+        let k = match self.known.get(spelled) {
+            Some(&k) => k,
+            None => {
+                let k = exists_checked(self.cwd, spelled);
+                self.known.insert(spelled.to_string(), k);
+                k
+            }
+        };
+        k.map(|stamp| stamp.is_some())
+    }
+
+    /// The stamp [`Lookups::exists`] took of `spelled`, if it found a file.
+    fn stamp(&self, spelled: &str) -> Option<Stamp> {
+        self.known.get(spelled).copied().flatten().flatten()
     }
 }
 
-/// Whether the compiler would open `spelled` (relative to `cwd`) as a file.
-/// `None` when the answer would not carry over to the builder: a
-/// precompiled header beside it (the compiler would read that instead), or
-/// a `..` whose physical target differs from the lexical one the builder
-/// lays out.
-fn exists_checked(cwd: &Path, spelled: &str) -> Option<bool> {
+/// Whether the compiler would open `spelled` (relative to `cwd`) as a file,
+/// and its stamp if so. `None` when the answer would not carry over to the
+/// builder: a precompiled header beside it (the compiler would read that
+/// instead), or a `..` whose physical target differs from the lexical one
+/// the builder lays out.
+fn exists_checked(cwd: &Path, spelled: &str) -> Option<Option<Stamp>> {
     let raw = cwd.join(spelled);
-    if !is_file(&raw) {
-        return Some(false);
-    }
+    let meta = match std::fs::metadata(&raw) {
+        Ok(m) if m.is_file() => m,
+        _ => return Some(None),
+    };
     let mut gch = raw.clone().into_os_string();
     gch.push(".gch");
     if Path::new(&gch).exists() {
@@ -660,7 +674,7 @@ fn exists_checked(cwd: &Path, spelled: &str) -> Option<bool> {
             return None;
         }
     }
-    Some(true)
+    Some(Some(Stamp::of(&meta)))
 }
 
 fn is_file(p: &Path) -> bool {
@@ -855,6 +869,39 @@ int n = 1'000'000; /* digit separators
             ]
         );
         assert_eq!(files[1].data.as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn lookups_pass_over_what_the_compiler_would_not_open() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        write(
+            d,
+            "m.c",
+            "#include <sub/h.h>\n#include <dir.h>\n#include <link.h>\n#include <gone.h>\n",
+        );
+        // `a/sub` is a file, `b` has no `sub`: both are passed over.
+        write(d, "a/sub", "");
+        write(d, "c/sub/h.h", "");
+        // A directory named like a header is not one.
+        std::fs::create_dir_all(d.join("a/dir.h")).unwrap();
+        write(d, "b/dir.h", "");
+        // A link to a header is found where the link is; a dangling one is
+        // passed over.
+        write(d, "c/real.h", "");
+        std::os::unix::fs::symlink("../c/real.h", d.join("a/link.h")).unwrap();
+        std::os::unix::fs::symlink("../c/none.h", d.join("a/gone.h")).unwrap();
+        write(d, "b/gone.h", "");
+        let sp = SearchPath {
+            quote: vec![],
+            bracket: vec!["a".into(), "b".into(), "c".into()],
+            macros: HashSet::new(),
+        };
+        let files = scan(&compile("m.c", &[]), d, &sp, &mut FileInfo::none()).unwrap();
+        assert_eq!(
+            paths(&files, d),
+            vec!["m.c", "c/sub/h.h", "b/dir.h", "a/link.h", "b/gone.h"]
+        );
     }
 
     #[test]

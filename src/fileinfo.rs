@@ -16,10 +16,15 @@
 //! `file_stat_matches` has the same trust, without the settling.)
 //!
 //! The entries of one toolchain and working directory (the headers one
-//! project's units share) live in one file under the state directory, read
-//! once per run and rewritten only when something new was learned. Losing
-//! it, or a race between two runs writing it, only costs reading the files
-//! again.
+//! project's units share) live in one file under the state directory,
+//! rewritten only when something new was learned. Losing it, or a race
+//! between two runs writing it, only costs reading the files again.
+//!
+//! A large project's file holds thousands of entries, of which one compile
+//! needs a hundred. The file is therefore an index sorted by path hash, then
+//! the entries, each checked by its own hash: a run reads the file and
+//! decodes only the entries it looks up. (Decoding all 4,000 entries of a
+//! 300-unit project took 5 ms of a 8 ms cache hit.)
 
 use crate::scan::{Directives, Unresolvable};
 use serde::{Deserialize, Serialize};
@@ -110,6 +115,9 @@ impl File {
 pub struct FileInfo {
     /// Where they are kept; `None`: nothing is kept.
     file: Option<PathBuf>,
+    /// The kept entries, as read (decoded one by one when looked up).
+    kept: Kept,
+    /// Entries decoded from `kept` or learned in this run.
     entries: HashMap<PathBuf, (Stamp, Known)>,
     /// Entries learned in this run, to be written back.
     learned: Vec<PathBuf>,
@@ -121,10 +129,11 @@ impl FileInfo {
     /// The entries kept for `key` under `dir` (none if unreadable).
     pub fn load(dir: &Path, key: &[u8]) -> FileInfo {
         let file = dir.join(blake3::hash(key).to_hex().as_str());
-        let entries = read(&file).unwrap_or_default();
+        let kept = Kept::open(&file).unwrap_or_default();
         FileInfo {
             file: Some(file),
-            entries,
+            kept,
+            entries: HashMap::new(),
             learned: Vec::new(),
             settled_before: now_secs() - SETTLED,
         }
@@ -135,6 +144,7 @@ impl FileInfo {
     pub fn none() -> FileInfo {
         FileInfo {
             file: None,
+            kept: Kept::default(),
             entries: HashMap::new(),
             learned: Vec::new(),
             settled_before: i64::MIN,
@@ -142,7 +152,11 @@ impl FileInfo {
     }
 
     /// What is known of `path`, if its stamp still is `stamp`.
-    fn get(&self, path: &Path, stamp: &Stamp) -> Option<&Known> {
+    fn get(&mut self, path: &Path, stamp: &Stamp) -> Option<&Known> {
+        if !self.entries.contains_key(path) {
+            let e = self.kept.get(path)?;
+            self.entries.insert(path.to_path_buf(), e);
+        }
         match self.entries.get(path) {
             Some((s, k)) if s == stamp => Some(k),
             _ => None,
@@ -213,7 +227,7 @@ impl FileInfo {
         if self.learned.is_empty() {
             return;
         }
-        let mut merged = read(file).unwrap_or_default();
+        let mut merged = Kept::open(file).map(|k| k.all()).unwrap_or_default();
         for p in self.learned.drain(..) {
             if let Some(e) = self.entries.get(&p) {
                 merged.insert(p, e.clone());
@@ -225,9 +239,7 @@ impl FileInfo {
         let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
             return;
         };
-        if let Ok(body) = swarmcc_protocol::frame::encode(&merged) {
-            let mut bytes = Hash32::of(&body).0.to_vec();
-            bytes.extend_from_slice(&body);
+        if let Some(bytes) = Kept::encode(&merged) {
             crate::wrapper::keep_file(dir, name, &bytes, MAX_SETS);
         }
     }
@@ -239,15 +251,185 @@ impl Drop for FileInfo {
     }
 }
 
-/// The entries in `file`: its content's hash, then the entries (a file
-/// that does not match its hash is ignored).
-fn read(file: &Path) -> Option<HashMap<PathBuf, (Stamp, Known)>> {
-    let bytes = std::fs::read(file).ok()?;
-    let (sum, body) = bytes.split_at_checked(32)?;
-    if Hash32::of(body).0.as_slice() != sum {
-        return None;
+/// One kept file of entries:
+///
+/// ```text
+/// MAGIC, n: u32, n x (key: u64, offset: u32, len: u32) sorted by key,
+/// check of all before it (16 bytes), then the entries, each its check
+/// (16 bytes) and its bincode (path, stamp, known)
+/// ```
+///
+/// `key` is the path's hash; offsets count from the start of the file and
+/// point past the entry's check. A check is the first 16 bytes of a blake3.
+/// An entry whose check fails is not used; an index whose check fails, none.
+/// Only the index is read whole; each entry looked up is read on its own.
+#[derive(Default)]
+struct Kept {
+    file: Option<std::fs::File>,
+    size: u64,
+    /// The file up to the end of the index (its check not included).
+    index: Vec<u8>,
+}
+
+const MAGIC: &[u8; 8] = b"swfinfo\x02";
+const HEAD: usize = MAGIC.len() + 4;
+const ENTRY: usize = 16;
+const CHECK: usize = 16;
+/// A larger file is not one this code wrote (16,384 entries take a few MB).
+const MAX_FILE: u64 = 256 << 20;
+
+fn check(bytes: &[u8]) -> [u8; CHECK] {
+    let mut c = [0; CHECK];
+    c.copy_from_slice(&blake3::hash(bytes).as_bytes()[..CHECK]);
+    c
+}
+
+fn path_key(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let h = blake3::hash(path.as_os_str().as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
+}
+
+fn le(bytes: &[u8]) -> u64 {
+    bytes.iter().rev().fold(0, |v, &b| (v << 8) | b as u64)
+}
+
+impl Kept {
+    /// The file's index, if the file is one and its index is whole.
+    fn open(path: &Path) -> Option<Kept> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).ok()?;
+        let size = file.metadata().ok()?.len();
+        if size > MAX_FILE {
+            return None;
+        }
+        let mut head = [0; HEAD];
+        file.read_exact_at(&mut head, 0).ok()?;
+        let n = le(&head[MAGIC.len()..]) as usize;
+        let end = n.checked_mul(ENTRY)?.checked_add(HEAD)?;
+        if &head[..MAGIC.len()] != MAGIC || (end + CHECK) as u64 > size {
+            return None;
+        }
+        let mut index = vec![0; end + CHECK];
+        file.read_exact_at(&mut index, 0).ok()?;
+        let sum = index.split_off(end);
+        if check(&index) != sum[..] {
+            return None;
+        }
+        Some(Kept {
+            file: Some(file),
+            size,
+            index,
+        })
     }
-    swarmcc_protocol::frame::decode(body).ok()
+
+    fn len(&self) -> usize {
+        self.index.len().saturating_sub(HEAD) / ENTRY
+    }
+
+    /// Slot `i` of the index: (key, offset, len).
+    fn slot(&self, i: usize) -> (u64, u64, u64) {
+        let e = &self.index[HEAD + i * ENTRY..HEAD + (i + 1) * ENTRY];
+        (le(&e[..8]), le(&e[8..12]), le(&e[12..]))
+    }
+
+    /// The entry at index slot `i`, if it is whole.
+    fn entry(&self, i: usize) -> Option<(PathBuf, Stamp, Known)> {
+        use std::os::unix::fs::FileExt;
+        let (start, len) = self.span(i)?;
+        let mut buf = vec![0; len];
+        self.file
+            .as_ref()?
+            .read_exact_at(&mut buf, start as u64)
+            .ok()?;
+        Self::decode(&buf)
+    }
+
+    /// Where slot `i`'s entry (its check, then its body) lies in the file.
+    fn span(&self, i: usize) -> Option<(usize, usize)> {
+        let (_, off, len) = self.slot(i);
+        let start = off.checked_sub(CHECK as u64)?;
+        if start < (self.index.len() + CHECK) as u64 || off + len > self.size {
+            return None;
+        }
+        Some((start as usize, CHECK + len as usize))
+    }
+
+    /// An entry's check and body, if they agree.
+    fn decode(bytes: &[u8]) -> Option<(PathBuf, Stamp, Known)> {
+        let (sum, body) = bytes.split_at_checked(CHECK)?;
+        if check(body) != sum {
+            return None;
+        }
+        swarmcc_protocol::frame::decode(body).ok()
+    }
+
+    /// The entry kept for `path`.
+    fn get(&self, path: &Path) -> Option<(Stamp, Known)> {
+        let key = path_key(path);
+        let first = self.slot_search(key);
+        (first..self.len())
+            .take_while(|&i| self.slot(i).0 == key)
+            .filter_map(|i| self.entry(i))
+            .find(|(p, _, _)| p == path)
+            .map(|(_, s, k)| (s, k))
+    }
+
+    /// The first slot whose key is not below `key`.
+    fn slot_search(&self, key: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.slot(mid).0 < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Every whole entry (the file read in one go).
+    fn all(&self) -> HashMap<PathBuf, (Stamp, Known)> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0; self.size as usize];
+        match &self.file {
+            Some(f) if f.read_exact_at(&mut bytes, 0).is_ok() => {}
+            _ => return HashMap::new(),
+        }
+        (0..self.len())
+            .filter_map(|i| {
+                let (start, len) = self.span(i)?;
+                Self::decode(&bytes[start..start + len])
+            })
+            .map(|(p, s, k)| (p, (s, k)))
+            .collect()
+    }
+
+    /// The file holding `entries`.
+    fn encode(entries: &HashMap<PathBuf, (Stamp, Known)>) -> Option<Vec<u8>> {
+        let mut sorted: Vec<(u64, &PathBuf, &(Stamp, Known))> =
+            entries.iter().map(|(p, e)| (path_key(p), p, e)).collect();
+        sorted.sort_by_key(|e| e.0);
+        let index_end = HEAD + sorted.len() * ENTRY;
+        let mut index = Vec::with_capacity(index_end + CHECK);
+        index.extend_from_slice(MAGIC);
+        index.extend_from_slice(&u32::try_from(sorted.len()).ok()?.to_le_bytes());
+        let mut records = Vec::new();
+        for (key, path, (stamp, known)) in sorted {
+            let body = swarmcc_protocol::frame::encode(&(path, stamp, known)).ok()?;
+            let off = index_end + CHECK + records.len() + CHECK;
+            records.extend_from_slice(&check(&body));
+            records.extend_from_slice(&body);
+            index.extend_from_slice(&key.to_le_bytes());
+            index.extend_from_slice(&u32::try_from(off).ok()?.to_le_bytes());
+            index.extend_from_slice(&u32::try_from(body.len()).ok()?.to_le_bytes());
+        }
+        let sum = check(&index);
+        index.extend_from_slice(&sum);
+        index.extend_from_slice(&records);
+        Some(index)
+    }
 }
 
 fn now_secs() -> i64 {
@@ -286,14 +468,14 @@ mod tests {
         assert_eq!(h, Hash32::of(b"#define A 1\n"));
         assert!(got.data.is_some());
         info.save();
-        assert!(FileInfo::load(&dir, b"k").entries.is_empty());
+        assert_eq!(FileInfo::load(&dir, b"k").kept.len(), 0);
 
         // Settled (as if the run started later): kept, and then known.
         keep(&dir, &f);
         let mut info = FileInfo::load(&dir, b"k");
         let got = info.file(&f).unwrap();
         assert_eq!((got.hash, got.data), (h, None));
-        assert!(FileInfo::load(&dir, b"other").entries.is_empty());
+        assert_eq!(FileInfo::load(&dir, b"other").kept.len(), 0);
 
         // Rewritten with the same size and its mtime set back: the ctime
         // changed, so it is read again.
@@ -315,11 +497,14 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_file_of_entries_is_ignored() {
+    fn a_damaged_entry_is_not_used() {
         let t = tempfile::tempdir().unwrap();
-        let (dir, f) = (t.path().join("info"), t.path().join("h.h"));
-        std::fs::write(&f, "x").unwrap();
-        keep(&dir, &f);
+        let dir = t.path().join("info");
+        let files: Vec<PathBuf> = (0..3).map(|i| t.path().join(format!("h{i}.h"))).collect();
+        for (i, f) in files.iter().enumerate() {
+            std::fs::write(f, format!("int x{i};")).unwrap();
+            keep(&dir, f);
+        }
         let kept = std::fs::read_dir(&dir)
             .unwrap()
             .next()
@@ -327,16 +512,75 @@ mod tests {
             .unwrap()
             .path();
         let bytes = std::fs::read(&kept).unwrap();
-        assert_eq!(FileInfo::load(&dir, b"k").entries.len(), 1);
-        // A flipped bit anywhere, or a cut, and nothing of it is used.
+        assert_eq!(FileInfo::load(&dir, b"k").kept.len(), 3);
+        let known = |info: &mut FileInfo, i: usize| {
+            let got = info.file(&files[i]).unwrap();
+            assert_eq!(got.hash, Hash32::of(format!("int x{i};").as_bytes()));
+            got.data.is_none()
+        };
+        let mut info = FileInfo::load(&dir, b"k");
+        assert!((0..3).all(|i| known(&mut info, i)));
+
+        // A flipped bit in the last entry: that one is read again, the
+        // others are still known.
         let mut flipped = bytes.clone();
         let at = flipped.len() - 3;
         flipped[at] ^= 1;
-        for damaged in [flipped, bytes[..bytes.len() / 2].to_vec()] {
+        std::fs::write(&kept, &flipped).unwrap();
+        let mut info = FileInfo::load(&dir, b"k");
+        let last = (0..3).find(|&i| info.kept.entry(i).is_none()).unwrap();
+        assert_eq!((0..3).filter(|&i| info.kept.entry(i).is_none()).count(), 1);
+        let got: Vec<bool> = (0..3).map(|i| known(&mut info, i)).collect();
+        assert_eq!(got.iter().filter(|k| !**k).count(), 1, "{last}: {got:?}");
+
+        // A flipped bit in the index, or a cut through it: nothing is used.
+        let mut flipped = bytes.clone();
+        flipped[14] ^= 1;
+        for damaged in [flipped, bytes[..20].to_vec(), b"not an index".to_vec()] {
             std::fs::write(&kept, &damaged).unwrap();
             let mut info = FileInfo::load(&dir, b"k");
-            assert!(info.entries.is_empty());
-            assert_eq!(info.file(&f).unwrap().hash, Hash32::of(b"x"));
+            assert_eq!(info.kept.len(), 0);
+            assert!((0..3).all(|i| !known(&mut info, i)));
         }
+    }
+
+    #[test]
+    fn many_entries_are_each_found_without_reading_the_others() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("info");
+        let mut info = FileInfo::load(&dir, b"k");
+        info.settled_before = now_secs() + 10;
+        let files: Vec<PathBuf> = (0..500)
+            .map(|i| {
+                let f = t.path().join(format!("d{}/h{i}.h", i % 7));
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                std::fs::write(&f, format!("#include \"h{}.h\"\n", i + 1)).unwrap();
+                f
+            })
+            .collect();
+        for f in &files {
+            info.known(f, f, Stamp::of(&std::fs::metadata(f).unwrap()), true)
+                .unwrap();
+        }
+        info.save();
+        let mut info = FileInfo::load(&dir, b"k");
+        assert_eq!(info.kept.len(), 500);
+        for (i, f) in files.iter().enumerate().rev() {
+            let (k, data) = info
+                .known(f, f, Stamp::of(&std::fs::metadata(f).unwrap()), true)
+                .unwrap();
+            assert!(data.is_none());
+            let d = k.directives.unwrap().unwrap();
+            assert_eq!(d.includes[0].name, format!("h{}.h", i + 1));
+            // Only what was looked up is decoded.
+            assert_eq!(info.entries.len(), 500 - i);
+        }
+        // Learning one more keeps the others.
+        let extra = t.path().join("extra.h");
+        std::fs::write(&extra, "").unwrap();
+        info.settled_before = now_secs() + 10;
+        info.file(&extra).unwrap();
+        info.save();
+        assert_eq!(FileInfo::load(&dir, b"k").kept.len(), 501);
     }
 }

@@ -221,25 +221,34 @@ impl FileInfo {
     }
 
     /// Write what this run learned back, merged into what other runs wrote
-    /// meanwhile (atomically; best effort).
+    /// meanwhile (atomically; best effort). The entries kept before are
+    /// copied as they are, not decoded.
     pub fn save(&mut self) {
         let Some(file) = &self.file else { return };
         if self.learned.is_empty() {
             return;
         }
-        let mut merged = Kept::open(file).map(|k| k.all()).unwrap_or_default();
-        for p in self.learned.drain(..) {
-            if let Some(e) = self.entries.get(&p) {
-                merged.insert(p, e.clone());
-            }
+        let mut records: Vec<(u64, Vec<u8>)> = self
+            .learned
+            .drain(..)
+            .filter_map(|p| {
+                let (stamp, known) = self.entries.get(&p)?;
+                Some((path_key(&p), Kept::record(&p, stamp, known)?))
+            })
+            .collect();
+        records.sort_by_key(|r| r.0);
+        records.dedup_by_key(|r| r.0);
+        if let Some(old) = Kept::open(file) {
+            let new: std::collections::HashSet<u64> = records.iter().map(|r| r.0).collect();
+            records.extend(old.records().filter(|r| !new.contains(&r.0)));
         }
-        if merged.len() > MAX_ENTRIES {
-            merged.clear();
+        if records.len() > MAX_ENTRIES {
+            records.clear();
         }
         let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
             return;
         };
-        if let Some(bytes) = Kept::encode(&merged) {
+        if let Some(bytes) = Kept::build(records) {
             crate::wrapper::keep_file(dir, name, &bytes, MAX_SETS);
         }
     }
@@ -389,46 +398,52 @@ impl Kept {
         lo
     }
 
-    /// Every whole entry (the file read in one go).
-    fn all(&self) -> HashMap<PathBuf, (Stamp, Known)> {
+    /// Every whole entry as it is kept (key, check and body), the file
+    /// read in one go.
+    fn records(&self) -> impl Iterator<Item = (u64, Vec<u8>)> + '_ {
         use std::os::unix::fs::FileExt;
         let mut bytes = vec![0; self.size as usize];
-        match &self.file {
-            Some(f) if f.read_exact_at(&mut bytes, 0).is_ok() => {}
-            _ => return HashMap::new(),
-        }
-        (0..self.len())
-            .filter_map(|i| {
-                let (start, len) = self.span(i)?;
-                Self::decode(&bytes[start..start + len])
-            })
-            .map(|(p, s, k)| (p, (s, k)))
-            .collect()
+        let read = match &self.file {
+            Some(f) => f.read_exact_at(&mut bytes, 0).is_ok(),
+            None => false,
+        };
+        (0..if read { self.len() } else { 0 }).filter_map(move |i| {
+            let (start, len) = self.span(i)?;
+            let rec = &bytes[start..start + len];
+            let (sum, body) = rec.split_at(CHECK);
+            (check(body) == sum).then(|| (self.slot(i).0, rec.to_vec()))
+        })
     }
 
-    /// The file holding `entries`.
-    fn encode(entries: &HashMap<PathBuf, (Stamp, Known)>) -> Option<Vec<u8>> {
-        let mut sorted: Vec<(u64, &PathBuf, &(Stamp, Known))> =
-            entries.iter().map(|(p, e)| (path_key(p), p, e)).collect();
-        sorted.sort_by_key(|e| e.0);
-        let index_end = HEAD + sorted.len() * ENTRY;
-        let mut index = Vec::with_capacity(index_end + CHECK);
-        index.extend_from_slice(MAGIC);
-        index.extend_from_slice(&u32::try_from(sorted.len()).ok()?.to_le_bytes());
-        let mut records = Vec::new();
-        for (key, path, (stamp, known)) in sorted {
-            let body = swarmcc_protocol::frame::encode(&(path, stamp, known)).ok()?;
-            let off = index_end + CHECK + records.len() + CHECK;
-            records.extend_from_slice(&check(&body));
-            records.extend_from_slice(&body);
-            index.extend_from_slice(&key.to_le_bytes());
-            index.extend_from_slice(&u32::try_from(off).ok()?.to_le_bytes());
-            index.extend_from_slice(&u32::try_from(body.len()).ok()?.to_le_bytes());
+    /// One entry as it is kept: its check, then its body.
+    fn record(path: &Path, stamp: &Stamp, known: &Known) -> Option<Vec<u8>> {
+        let body = swarmcc_protocol::frame::encode(&(path, stamp, known)).ok()?;
+        let mut rec = check(&body).to_vec();
+        rec.extend_from_slice(&body);
+        Some(rec)
+    }
+
+    /// The file holding `records` (key, then check and body).
+    fn build(mut records: Vec<(u64, Vec<u8>)>) -> Option<Vec<u8>> {
+        records.sort_by_key(|r| r.0);
+        let end = HEAD + records.len() * ENTRY;
+        let size = end + CHECK + records.iter().map(|r| r.1.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&u32::try_from(records.len()).ok()?.to_le_bytes());
+        let mut off = end + CHECK;
+        for (key, rec) in &records {
+            out.extend_from_slice(&key.to_le_bytes());
+            out.extend_from_slice(&u32::try_from(off + CHECK).ok()?.to_le_bytes());
+            out.extend_from_slice(&u32::try_from(rec.len() - CHECK).ok()?.to_le_bytes());
+            off += rec.len();
         }
-        let sum = check(&index);
-        index.extend_from_slice(&sum);
-        index.extend_from_slice(&records);
-        Some(index)
+        let sum = check(&out);
+        out.extend_from_slice(&sum);
+        for (_, rec) in &records {
+            out.extend_from_slice(rec);
+        }
+        Some(out)
     }
 }
 
@@ -532,6 +547,13 @@ mod tests {
         assert_eq!((0..3).filter(|&i| info.kept.entry(i).is_none()).count(), 1);
         let got: Vec<bool> = (0..3).map(|i| known(&mut info, i)).collect();
         assert_eq!(got.iter().filter(|k| !**k).count(), 1, "{last}: {got:?}");
+        // Kept again, with the two whole ones copied over: all three known.
+        let damaged = got.iter().position(|k| !k).unwrap();
+        keep(&dir, &files[damaged]);
+        let mut info = FileInfo::load(&dir, b"k");
+        assert_eq!(info.kept.len(), 3);
+        assert!((0..3).all(|i| known(&mut info, i)));
+        std::fs::write(&kept, &bytes).unwrap();
 
         // A flipped bit in the index, or a cut through it: nothing is used.
         let mut flipped = bytes.clone();

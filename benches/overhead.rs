@@ -64,6 +64,60 @@ fn tiny(dir: &Path) {
     .unwrap();
 }
 
+/// A large project made up for the bench: 40 modules of 100 headers (each
+/// includes two later ones of its module, every tenth `<stdio.h>`) and 300
+/// units that include three headers of each of two modules, about a
+/// hundred headers each. What matters is that the client has seen 4,000
+/// headers in the directory, of which one unit reads a hundred.
+fn large_project(dir: &Path) -> std::path::PathBuf {
+    let root = dir.join("large");
+    std::fs::create_dir_all(root.join("inc")).unwrap();
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    let mut seed: u64 = 1;
+    let mut rand = |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n
+    };
+    let (modules, per) = (40, 100);
+    for m in 0..modules {
+        for j in 0..per {
+            let i = m * per + j;
+            let mut text = format!("#ifndef H{i}\n#define H{i}\n");
+            if j + 1 < per {
+                for _ in 0..2 {
+                    let d = m * per + j + 1 + rand(per - j - 1);
+                    text += &format!("#include \"h{d}.h\"\n");
+                }
+            }
+            if j % 10 == 0 {
+                text += "#include <stdio.h>\n";
+            }
+            text += &format!("static inline int f{i}(int x) {{ return x + {i}; }}\n#endif\n");
+            std::fs::write(root.join(format!("inc/h{i}.h")), text).unwrap();
+        }
+    }
+    for u in 0..300 {
+        let mut text = String::new();
+        for _ in 0..2 {
+            let m = rand(modules);
+            for _ in 0..3 {
+                text += &format!("#include \"h{}.h\"\n", m * per + rand(per));
+            }
+        }
+        text += &format!("int g{u}(int x) {{ return x * {u}; }}\n");
+        std::fs::write(root.join(format!("src/u{u}.c")), text).unwrap();
+    }
+    std::fs::write(
+        root.join("Makefile"),
+        "OBJS := $(patsubst src/%.c,obj/%.o,$(wildcard src/*.c))\nall: $(OBJS)\n\
+         obj/%.o: src/%.c\n\t@mkdir -p obj\n\t$(CC) -O2 -Iinc -MMD -c $< -o $@\n",
+    )
+    .unwrap();
+    root
+}
+
 fn main() {
     let work = tempfile::tempdir().unwrap();
     let d = work.path();
@@ -130,6 +184,31 @@ fn main() {
     // Cache hits (direct mode).
     time_once(through(&env));
     let hit = series(Box::new(|_| time_once(through(&env))));
+    env.kill_node();
+    finished.push(env);
+
+    // Cache hits in a large project: the client keeps what it learned of
+    // 4,000 headers, and each hit needs a hundred of them. The headers must
+    // have settled (3 s) before the client keeps them.
+    let large = large_project(d);
+    std::thread::sleep(Duration::from_secs(4));
+    let mut env = Env::new("");
+    env.start_node();
+    run_ok(
+        env.cmd("make")
+            .args(["-s", "-j2", &format!("CC={} gcc", swarmcc().display())])
+            .current_dir(&large),
+    );
+    let large_hit = series(Box::new(|i| {
+        let mut c = env.cmd(swarmcc());
+        c.args(["gcc", "-O2", "-Iinc", "-MMD", "-c"])
+            .arg(format!("src/u{i}.c"))
+            .args(["-o", &format!("obj/u{i}.o")])
+            .current_dir(&large);
+        time_once(c)
+    }));
+    let st = env.stats_json();
+    assert_eq!(st["cache_hits"], RUNS, "every unit a hit: {st}");
     env.kill_node();
     finished.push(env);
 
@@ -212,6 +291,10 @@ fn main() {
         "| added overhead per distributed compile, cache off (median of {RUNS} paired differences) | {dist_over:.1} ms |"
     );
     println!("| **cache hit**, end to end ({RUNS} runs) | {} |", ms(hit));
+    println!(
+        "| cache hit in a large project (300 units, 4,000 headers; {RUNS} units) | {} |",
+        ms(large_hit)
+    );
     println!(
         "| Lua 5.4, `make -j2`, plain gcc ({} builds) | {} |",
         2 * BUILDS,

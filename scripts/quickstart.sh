@@ -9,9 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-debian.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+source scripts/release-env.sh
 cargo build --release --quiet
 cargo fetch --quiet
-BIN="$PWD/target/release/swarmcc"
+BIN="$PWD/$RELEASE_DIR/swarmcc"
 LUA=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/lua-src-551.1.0/lua-5.4.9 | head -n 1)
 WORK=$(mktemp -d /tmp/swarmcc-quickstart.XXXXXX)
 chmod 755 "$WORK"   # job uids must reach the sandbox files in the state dirs

@@ -190,13 +190,14 @@ fn main() {
     // Cache hits in a large project: the client keeps what it learned of
     // 4,000 headers, and each hit needs a hundred of them. The headers must
     // have settled (3 s) before the client keeps them.
+    let swarm_cc = format!("{} gcc", swarmcc().display());
     let large = large_project(d);
     std::thread::sleep(Duration::from_secs(4));
     let mut env = Env::new("");
     env.start_node();
     run_ok(
         env.cmd("make")
-            .args(["-s", "-j2", &format!("CC={} gcc", swarmcc().display())])
+            .args(["-s", "-j2", &format!("CC={swarm_cc}")])
             .current_dir(&large),
     );
     let large_hit = series(Box::new(|i| {
@@ -229,7 +230,6 @@ fn main() {
     // cold build is compared with the mean of the plain builds on either
     // side of it, so that the VM speeding up or slowing down within a
     // round favours neither.
-    let swarm_cc = format!("{} gcc", swarmcc().display());
     let (mut plain_build, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
     let mut ratios = Vec::new();
     for _ in 0..BUILDS {

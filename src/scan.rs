@@ -624,8 +624,8 @@ fn lookup(
     Some(None)
 }
 
-/// [`Lookups::exists_checked`] answers, remembered: units include the same
-/// names from many headers, and each miss in a search directory is a `stat`.
+/// [`exists_checked`] answers, remembered: units include the same names
+/// from many headers, and each miss in a search directory is a `stat`.
 struct Lookups<'a> {
     cwd: &'a Path,
     /// `spelled` -> whether it is a file, with its stamp when it is one (the

@@ -5,6 +5,7 @@
 pub mod local;
 pub mod package;
 pub mod store;
+pub mod unpack;
 
 pub use package::{package_compiler, PackageOutcome};
 pub use store::ToolchainStore;

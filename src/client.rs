@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use swarmcc_node::config::{state_dir, Config};
+use swarmcc_node::config::Config;
 use swarmcc_protocol::frame::{self, LOCAL_FRAME_MAX};
 use swarmcc_protocol::local::{Request, Response, LOCAL_PROTOCOL_VERSION};
 
@@ -44,7 +44,7 @@ impl NodeClient {
         if let Ok(c) = Self::connect(cfg) {
             return Ok(c);
         }
-        start_node()?;
+        start_node(cfg)?;
         let deadline = Instant::now() + Duration::from_secs(cfg.node.start_timeout_secs);
         let mut last = anyhow!("node did not start");
         while Instant::now() < deadline {
@@ -97,14 +97,15 @@ impl NodeClient {
 }
 
 /// Start `swarmcc node` detached, logging to `<state>/node.log`.
-pub fn start_node() -> Result<()> {
+pub fn start_node(cfg: &Config) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let exe = std::env::current_exe()?;
-    let state = state_dir();
-    std::fs::create_dir_all(&state)?;
+    swarmcc_node::ownership::own_dir(&cfg.state)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(state.join("node.log"))?;
+        .mode(0o600)
+        .open(cfg.state.join("node.log"))?;
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .stdin(Stdio::null())

@@ -328,7 +328,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Cmd::Node {
             cmd: Some(NodeCmd::Id),
         }) => {
-            let key = swarmcc_node::config::state_dir().join("node.key");
+            let key = swarmcc_node::config::state_dir()?.join("node.key");
             println!("{}", swarmcc_node::identity::node_peer_id(&key)?);
             return Ok(());
         }

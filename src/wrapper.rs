@@ -193,6 +193,9 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
     if matches!(custom, Some(CustomToolchain::NoDist { .. })) {
         return Err(local(LocalReason::UnsupportedCompiler));
     }
+    // Everything below trusts the state directory (the node's socket,
+    // remembered hashes): it must be this user's own.
+    swarmcc_node::ownership::own_dir(&cfg.state).map_err(fallback(LocalReason::SwarmFailure))?;
     let cwd = logical_cwd().map_err(fallback(LocalReason::SwarmFailure))?;
     let args = args::expand_response_files(raw_args, &cwd)
         .map_err(|_| local(LocalReason::UnsupportedFlag))?;
@@ -226,7 +229,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
     // goes along with the question (see `last_toolchain`); its answer
     // counts only if the node names that toolchain again.
     let direct = cfg.cache.enabled && cfg.cache.direct;
-    let last_dir = swarmcc_node::config::state_dir().join("last-toolchain");
+    let last_dir = cfg.state.join("last-toolchain");
     let last = direct
         .then(|| crate::last_toolchain::recall(&last_dir, &spec))
         .flatten();
@@ -279,7 +282,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
     };
     if let Some((dk, hint)) = keys {
         let mut info = FileInfo::load(
-            &swarmcc_node::config::state_dir().join("file-info"),
+            &cfg.state.join("file-info"),
             format!("{}\0{}", tc.id, cwd.display()).as_bytes(),
         );
         let answer = match early.take() {
@@ -581,7 +584,7 @@ fn guess(
     }
     if cfg.dist.scan_includes && scan::applicable(c) {
         let env = job_env(&tc.compiler);
-        let probes = swarmcc_node::config::state_dir().join("include-paths");
+        let probes = cfg.state.join("include-paths");
         if let Some(files) = scan::search_path(compiler, &tc.id.to_string(), c, cwd, &env, &probes)
             .and_then(|sp| scan::scan(c, cwd, &sp, info))
         {
@@ -823,13 +826,20 @@ fn deliver(c: &Compile, cwd: &Path, want: &str, r: &JobResult) -> Result<i32> {
 /// atomically and best effort; a new file that would take the directory
 /// past `max` files empties it first.
 pub(crate) fn keep_file(dir: &Path, name: impl AsRef<Path>, data: &[u8], max: usize) {
-    if std::fs::create_dir_all(dir).is_err() {
+    use std::os::unix::fs::DirBuilderExt;
+    let make = || {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    };
+    if make().is_err() {
         return;
     }
     let file = dir.join(name);
     if !file.exists() && std::fs::read_dir(dir).is_ok_and(|d| d.count() > max) {
         let _ = std::fs::remove_dir_all(dir);
-        let _ = std::fs::create_dir_all(dir);
+        let _ = make();
     }
     let _ = write_atomic(&file, data);
 }
@@ -857,8 +867,12 @@ fn write_aside_then_rename(dest: &Path, data: &[u8], remove_first: bool) -> Resu
         .file_name()
         .ok_or_else(|| anyhow!("bad output path"))?
         .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.swarmcc-{}", std::process::id()));
-    std::fs::write(&tmp, data)?;
+    let (tmp, mut f) = create_aside(dir, &name)?;
+    if let Err(e) = f.write_all(data) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    drop(f);
     if remove_first {
         let _ = std::fs::remove_file(dest);
     }
@@ -869,9 +883,54 @@ fn write_aside_then_rename(dest: &Path, data: &[u8], remove_first: bool) -> Resu
     Ok(())
 }
 
+/// A new file beside `name` in `dir`, made by this process (`O_EXCL`, no
+/// symlink followed): an output directory may be one other users can
+/// write to, and a name they guessed (the pid) may be waiting there.
+fn create_aside(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = None;
+    for n in 0..8u32 {
+        let tmp = dir.join(format!(".{name}.swarmcc-{}-{n}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.map_or_else(|| anyhow!("no temporary name"), Into::into))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_is_never_written_through_a_name_planted_beside_it() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let out = t.path().join("a.o");
+        // What another user could leave in a shared output directory: the
+        // names the next compiles of this process would write aside to.
+        for n in 0..3 {
+            let planted = t
+                .path()
+                .join(format!(".a.o.swarmcc-{}-{n}", std::process::id()));
+            std::os::unix::fs::symlink(&victim, planted).unwrap();
+        }
+        write_output(&out, b"object").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"object");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(!std::fs::symlink_metadata(&out)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
 
     #[test]
     fn outputs_and_kept_files_replace_old_files_and_leave_nothing_else() {

@@ -279,8 +279,9 @@ fn corrupted_toolchain_archive_is_rejected_and_the_build_falls_back() {
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;
     std::fs::write(&ar, bytes).unwrap();
-    std::fs::remove_dir_all(env.state().join("roots")).unwrap();
-    std::fs::create_dir(env.state().join("roots")).unwrap();
+    let roots = env.sandbox_base().join("roots");
+    std::fs::remove_dir_all(&roots).unwrap();
+    std::fs::create_dir(&roots).unwrap();
     std::fs::remove_dir_all(env.state().join("cache")).unwrap();
     std::fs::remove_file(d.join("a.o")).unwrap();
     let out = run_ok(

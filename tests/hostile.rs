@@ -79,7 +79,7 @@ fn assert_clean(env: &Env, uid_base: u32) {
     // only its read-only tree (links) and its writable directory, empty.
     let jobs = || -> Vec<_> {
         let mut left = Vec::new();
-        for e in std::fs::read_dir(env.state().join("jobs"))
+        for e in std::fs::read_dir(env.sandbox_base().join("jobs"))
             .unwrap()
             .flatten()
         {
@@ -273,7 +273,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
         !Path::new("/tmp/swarmcc-hostile-marker").exists(),
         "wrote to the host's /tmp"
     );
-    let roots = env.state().join("roots");
+    let roots = env.sandbox_base().join("roots");
     for root in std::fs::read_dir(&roots).unwrap().flatten() {
         assert!(
             !root.path().join("usr/bin/evil").exists(),
@@ -588,4 +588,122 @@ fn a_sandbox_set_up_ahead_shows_each_job_its_own_files() {
         left = sandbox_processes(UID_BASE + 2000);
     }
     assert!(left.is_empty(), "sandboxes outlived the node: {left:?}");
+}
+
+/// The probe program (tests/common/probe.c) packaged as a toolchain of its
+/// own: the "compiler" of the jobs below. The archive is left readable for
+/// a node of another user.
+fn probe_toolchain(env: &Env) -> (ToolchainId, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = env.state().join("probe-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let probe = probe(&dir);
+    let archive = dir.join("probe.tar.zst");
+    run_ok(
+        env.cmd(swarmcc())
+            .args(["package-toolchain"])
+            .arg(&probe)
+            .arg(&archive),
+    );
+    for p in [&dir, &archive] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let compiler = probe.to_string_lossy().into_owned();
+    (register(env, &archive, &compiler), compiler)
+}
+
+fn probe_job(env: &Env, tc: ToolchainId, compiler: &str, args: &[&str]) -> String {
+    let mut j = job(tc, "");
+    j.compiler = compiler.into();
+    j.args = args.iter().map(|a| a.to_string()).collect();
+    let r = call(
+        env,
+        &Request::Compile {
+            key: None,
+            job: Box::new(j),
+            blobs: vec![],
+        },
+    );
+    match r {
+        Response::Compiled { result, .. } if result.exit_code == 0 => {
+            String::from_utf8(result.stdout).unwrap()
+        }
+        other => panic!("{args:?}: {other:?}"),
+    }
+}
+
+/// What a job gets of the kernel: no user or network namespace of its own
+/// (where it would hold capabilities again), no mount, and none of the
+/// calls a compiler never needs (keyrings, BPF, ptrace, io_uring), while
+/// ordinary calls work.
+fn assert_calls_contained(seen: &str) {
+    let eperm = "Operation not permitted";
+    let enosys = "Function not implemented";
+    let want = [
+        ("unshare-user", eperm),
+        ("unshare-net", eperm),
+        ("clone-newuser", eperm),
+        ("keyctl", eperm),
+        ("bpf", eperm),
+        ("ptrace", eperm),
+        ("io_uring", eperm),
+        ("mount", eperm),
+        ("x32", enosys),
+        ("clone3", enosys),
+        ("getpid", "ok"),
+    ];
+    let got: Vec<(&str, &str)> = seen.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(got, want, "{seen}");
+}
+
+#[test]
+fn a_job_gets_no_namespace_and_no_kernel_call_it_has_no_use_for() {
+    let mut env = Env::new(&format!(
+        "[sandbox]\ntimeout_secs = 20\nuid_base = {}\n",
+        UID_BASE + 2000
+    ));
+    env.start_node();
+    let (tc, probe) = probe_toolchain(&env);
+    assert_calls_contained(&probe_job(&env, tc, &probe, &["calls"]));
+    assert_clean(&env, UID_BASE + 2000);
+}
+
+/// A node run by an ordinary user has no per-slot uids, so a job's process
+/// limit cannot be a per-uid limit set on bubblewrap (it would count all of
+/// that user's processes): the node sets it on the sandbox's own init before
+/// the job runs, where it counts the job's processes only. Before that, a
+/// job of such a node forked without bound.
+#[test]
+fn an_ordinary_users_node_limits_a_jobs_processes_and_calls() {
+    const USER: u32 = 4243;
+    let mut env = Env::new("[sandbox]\ntimeout_secs = 20\nmax_processes = 8\n");
+    // That user already runs more processes than a job may.
+    let mut theirs: Vec<std::process::Child> = (0..12)
+        .map(|_| {
+            use std::os::unix::process::CommandExt;
+            std::process::Command::new("sleep")
+                .arg("60")
+                .uid(USER)
+                .gid(USER)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    env.start_node_as(USER);
+    let (tc, probe) = probe_toolchain(&env);
+    let out = probe_job(&env, tc, &probe, &["forks", "40"]);
+    let forked: u32 = out
+        .trim()
+        .strip_prefix("forked ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    // The job's own process counts too: at most 7 more.
+    assert!((1..8).contains(&forked), "{out}");
+    assert_calls_contained(&probe_job(&env, tc, &probe, &["calls"]));
+    for c in &mut theirs {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

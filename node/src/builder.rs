@@ -68,6 +68,8 @@ pub struct Builder {
     free_slots: Arc<Mutex<Vec<usize>>>,
     limits: Limits,
     uid_base: Option<u32>,
+    /// The group of every slot's uid (see [`Config::jobs_gid`]).
+    jobs_gid: u32,
     /// Source blobs whose content this process has hashed (written or
     /// checked): the store does not fsync, so a blob from before a restart
     /// is re-hashed once before a job trusts it.
@@ -93,9 +95,10 @@ impl Builder {
             tracing::warn!("stopped {killed} sandbox processes left by an earlier node");
         }
         let _ = crate::toolchain::store::remove_tree(&jobs_dir);
-        std::fs::create_dir_all(&jobs_dir)?;
-        let max_jobs = cfg.max_jobs().max(1);
         let root = crate::sandbox::running_as_root();
+        let group = root.then(|| cfg.jobs_gid());
+        sandbox::sandbox_dir(&jobs_dir, group)?;
+        let max_jobs = cfg.max_jobs().max(1);
         // A root node gives each slot an empty network namespace of its own
         // (see `sandbox::slot_netns`); otherwise bubblewrap makes one per job.
         let netns: Vec<_> = (0..max_jobs)
@@ -140,6 +143,7 @@ impl Builder {
             waiting: Arc::new((0..max_jobs).map(|_| Mutex::new(None)).collect()),
             stats,
             uid_base: root.then_some(cfg.sandbox.uid_base),
+            jobs_gid: cfg.jobs_gid(),
             verified: Mutex::new(std::collections::HashSet::new()),
             max_jobs,
             running: Arc::new(std::sync::atomic::AtomicU32::new(0)),
@@ -293,7 +297,7 @@ impl Builder {
         let uid = self.uid_base.map(|b| b + slot as u32);
         let carried = prepare_workdir(&workdir, job, uid, |h| self.trusted_blob(h))?;
         let limits = Limits {
-            uid,
+            uid: uid.map(|u| (u, self.jobs_gid)),
             netns: self.netns[slot].as_ref().map(|f| f.as_raw_fd()),
             ..self.limits.clone()
         };

@@ -10,35 +10,65 @@ use std::path::{Path, PathBuf};
 
 /// Where the config file is looked up, in order: `$SWARMCC_CONFIG`,
 /// `$SWARMCC_DIR/config.toml`, `$XDG_CONFIG_HOME/swarmcc/config.toml`,
-/// `~/.config/swarmcc/config.toml`. A missing file means all defaults.
-pub fn config_path() -> PathBuf {
+/// `~/.config/swarmcc/config.toml`; for root without `HOME` (a system
+/// service), `/etc/swarmcc/config.toml`. A missing file means all defaults.
+pub fn config_path() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("SWARMCC_CONFIG") {
-        return PathBuf::from(p);
+        return Ok(PathBuf::from(p));
     }
     if let Some(d) = std::env::var_os("SWARMCC_DIR") {
-        return PathBuf::from(d).join("config.toml");
+        return Ok(PathBuf::from(d).join("config.toml"));
     }
-    xdg_dir("XDG_CONFIG_HOME", ".config")
-        .join("swarmcc")
-        .join("config.toml")
+    Ok(match xdg_dir("XDG_CONFIG_HOME", ".config")? {
+        Some(d) => d.join("swarmcc").join("config.toml"),
+        None => PathBuf::from("/etc/swarmcc/config.toml"),
+    })
 }
 
 /// All state (cache, toolchains, socket, stats, logs) lives here:
-/// `$SWARMCC_DIR`, else `$XDG_CACHE_HOME/swarmcc`, else `~/.cache/swarmcc`.
-pub fn state_dir() -> PathBuf {
+/// `$SWARMCC_DIR`, else `$XDG_CACHE_HOME/swarmcc`, else `~/.cache/swarmcc`;
+/// for root without `HOME` (a system service), `/var/lib/swarmcc`.
+pub fn state_dir() -> anyhow::Result<PathBuf> {
     if let Some(d) = std::env::var_os("SWARMCC_DIR") {
-        return PathBuf::from(d);
+        return Ok(PathBuf::from(d));
     }
-    xdg_dir("XDG_CACHE_HOME", ".cache").join("swarmcc")
+    Ok(match xdg_dir("XDG_CACHE_HOME", ".cache")? {
+        Some(d) => d.join("swarmcc"),
+        None => PathBuf::from("/var/lib/swarmcc"),
+    })
 }
 
-fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => {
-            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-            PathBuf::from(home).join(fallback)
-        }
+/// `$var` if it is an absolute path (the XDG rule), else `$HOME/fallback`.
+/// `None` for root without `HOME`, whose files go to the system's places.
+/// Anyone else without `HOME` gets an error: falling back to a directory
+/// every user can write to (as `/tmp`) would let another user plant a
+/// config or a state directory there first.
+fn xdg_dir(var: &str, fallback: &str) -> anyhow::Result<Option<PathBuf>> {
+    xdg_dir_of(
+        std::env::var_os(var),
+        std::env::var_os("HOME"),
+        crate::ownership::euid(),
+        fallback,
+    )
+}
+
+fn xdg_dir_of(
+    var: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+    euid: u32,
+    fallback: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(d) = absolute(var) {
+        return Ok(Some(d));
+    }
+    match absolute(home) {
+        Some(home) => Ok(Some(home.join(fallback))),
+        None if euid == 0 => Ok(None),
+        None => anyhow::bail!(
+            "HOME is not set to an absolute path: set HOME, or SWARMCC_DIR (state) and \
+             SWARMCC_CONFIG (config)"
+        ),
     }
 }
 
@@ -54,6 +84,9 @@ pub struct Config {
     pub office: Option<OfficeConfig>,
     /// Status, metrics, dashboard and the sccache-dist endpoints.
     pub http: HttpConfig,
+    /// The state directory ([`state_dir`]), resolved when loading.
+    #[serde(skip)]
+    pub state: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +101,10 @@ pub struct HttpConfig {
     /// sccache's scheduler `client_auth` for `alloc_job`; office client
     /// tokens and the `[dist.auth]` secret are accepted as well.
     pub client_auth: Option<ClientAuth>,
+    /// Host names (besides IP addresses and `localhost`) that requests may
+    /// be addressed to, e.g. the machine's DNS name for a dashboard opened
+    /// by name. Others are refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -77,6 +114,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:10600".into(),
             sccache_listen: "127.0.0.1:10501".into(),
             client_auth: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -229,8 +267,14 @@ pub struct SandboxConfig {
     /// Processes one job may run at once (enforced when the node runs as root,
     /// through a per-slot uid).
     pub max_processes: u64,
-    /// First uid of the per-slot unprivileged users (root nodes only).
+    /// First uid of the per-slot unprivileged users (root nodes only); the
+    /// gid below it is the group of all of them.
     pub uid_base: u32,
+    /// Where a root node keeps the files its sandboxes see (job trees,
+    /// source blobs, unpacked toolchains). It and every directory above it
+    /// must be root's and writable by root alone. Default:
+    /// `/var/lib/swarmcc/sandbox-<hash of the state dir>`.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -242,6 +286,7 @@ impl Default for SandboxConfig {
             output_limit: 1 << 30,
             max_processes: 64,
             uid_base: 3_900_000,
+            dir: None,
         }
     }
 }
@@ -336,12 +381,17 @@ pub enum CustomToolchain {
 }
 
 impl Config {
-    /// Load from [`config_path`]; a missing file gives the defaults.
+    /// Load from [`config_path`]; a missing file gives the defaults. The
+    /// file must be this user's or root's and writable by nobody else (it
+    /// names programs the node runs).
     pub fn load() -> anyhow::Result<Config> {
-        Self::load_from(&config_path())
+        let mut cfg = Self::load_from(&config_path()?)?;
+        cfg.state = state_dir()?;
+        Ok(cfg)
     }
 
     pub fn load_from(path: &Path) -> anyhow::Result<Config> {
+        crate::ownership::check_trusted_file(path).map_err(|e| anyhow::anyhow!("config: {e:#}"))?;
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
@@ -359,21 +409,28 @@ impl Config {
         self.node
             .socket
             .clone()
-            .unwrap_or_else(|| state_dir().join("node.sock"))
+            .unwrap_or_else(|| self.state.join("node.sock"))
     }
 
     pub fn cache_dir(&self) -> PathBuf {
         self.cache
             .dir
             .clone()
-            .unwrap_or_else(|| state_dir().join("cache"))
+            .unwrap_or_else(|| self.state.join("cache"))
     }
 
     pub fn toolchain_dir(&self) -> PathBuf {
         self.dist
             .cache_dir
             .clone()
-            .unwrap_or_else(|| state_dir().join("toolchains"))
+            .unwrap_or_else(|| self.state.join("toolchains"))
+    }
+
+    /// The group every job slot's uid is in (root nodes): the
+    /// sandbox-visible files are closed to everyone else
+    /// ([`crate::sandbox::sandbox_dir`]). One below `uid_base`.
+    pub fn jobs_gid(&self) -> u32 {
+        self.sandbox.uid_base.saturating_sub(1)
     }
 
     pub fn max_jobs(&self) -> usize {
@@ -480,6 +537,31 @@ mod tests {
         assert!(e.contains("sizee"), "{e}");
         let e = Config::parse("[nope]\n").unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn without_home_root_uses_the_system_places_and_others_get_an_error() {
+        let of = |var: Option<&str>, home: Option<&str>, euid| {
+            xdg_dir_of(var.map(Into::into), home.map(Into::into), euid, ".cache")
+        };
+        assert_eq!(
+            of(Some("/x/cache"), None, 1000).unwrap(),
+            Some(PathBuf::from("/x/cache"))
+        );
+        assert_eq!(
+            of(None, Some("/home/ann"), 1000).unwrap(),
+            Some(PathBuf::from("/home/ann/.cache"))
+        );
+        // Relative values do not count (the XDG rule), and never mean /tmp.
+        assert_eq!(
+            of(Some("rel"), Some("/root"), 0).unwrap(),
+            Some(PathBuf::from("/root/.cache"))
+        );
+        assert_eq!(of(None, None, 0).unwrap(), None);
+        assert_eq!(of(None, Some(""), 0).unwrap(), None);
+        let e = of(None, None, 1000).unwrap_err().to_string();
+        assert!(e.contains("HOME is not set"), "{e}");
+        assert!(of(Some("tmp"), Some("tmp"), 1000).is_err());
     }
 
     #[test]

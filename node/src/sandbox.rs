@@ -24,9 +24,10 @@ pub struct Limits {
     pub memory: u64,
     pub output: u64,
     pub processes: u64,
-    /// Run as this unprivileged uid/gid (root nodes), which also scopes the
-    /// process limit to the job.
-    pub uid: Option<u32>,
+    /// Run as this unprivileged uid (and gid), with the jobs' group as its
+    /// only supplementary group (root nodes), which also scopes the process
+    /// limit to the job.
+    pub uid: Option<(u32, u32)>,
     /// Enter this empty network namespace (the slot's, see [`slot_netns`])
     /// instead of having bubblewrap make a new one.
     pub netns: Option<RawFd>,
@@ -108,6 +109,9 @@ pub struct Started {
     /// bubblewrap was started: a source replaced since is not what a
     /// new start would mount.
     sources: Vec<(PathBuf, Option<(u64, u64)>)>,
+    /// Held until the node has set the job's process limit (see
+    /// [`limit_processes`]).
+    limit_later: bool,
 }
 
 /// Start bubblewrap for `spec`; with `block`, held before `exec` until
@@ -123,13 +127,26 @@ pub fn start(spec: &RunSpec<'_>, block: bool) -> Result<Started, SandboxError> {
     let info_fd = info_w.as_raw_fd();
     args.extend(["--info-fd".into(), info_fd.to_string().into()]);
     let mut keep_fds = vec![info_fd];
-    let (block_r, block_w) = if block {
+    // A job as the node's own user gets its process limit from the node once
+    // its namespaces exist (see `limit_processes`), so it waits for that.
+    let limit_later = spec.limits.uid.is_none();
+    let (block_r, block_w) = if block || limit_later {
         let (r, w) = std::io::pipe().map_err(|e| SandboxError::Setup(format!("pipe: {e}")))?;
         args.extend(["--block-fd".into(), r.as_raw_fd().to_string().into()]);
         keep_fds.push(r.as_raw_fd());
         (Some(r), Some(OwnedFd::from(w)))
     } else {
         (None, None)
+    };
+    let seccomp = match crate::seccomp::program() {
+        Some(program) => {
+            let r = filter_pipe(program)
+                .map_err(|e| SandboxError::Setup(format!("seccomp pipe: {e}")))?;
+            args.extend(["--seccomp".into(), r.as_raw_fd().to_string().into()]);
+            keep_fds.push(r.as_raw_fd());
+            Some(r)
+        }
+        None => None,
     };
     args.extend(key[split..].iter().cloned());
 
@@ -168,15 +185,17 @@ pub fn start(spec: &RunSpec<'_>, block: bool) -> Result<Started, SandboxError> {
             keep_fds,
         },
     );
-    drop((info_w, block_r));
+    drop((info_w, block_r, seccomp));
     let child = spawned
         .map_err(|e| SandboxError::Setup(format!("cannot run {}: {e}", spec.bwrap.display())))?;
+    let nproc = limit_later.then_some(limits.processes);
     Ok(Started {
         child,
-        init: Some(tokio::spawn(read_init_pid(info_r.into()))),
+        init: Some(tokio::spawn(read_init_pid(info_r.into(), nproc))),
         block: block_w,
         key,
         sources,
+        limit_later,
     })
 }
 
@@ -242,6 +261,25 @@ impl Started {
     /// Let the command run (if held) and collect its output.
     pub async fn finish(mut self, limits: &Limits) -> Result<RunOutput, SandboxError> {
         let t0 = std::time::Instant::now();
+        if self.limit_later {
+            // Not one process of the job runs before its limit is set.
+            let pid = match self.init.take() {
+                Some(init) => tokio::time::timeout(Duration::from_secs(10), init)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten(),
+                None => None,
+            };
+            if pid.is_none() {
+                self.kill();
+                self.child.kill_and_reap();
+                return Err(SandboxError::Setup(
+                    "the sandbox's process limit could not be set".into(),
+                ));
+            }
+            self.init = Some(tokio::spawn(async move { pid }));
+        }
         if let Some(block) = self.block.take() {
             let mut f = fs::File::from(block);
             if let Err(e) = std::io::Write::write_all(&mut f, b"x") {
@@ -390,13 +428,55 @@ fn kill_if_ours(pid: i32) -> bool {
 }
 
 /// The `child-pid` that bubblewrap writes to `--info-fd` (JSON) right after
-/// creating the sandbox; `None` if it never got that far.
-async fn read_init_pid(r: OwnedFd) -> Option<i32> {
+/// creating the sandbox; `None` if it never got that far. With `nproc`, the
+/// sandbox's init is given that process limit first (see
+/// [`limit_processes`]); `None` if it could not be.
+async fn read_init_pid(r: OwnedFd, nproc: Option<u64>) -> Option<i32> {
     let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(r).ok()?;
     let mut buf = Vec::new();
     // bwrap writes a few dozen bytes and closes the pipe; bounded anyway.
     (&mut r).take(4096).read_to_end(&mut buf).await.ok()?;
-    parse_child_pid(&buf)
+    let pid = parse_child_pid(&buf)?;
+    if let Some(n) = nproc {
+        if let Err(e) = limit_processes(pid, n) {
+            tracing::warn!("cannot limit a sandbox's processes: {e}");
+            // Blocked, so alive and not reaped: its pid is still its own.
+            // SAFETY: plain syscall.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            return None;
+        }
+    }
+    Some(pid)
+}
+
+/// Give a sandbox's init (blocked before its command runs, so it cannot
+/// have forked yet) a limit of `n` processes, which all of the job inherits.
+/// Since Linux 5.14 `RLIMIT_NPROC` counts per user namespace, so inside the
+/// sandbox's own namespace it counts the job's processes only, even when
+/// the job runs as the node's user, who has other processes on the host.
+/// (Set on bubblewrap itself, it would count all of that user's processes;
+/// a root node instead runs each slot under a uid of its own.)
+fn limit_processes(pid: i32, n: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: plain syscall; the pid is a blocked child of ours (not reaped).
+    if unsafe { libc::prlimit(pid, libc::RLIMIT_NPROC, &lim, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A pipe holding `program` for bubblewrap's `--seccomp` (read to its end
+/// when the sandbox is set up); its read end.
+fn filter_pipe(program: &[u8]) -> std::io::Result<OwnedFd> {
+    let (r, mut w) = std::io::pipe()?;
+    // Far below a pipe's buffer (a few kilobytes), so this never blocks.
+    std::io::Write::write_all(&mut w, program)?;
+    Ok(r.into())
 }
 
 fn parse_child_pid(info: &[u8]) -> Option<i32> {
@@ -613,31 +693,76 @@ pub fn running_as_root() -> bool {
 }
 
 /// Where the files a sandbox must see (job directories, source blobs,
-/// unpacked toolchains) live. A root node runs each job's bubblewrap under an
-/// unprivileged per-slot uid, which must be able to walk to these paths: the
-/// state dir if every ancestor lets others through (it is made 0711 itself),
-/// else a root-owned 0711 directory under /var/tmp named after the state dir.
-/// The cache, logs and keys stay private in the state dir either way.
-pub fn visible_base(state: &Path, as_root: bool) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+/// unpacked toolchains) live. A node that is not root runs jobs as itself:
+/// its own state dir, private. A root node runs each job's bubblewrap under
+/// an unprivileged per-slot uid, which must be able to walk to these paths,
+/// so they cannot stay in the state dir, which is closed to all other uids
+/// (the cache, logs and keys live there): they go to `[sandbox] dir`, by
+/// default a directory of root's in `/var/lib/swarmcc` named after the
+/// state dir. It is made only where no other user can have made or swapped
+/// it first: it and every directory above it root's and writable by root
+/// alone (not `/var/tmp`, where any user may make the name first). Below
+/// it, [`sandbox_dir`] closes each part to all but the job uids' group.
+pub fn visible_base(
+    state: &Path,
+    as_root: bool,
+    configured: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
     if !as_root {
         return Ok(state.to_path_buf());
     }
-    let traversable = state.ancestors().skip(1).all(|a| {
-        fs::metadata(a)
-            .map(|m| m.permissions().mode() & 0o001 != 0)
-            .unwrap_or(false)
-    });
-    let base = if traversable {
-        state.to_path_buf()
-    } else {
-        let tag = swarmcc_protocol::Hash32::of(state.as_os_str().as_encoded_bytes()).to_hex();
-        PathBuf::from("/var/tmp").join(format!("swarmcc-sandbox-{}", &tag[..16]))
+    let base = match configured {
+        Some(dir) => dir.to_path_buf(),
+        None => {
+            let top = Path::new(SYSTEM_BASE);
+            crate::ownership::system_dir(top, 0o711)?;
+            top.join(default_base_name(state))
+        }
     };
-    fs::create_dir_all(&base)?;
-    let mode = fs::metadata(&base)?.permissions().mode();
-    fs::set_permissions(&base, fs::Permissions::from_mode((mode | 0o711) & 0o7711))?;
+    crate::ownership::system_dir(&base, 0o711)?;
     Ok(base)
+}
+
+/// The name of a root node's sandbox base in [`SYSTEM_BASE`]: one per
+/// state dir, stable across restarts (the node sweeps what an earlier one
+/// left there).
+pub fn default_base_name(state: &Path) -> String {
+    let tag = swarmcc_protocol::Hash32::of(state.as_os_str().as_encoded_bytes()).to_hex();
+    format!("sandbox-{}", &tag[..16])
+}
+
+/// Where a root node keeps sandbox-visible files unless configured otherwise.
+pub const SYSTEM_BASE: &str = "/var/lib/swarmcc";
+
+/// Make (or check) a part of the sandbox-visible base (`jobs`, `sources`,
+/// `roots`): on a root node `root:<jobs group>`, mode `0750`, so that the
+/// slots' uids (all in that group) reach it and no other local user can
+/// read the sources and headers of other developers below it; otherwise
+/// (jobs run as the node's own user) `0700`.
+pub fn sandbox_dir(dir: &Path, jobs_group: Option<u32>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    let m = fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    if !m.is_dir() || m.uid() != crate::ownership::euid() {
+        anyhow::bail!(
+            "{} is not a directory of this user's; refusing to keep sandbox files there",
+            dir.display()
+        );
+    }
+    let mode = match jobs_group {
+        Some(gid) => {
+            std::os::unix::fs::lchown(dir, None, Some(gid))?;
+            0o750
+        }
+        None => 0o700,
+    };
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    Ok(())
 }
 
 /// Check that bubblewrap is installed and can create the namespaces we need.
@@ -825,29 +950,58 @@ mod tests {
     }
 
     #[test]
-    fn visible_base_leaves_private_state_dirs() {
-        use std::os::unix::fs::PermissionsExt;
+    fn a_root_nodes_sandbox_files_live_where_no_other_user_made_them_first() {
         let t = tempfile::tempdir().unwrap();
-        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let open_state = t.path().join("open");
-        assert_eq!(visible_base(&open_state, true).unwrap(), open_state);
-        assert_eq!(
-            fs::metadata(&open_state).unwrap().permissions().mode() & 0o711,
-            0o711
-        );
-        let private = t.path().join("private");
-        fs::create_dir(&private).unwrap();
-        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
-        let hidden_state = private.join("state");
-        let base = visible_base(&hidden_state, true).unwrap();
-        assert!(base.starts_with("/var/tmp"), "{}", base.display());
+        let state = t.path().join("state");
+        let base = visible_base(&state, true, None).unwrap();
+        assert!(base.starts_with(SYSTEM_BASE), "{}", base.display());
         assert_eq!(
             base,
-            visible_base(&hidden_state, true).unwrap(),
+            visible_base(&state, true, None).unwrap(),
             "stable per state dir"
         );
         fs::remove_dir_all(&base).unwrap();
-        // A non-root node runs sandboxes as itself: no need to move anything.
-        assert_eq!(visible_base(&hidden_state, false).unwrap(), hidden_state);
+        // Made first by another user (as anyone could under /var/tmp), or a
+        // symlink in its place: refused, never adopted.
+        fs::create_dir(&base).unwrap();
+        std::os::unix::fs::chown(&base, Some(4242), Some(4242)).unwrap();
+        let e = visible_base(&state, true, None).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("another user may have made it first"),
+            "{e:#}"
+        );
+        fs::remove_dir(&base).unwrap();
+        std::os::unix::fs::symlink(t.path(), &base).unwrap();
+        assert!(visible_base(&state, true, None).is_err());
+        fs::remove_file(&base).unwrap();
+        // A configured place below a directory anyone can write to: refused.
+        let e = visible_base(&state, true, Some(&t.path().join("sandbox"))).unwrap_err();
+        assert!(format!("{e:#}").contains("only root can change"), "{e:#}");
+        // A node that is not root runs sandboxes as itself, in its state dir.
+        assert_eq!(visible_base(&state, false, None).unwrap(), state);
+    }
+
+    #[test]
+    fn sandbox_dirs_are_closed_to_all_but_the_jobs_group() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("sources");
+        sandbox_dir(&d, Some(3_899_999)).unwrap();
+        let m = fs::metadata(&d).unwrap();
+        assert_eq!(
+            (m.permissions().mode() & 0o7777, m.gid()),
+            (0o750, 3_899_999)
+        );
+        // Opened by someone since: closed again.
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        sandbox_dir(&d, None).unwrap();
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        // A symlink in its place is not followed.
+        let link = t.path().join("jobs");
+        std::os::unix::fs::symlink(t.path(), &link).unwrap();
+        assert!(sandbox_dir(&link, None).is_err());
     }
 }

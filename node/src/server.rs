@@ -4,7 +4,7 @@
 
 use crate::builder::Builder;
 use crate::cache::{Cache, Lookup};
-use crate::config::{state_dir, Config};
+use crate::config::Config;
 use crate::remote::Outcome;
 use crate::stats::StatsStore;
 use crate::toolchain::local::LocalToolchains;
@@ -43,8 +43,8 @@ const MAX_CONNECTIONS: usize = 512;
 
 /// Run the node in the foreground until SIGINT/SIGTERM or a `Shutdown` request.
 pub async fn run(cfg: Config) -> Result<()> {
-    let state = state_dir();
-    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let state = cfg.state.clone();
+    crate::ownership::own_dir(&state)?;
     let _lock = lock_state(&state)?;
     let cannot_build = if !cfg.node.builder {
         Some("this node is configured with builder = false".to_string())
@@ -57,7 +57,17 @@ pub async fn run(cfg: Config) -> Result<()> {
         crate::sandbox::become_subreaper();
     }
     let tc_dir = cfg.toolchain_dir();
-    let visible = crate::sandbox::visible_base(&state, crate::sandbox::running_as_root())?;
+    // The cache holds other developers' objects, the toolchain store what
+    // they compiled with: this user's alone, wherever they are configured.
+    crate::ownership::own_dir(&tc_dir)?;
+    if cfg.cache.enabled {
+        crate::ownership::own_dir(&cfg.cache_dir())?;
+    }
+    let as_root = crate::sandbox::running_as_root();
+    let visible = crate::sandbox::visible_base(&state, as_root, cfg.sandbox.dir.as_deref())?;
+    for part in ["sources", "roots"] {
+        crate::sandbox::sandbox_dir(&visible.join(part), as_root.then(|| cfg.jobs_gid()))?;
+    }
     if visible != state {
         tracing::info!(
             "sandbox-visible files live in {} (the state dir is not reachable by job uids)",
@@ -164,8 +174,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     if let Some(parent) = sock.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let listener =
-        UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let listener = bind_private(&sock)?;
     tracing::info!(socket = %sock.display(), jobs = node.builder.max_jobs, "swarmcc node ready");
     let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -173,7 +182,20 @@ pub async fn run(cfg: Config) -> Result<()> {
         tokio::select! {
             acc = listener.accept() => {
                 let Ok((stream, _)) = acc else { continue };
-                let Ok(permit) = conns.clone().acquire_owned().await else { break };
+                if let Err(why) = same_user(&stream) {
+                    tracing::warn!("local connection refused: {why}");
+                    node.stats.update(|s| {
+                        *s.refused_requests.entry("local connection of another user".into()).or_default() += 1
+                    });
+                    continue;
+                }
+                // At the bound, a new connection is closed at once (its
+                // wrapper compiles locally) rather than the accept loop
+                // waiting for a free place.
+                let Ok(permit) = conns.clone().try_acquire_owned() else {
+                    tracing::warn!("{MAX_CONNECTIONS} local connections open; one refused");
+                    continue;
+                };
                 let node = node.clone();
                 tokio::spawn(async move {
                     if let Err(e) = serve(node, stream).await {
@@ -204,12 +226,51 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// Listen on `sock`, which only this user may connect to: the socket is
+/// made `0600` (its directory is private too, but a configured socket may
+/// live elsewhere), and every connection's peer is checked as well
+/// ([`same_user`]): whoever can talk to the node makes it run programs
+/// (`compiler --version` to package a toolchain), stores manifests in its
+/// cache, and can stop it.
+fn bind_private(sock: &std::path::Path) -> Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener =
+        UnixListener::bind(sock).with_context(|| format!("binding {}", sock.display()))?;
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("closing {} to other users", sock.display()))?;
+    Ok(listener)
+}
+
+/// Whether the process at the other end of a local connection runs as this
+/// node's user, or as root (who could as well take the node's place)
+/// (`SO_PEERCRED`).
+fn same_user(stream: &UnixStream) -> std::result::Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("no peer credentials: {e}"))?;
+    let me = crate::ownership::euid();
+    if cred.uid() == me || cred.uid() == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "uid {} is not this node's user (uid {me})",
+            cred.uid()
+        ))
+    }
+}
+
+/// How long a local connection may wait between requests (a wrapper asks
+/// again within its compile; one that stops asking holds a place).
+const IDLE: Duration = Duration::from_secs(120);
+
 /// One node per state directory: a second one exits with a clear message.
 fn lock_state(state: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(state.join("node.lock"))?;
     // SAFETY: flock on a valid fd.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -234,6 +295,13 @@ fn hostname() -> String {
 }
 
 async fn read_msg(s: &mut UnixStream) -> Result<Option<Request>> {
+    match tokio::time::timeout(IDLE, read_frame(s)).await {
+        Ok(r) => r,
+        Err(_) => bail!("no whole request for {IDLE:?}"),
+    }
+}
+
+async fn read_frame(s: &mut UnixStream) -> Result<Option<Request>> {
     let len = match s.read_u32().await {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),

@@ -34,8 +34,9 @@ pub struct Setup {
     pub netns: Option<RawFd>,
     /// `(resource, value)`: soft and hard limit both set to `value`.
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
-    /// Drop all groups and become this uid and gid.
-    pub uid: Option<u32>,
+    /// `(uid, group)`: take `group` as the only supplementary group and
+    /// become `uid` (as uid and gid).
+    pub uid: Option<(u32, u32)>,
     /// Get SIGKILL when the node dies; fail if it already has. (Linux
     /// sends it when the *thread* that spawned the child ends: spawn from
     /// threads that live as long as the node, such as the runtime's
@@ -349,9 +350,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(3);
             }
         }
-        if let Some(uid) = s.uid {
+        if let Some((uid, group)) = s.uid {
             // Raw calls: glibc's wrappers would change every thread's ids.
-            if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+            let groups: [libc::gid_t; 1] = [group];
+            if libc::syscall(libc::SYS_setgroups, 1, groups.as_ptr()) != 0
                 || libc::syscall(libc::SYS_setresgid, uid, uid, uid) != 0
                 || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
             {

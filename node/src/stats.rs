@@ -62,7 +62,17 @@ impl StatsStore {
         let tmp = self.path.with_extension("tmp");
         let res = serde_json::to_vec_pretty(&snap)
             .map_err(std::io::Error::other)
-            .and_then(|d| std::fs::write(&tmp, d))
+            .and_then(|d| {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?
+                    .write_all(&d)
+            })
             .and_then(|_| std::fs::rename(&tmp, &self.path));
         if let Err(e) = res {
             tracing::warn!("saving stats: {e}");

@@ -42,6 +42,10 @@ pub struct Env {
     pub node: Option<Child>,
     /// The network namespace the node runs in (simulations), if any.
     pub netns: Option<String>,
+    /// The uid the node runs as, if not this process's (see `start_node_as`).
+    pub node_uid: Option<u32>,
+    /// The node's socket, if its config puts it elsewhere than the state dir.
+    pub socket_at: Option<PathBuf>,
 }
 
 impl Env {
@@ -56,6 +60,8 @@ impl Env {
             dir,
             node: None,
             netns: None,
+            node_uid: None,
+            socket_at: None,
         }
     }
 
@@ -63,8 +69,22 @@ impl Env {
         self.dir.path()
     }
 
+    /// Where the node keeps what its sandboxes see (job trees, source
+    /// blobs, unpacked toolchains): its state dir, or, for a root node, a
+    /// directory of root's named after it (`node/src/sandbox.rs`).
+    pub fn sandbox_base(&self) -> PathBuf {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || self.node_uid.is_some() {
+            return self.state().to_path_buf();
+        }
+        Path::new(swarmcc_node::sandbox::SYSTEM_BASE)
+            .join(swarmcc_node::sandbox::default_base_name(self.state()))
+    }
+
     pub fn socket(&self) -> PathBuf {
-        self.state().join("node.sock")
+        self.socket_at
+            .clone()
+            .unwrap_or_else(|| self.state().join("node.sock"))
     }
 
     /// A command with this environment's variables.
@@ -74,6 +94,27 @@ impl Env {
             .env_remove("SWARMCC_CONFIG")
             .env("LANG", "C.UTF-8");
         c
+    }
+
+    /// Start `swarmcc node` in the foreground as `uid` (an ordinary user,
+    /// no per-slot uids): the state dir becomes that user's.
+    pub fn start_node_as(&mut self, uid: u32) {
+        use std::os::unix::process::CommandExt;
+        chown_tree(self.state(), uid);
+        self.node_uid = Some(uid);
+        let log = self.state().join("test-node.log");
+        let child = self
+            .cmd(swarmcc())
+            .env("HOME", self.state())
+            .arg("node")
+            .uid(uid)
+            .gid(uid)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        self.node = Some(child);
+        self.wait_socket();
     }
 
     /// Start `swarmcc node` in the foreground (as a child we can kill).
@@ -179,7 +220,43 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = self.cmd(swarmcc()).arg("--stop-server").output();
         self.kill_node();
+        let base = self.sandbox_base();
+        if base != self.state() {
+            let _ = std::fs::remove_dir_all(base);
+        }
     }
+}
+
+/// Give `dir` and everything below it to `uid` (as uid and gid).
+pub fn chown_tree(dir: &Path, uid: u32) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid)).unwrap();
+    if std::fs::symlink_metadata(dir).unwrap().is_dir() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            chown_tree(&e.path(), uid);
+        }
+    }
+}
+
+/// `tests/common/probe.c` (what a hostile job or another local user tries)
+/// built as a static program in `dir`: it runs in a sandbox as its own
+/// toolchain, and under any uid.
+pub fn probe(dir: &Path) -> PathBuf {
+    let out = dir.join("probe");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/probe.c");
+    run_ok(
+        Command::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&out)
+            .arg(src),
+    );
+    out
+}
+
+/// Run `probe` with `args` as `uid`; its output.
+pub fn probe_as(probe: &Path, uid: u32, args: &[&std::ffi::OsStr]) -> String {
+    use std::os::unix::process::CommandExt;
+    let out = run_ok(Command::new(probe).args(args).uid(uid).gid(uid));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 pub fn run_ok(c: &mut Command) -> Output {

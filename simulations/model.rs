@@ -346,7 +346,9 @@ struct Counts {
 
 struct Sim {
     now: Us,
-    base: Instant,
+    /// The model's time zero, on both clocks: the office's token and grant
+    /// expiry follow the virtual clock too.
+    base: swarmcc_node::office::Now,
     seq: u64,
     queue: Calendar,
     nodes: Vec<Node>,
@@ -383,7 +385,7 @@ struct Plan {
 impl Sim {
     fn new(plan: &Plan) -> Sim {
         let mut rng = Rng(plan.seed);
-        let base = Instant::now();
+        let base = swarmcc_node::office::Now::real();
         let office = OfficeKey::from_secret("model", rng_bytes(&mut rng));
         let checks = Arc::new(SharedChecks::default());
         let issued = swarmcc_node::util::now_secs();
@@ -502,7 +504,7 @@ impl Sim {
         sim
     }
 
-    fn clock(&self) -> Instant {
+    fn clock(&self) -> swarmcc_node::office::Now {
         self.base + Duration::from_micros(self.now)
     }
 

@@ -128,9 +128,17 @@ pub struct Allocator {
     builders: Vec<(String, Builder)>,
     index: HashMap<String, usize>,
     /// Every toolchain reported, numbered (so a builder's set is a bitset and
-    /// allocation costs one hash lookup, not one per builder).
+    /// allocation costs one hash lookup, not one per builder). Renumbered
+    /// from what builders hold now when it outgrows them (see
+    /// [`Allocator::compact`]).
     toolchain_index: HashMap<ToolchainId, usize>,
 }
+
+/// The numbered toolchains may exceed those builders hold now by this
+/// factor before they are renumbered: a builder reporting new ids at every
+/// report would otherwise grow the index (and every builder's bitset)
+/// without end.
+const INDEX_SLACK: usize = 2;
 
 impl Allocator {
     fn get_mut(&mut self, peer: &str) -> Option<&mut Builder> {
@@ -169,6 +177,12 @@ impl Allocator {
     /// A builder's whole report at once (one lookup): slots, running jobs,
     /// toolchains, load and the grants it has taken.
     pub fn update(&mut self, peer: &str, r: &Reported<'_>, now: Instant) {
+        let bound = INDEX_SLACK
+            * (self.builders.len() + 1)
+            * swarmcc_protocol::swarm::MAX_REPORTED_TOOLCHAINS;
+        if self.toolchain_index.len() > bound {
+            self.compact();
+        }
         let i = self.entry(peer);
         let old = std::mem::take(&mut self.builders[i].1.toolchains);
         let bits = self.toolchain_bits(r.toolchains.iter().copied(), old);
@@ -183,6 +197,37 @@ impl Allocator {
         b.load = r.load;
         b.rate = r.rate;
         b.take_grants(r.grants, now);
+    }
+
+    /// Number anew only the toolchains some builder holds now.
+    fn compact(&mut self) {
+        let mut by_index: Vec<Option<ToolchainId>> = vec![None; self.toolchain_index.len()];
+        for (tc, i) in &self.toolchain_index {
+            if let Some(slot) = by_index.get_mut(*i) {
+                *slot = Some(*tc);
+            }
+        }
+        let held: Vec<Vec<ToolchainId>> = self
+            .builders
+            .iter()
+            .map(|(_, b)| {
+                (0..b.toolchains.len() * 64)
+                    .filter(|i| b.holds(Some(*i)))
+                    .filter_map(|i| by_index.get(i).copied().flatten())
+                    .collect()
+            })
+            .collect();
+        self.toolchain_index.clear();
+        for (i, ids) in held.into_iter().enumerate() {
+            let old = std::mem::take(&mut self.builders[i].1.toolchains);
+            let bits = self.toolchain_bits(ids, old);
+            self.builders[i].1.toolchains = bits;
+        }
+    }
+
+    /// How many toolchains are numbered now (for tests).
+    pub fn indexed_toolchains(&self) -> usize {
+        self.toolchain_index.len()
     }
 
     pub fn remove(&mut self, peer: &str) {
@@ -515,6 +560,27 @@ mod tests {
             grants: &[],
             rate,
         }
+    }
+
+    #[test]
+    fn toolchains_a_builder_no_longer_reports_do_not_pile_up() {
+        let mut a = Allocator::default();
+        let steady = [tc(1), tc(2)];
+        report(&mut a, "steady", 2, 0, &steady);
+        // A builder that names 256 new ids in every report.
+        for round in 0u32..100 {
+            let fresh: Vec<ToolchainId> = (0u32..256)
+                .map(|i| ToolchainId(Hash32::of(&(round * 1000 + i).to_le_bytes())))
+                .collect();
+            report(&mut a, "churning", 2, 0, &fresh);
+            let bound = INDEX_SLACK * 3 * swarmcc_protocol::swarm::MAX_REPORTED_TOOLCHAINS;
+            assert!(a.indexed_toolchains() <= bound + 256, "round {round}");
+            assert!(a.holds("churning", &fresh[255]));
+        }
+        // What the other builder holds survived every renumbering.
+        assert!(a.holds("steady", &tc(1)) && a.holds("steady", &tc(2)));
+        assert!(!a.holds("steady", &tc(3)));
+        assert_eq!(a.holders(&tc(2), "", 4), vec!["steady".to_string()]);
     }
 
     #[test]

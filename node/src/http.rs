@@ -58,6 +58,9 @@ const INPUTS_MAX: u64 = 1 << 30;
 const JOB_FORGET: Duration = Duration::from_secs(3600);
 /// Bound on the jobs remembered at once.
 const MAX_JOBS: usize = 100_000;
+/// `run_job` bodies read at once (each up to [`RUN_JOB_MAX`], inflated up to
+/// [`INPUTS_MAX`]); more wait for a place before their body is read.
+const RUN_JOBS_AT_ONCE: usize = 4;
 
 enum JobLookup {
     NotFound,
@@ -68,6 +71,9 @@ struct SccacheJob {
     toolchain: ToolchainId,
     auth: String,
     created: Instant,
+    /// The client's token expires then (Unix seconds): the job's own token
+    /// is good no longer than the one that got it.
+    expires_at: u64,
 }
 
 /// What the HTTP side needs of the node.
@@ -89,6 +95,7 @@ pub struct HttpParams {
 struct Http {
     p: HttpParams,
     jobs: Mutex<HashMap<u64, SccacheJob>>,
+    run_jobs: tokio::sync::Semaphore,
     next_job: AtomicU64,
     cert_digest: Vec<u8>,
     cert_pem: Vec<u8>,
@@ -133,6 +140,7 @@ pub async fn start(p: HttpParams) -> Result<Bound> {
     let http = Arc::new(Http {
         p,
         jobs: Mutex::new(HashMap::new()),
+        run_jobs: tokio::sync::Semaphore::new(RUN_JOBS_AT_ONCE),
         next_job: AtomicU64::new(random_u64() >> 1),
         cert_digest,
         cert_pem,
@@ -148,6 +156,10 @@ pub async fn start(p: HttpParams) -> Result<Bound> {
             "/api/v1/scheduler/server_certificate/{addr}",
             get(server_certificate),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            http.clone(),
+            check_host,
+        ))
         .with_state(http.clone());
     let builder_app = Router::new()
         .route(
@@ -156,6 +168,10 @@ pub async fn start(p: HttpParams) -> Result<Bound> {
         )
         .route("/api/v1/distserver/run_job/{job_id}", post(run_job))
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            http.clone(),
+            check_host,
+        ))
         .with_state(http.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(plain, app).await {
@@ -232,8 +248,9 @@ impl Http {
     }
 
     /// sccache's scheduler `client_auth`, plus office client tokens and the
-    /// `[dist.auth]` secret.
-    fn client_ok(&self, headers: &HeaderMap) -> Result<(), &'static str> {
+    /// `[dist.auth]` secret. Returns when the token expires (Unix seconds;
+    /// `u64::MAX` for a shared secret).
+    fn client_ok(&self, headers: &HeaderMap) -> Result<u64, &'static str> {
         let Some(token) = bearer(headers) else {
             return Err("no_bearer_auth");
         };
@@ -250,17 +267,18 @@ impl Http {
             },
             token,
         );
-        if ok {
-            Ok(())
-        } else {
-            Err("bearer_auth_failed")
+        if !ok {
+            return Err("bearer_auth_failed");
         }
+        Ok(token
+            .parse::<swarmcc_protocol::token::Token>()
+            .map_or(u64::MAX, |t| t.body.expires_at))
     }
 
     /// The toolchain of an allocated job whose token the request carries.
     fn job(&self, id: u64, headers: &HeaderMap) -> Result<ToolchainId, JobLookup> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(job) = jobs.get(&id) else {
+        let Some(job) = jobs.get(&id).filter(|j| now_secs() < j.expires_at) else {
             return Err(JobLookup::NotFound);
         };
         if !bearer(headers).is_some_and(|t| ct_eq(&job.auth, t)) {
@@ -285,6 +303,49 @@ fn client_token_ok(
         None => false,
     };
     by_auth || shared.is_some_and(|t| ct_eq(t, token)) || office_ok(token)
+}
+
+/// Requests are answered only when addressed to this node by an IP
+/// address, `localhost`, or a name in `[http] allowed_hosts`. A web page the
+/// developer visits could otherwise point a name of its own at 127.0.0.1
+/// (DNS rebinding) and read the office's status and metrics through the
+/// developer's browser, which sends that name as `Host`.
+async fn check_host(
+    State(h): State<Arc<Http>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    if let Some(host) = host {
+        if !host_allowed(host, &h.p.config.allowed_hosts) {
+            tracing::warn!(host, "HTTP request for another host refused");
+            h.p.stats.update(|s| {
+                *s.refused_requests
+                    .entry("HTTP request for another host".into())
+                    .or_default() += 1
+            });
+            return (StatusCode::MISDIRECTED_REQUEST, "unknown host\n").into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether a `Host` header (with or without a port) names this node.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // An IPv6 literal: `[::1]` or `[::1]:10600`.
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') => ip,
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 fn ct_eq(a: &str, b: &str) -> bool {
@@ -348,15 +409,18 @@ async fn status(State(h): State<Arc<Http>>, headers: HeaderMap) -> Response {
 }
 
 async fn alloc_job(State(h): State<Arc<Http>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(code) = h.client_ok(&headers) {
-        tracing::warn!(reason = code, "sccache allocation refused");
-        h.p.stats.update(|s| {
-            *s.refused_requests
-                .entry("sccache client auth".into())
-                .or_default() += 1
-        });
-        return unauthorized(code);
-    }
+    let expires_at = match h.client_ok(&headers) {
+        Ok(t) => t,
+        Err(code) => {
+            tracing::warn!(reason = code, "sccache allocation refused");
+            h.p.stats.update(|s| {
+                *s.refused_requests
+                    .entry("sccache client auth".into())
+                    .or_default() += 1
+            });
+            return unauthorized(code);
+        }
+    };
     let is_binary = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -413,6 +477,7 @@ async fn alloc_job(State(h): State<Arc<Http>>, headers: HeaderMap, body: Bytes) 
                 toolchain,
                 auth: auth.clone(),
                 created: Instant::now(),
+                expires_at,
             },
         );
     }
@@ -519,6 +584,10 @@ async fn run_job(
         Ok(t) => t,
         Err(JobLookup::NotFound) => return reply(&headers, &RunJobResult::JobNotFound),
         Err(JobLookup::BadToken) => return unauthorized("invalid_jwt"),
+    };
+    // Bodies are read a few at a time (each may be half a gigabyte).
+    let Ok(_reading) = h.run_jobs.acquire().await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "shutting down");
     };
     let body = match axum::body::to_bytes(body, RUN_JOB_MAX).await {
         Ok(b) => b,
@@ -737,6 +806,34 @@ mod tests {
                 cwd: "/w".into(),
             },
             outputs: vec!["/w/a.o".into()],
+        }
+    }
+
+    #[test]
+    fn only_requests_for_this_node_by_address_or_allowed_name_are_answered() {
+        let allowed = vec!["build-1.office.lan".to_string()];
+        for ok in [
+            "127.0.0.1:10600",
+            "127.0.0.1",
+            "10.1.2.3:80",
+            "[::1]:10600",
+            "[::1]",
+            "localhost:10600",
+            "LOCALHOST",
+            "build-1.office.lan:10600",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "attacker.example:10600",
+            "attacker.example",
+            "127.0.0.1.attacker.example",
+            "localhost.attacker.example",
+            "[::1]x",
+            "",
+            "\u{0}",
+        ] {
+            assert!(!host_allowed(bad, &allowed), "{bad}");
         }
     }
 

@@ -15,7 +15,7 @@
 //! [`crate::office`], without I/O; this module carries them over libp2p.
 
 use crate::config::{NetworkConfig, OfficeConfig};
-use crate::office::{LocalReport, Office, OfficeInit, SHARED_TOKEN_PREFIX};
+use crate::office::{LocalReport, Now, Office, OfficeInit, SHARED_TOKEN_PREFIX};
 use crate::util::{now_secs, random_u64};
 use anyhow::{Context, Result};
 use futures::{AsyncRead, AsyncWrite, StreamExt};
@@ -24,7 +24,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    identify, kad, mdns, noise, request_response, tcp, yamux, Multiaddr, PeerId, StreamProtocol,
+    connection_limits, identify, kad, mdns, noise, request_response, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol,
 };
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -95,6 +96,9 @@ impl request_response::Codec for CtlCodec {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Bounds on connections, before anyone has shown a token: a flood of
+    /// half-open or idle connections cannot take the node's memory.
+    limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -165,12 +169,27 @@ impl Wanted {
     }
 }
 
-/// What the network task keeps beside the office state: whom to dial.
+/// What the network task keeps beside the office state: whom to dial, and
+/// the connected peers that have not yet shown a valid token.
 #[derive(Default)]
 struct Dialing {
     wanted: HashMap<PeerId, Wanted>,
     loopback_peers: HashSet<PeerId>,
+    /// Connected, not (yet) members: since when. One that has not become a
+    /// member within [`HELLO_TIMEOUT`] is disconnected and banned.
+    unproven: HashMap<PeerId, Instant>,
 }
+
+/// How long a connected peer may take to become a member (its Hello and
+/// ours cross within milliseconds on a LAN).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection bounds: at most this many connections being set up at once
+/// from others, established in all, and per peer (both sides dial, so two
+/// per pair is normal).
+const MAX_PENDING_INCOMING: u32 = 64;
+const MAX_ESTABLISHED: u32 = 4096;
+const MAX_PER_PEER: u32 = 4;
 
 /// How long a connection may take to set up (TCP, noise, yamux).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -249,7 +268,7 @@ impl Net {
             let mut st = self.lock();
             if st.is_coordinator() {
                 let me = self.me;
-                return alloc_of(st.grant(&me, &req, Instant::now()));
+                return alloc_of(st.grant(&me, &req, Now::real()));
             }
             st.leader()
         };
@@ -271,8 +290,7 @@ impl Net {
         let signer = key.to_peer_id();
         if signer == self.me {
             let me = self.me;
-            self.lock()
-                .release(&me, grant.body.id, failed, Instant::now());
+            self.lock().release(&me, grant.body.id, failed, Now::real());
         } else {
             let req = CtlRequest::Release {
                 grant: grant.body.id,
@@ -410,6 +428,12 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
                 None
             };
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                        .with_max_established(Some(MAX_ESTABLISHED))
+                        .with_max_established_per_peer(Some(MAX_PER_PEER)),
+                ),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/swarmcc/id/1".into(), k.public())
                         .with_push_listen_addr_updates(true),
@@ -457,10 +481,10 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
             quiet,
             first_grant: random_u64() >> 1,
         },
-        Instant::now(),
+        Now::real(),
     );
     if let Some(text) = &p.office.revocations {
-        state.adopt_revocations(text, Instant::now());
+        state.adopt_revocations(text, Now::real());
     }
     let mut dialing = Dialing::default();
     for b in &p.network.bootstrap {
@@ -477,7 +501,7 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
                 .insert(peer, Wanted::new(addr, Instant::now(), true));
         }
     }
-    let view = Arc::new(Mutex::new(state.view(Instant::now())));
+    let view = Arc::new(Mutex::new(state.view(Now::real())));
     let view2 = view.clone();
     let period = Duration::from_millis(p.network.report_interval_ms.max(50));
     let timeout = Duration::from_millis(p.network.liveness_timeout_ms.max(100));
@@ -510,16 +534,17 @@ pub fn spawn(p: NetParams, running_jobs: Arc<crate::coordinator::Taken>) -> Resu
                 _ = tick.tick() => {
                     let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
                     on_tick(&mut swarm, &mut st, &mut dialing, &running_jobs, &toolchains);
-                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(Instant::now());
+                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(Now::real());
                 }
                 _ = check.tick() => {
                     let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
                     st.running_now = running_jobs.count();
+                    drop_unproven(&mut swarm, &mut st, &mut dialing);
                     if on_check(&mut swarm, &mut st, timeout) {
                         // Leadership changed: tell everyone now, not at the next report.
                         on_tick(&mut swarm, &mut st, &mut dialing, &running_jobs, &toolchains);
                     }
-                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(Instant::now());
+                    *view2.lock().unwrap_or_else(|p| p.into_inner()) = st.view(Now::real());
                 }
             }
         }
@@ -542,11 +567,33 @@ fn load_average() -> u32 {
         .unwrap_or(0)
 }
 
+/// Connected peers that never became members (no Hello, or none that
+/// verified) within [`HELLO_TIMEOUT`]: disconnected, refused and banned, so
+/// that a stranger cannot hold connections open without a token.
+fn drop_unproven(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut Office, dialing: &mut Dialing) {
+    let clock = Now::real();
+    let now = clock.at;
+    dialing
+        .unproven
+        .retain(|peer, _| !state.is_member(peer) && swarm.is_connected(peer));
+    let late: Vec<PeerId> = dialing
+        .unproven
+        .iter()
+        .filter(|(_, since)| now.saturating_duration_since(**since) > HELLO_TIMEOUT)
+        .map(|(p, _)| *p)
+        .collect();
+    for peer in late {
+        dialing.unproven.remove(&peer);
+        state.refuse(peer, "no hello", clock);
+        let _ = swarm.disconnect_peer_id(peer);
+    }
+}
+
 /// Between reports: lost members and the election, checked often so that a
 /// lost coordinator is replaced within `timeout` plus a fraction of a second.
 /// Returns whether the coordinator changed.
 fn on_check(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut Office, timeout: Duration) -> bool {
-    let (lost, changed) = state.check(Instant::now(), timeout);
+    let (lost, changed) = state.check(Now::real(), timeout);
     for peer in lost {
         // Its connection may look alive (TCP notices nothing): drop it, so
         // that the redial starts from scratch.
@@ -563,9 +610,10 @@ fn on_tick(
     running_jobs: &crate::coordinator::Taken,
     toolchains: &crate::toolchain::ToolchainStore,
 ) {
-    let now = Instant::now();
+    let clock = Now::real();
+    let now = clock.at;
     let out = state.tick(
-        now,
+        clock,
         LocalReport {
             running_jobs: running_jobs.count(),
             load: load_average(),
@@ -592,7 +640,7 @@ fn on_tick(
     for (peer, w) in dialing.wanted.iter_mut() {
         if swarm.is_connected(peer) {
             w.last_seen = now;
-        } else if !state.is_banned(peer, now) && w.due(now) {
+        } else if !state.is_banned(peer, clock) && w.due(now) {
             let opts = DialOpts::peer_id(*peer)
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .addresses(vec![w.addr.clone()])
@@ -621,7 +669,8 @@ fn handle(
     ev: SwarmEvent<BehaviourEvent>,
     waiting: &mut Waiting,
 ) {
-    let now = Instant::now();
+    let clock = Now::real();
+    let now = clock.at;
     match ev {
         SwarmEvent::NewListenAddr { address, .. } => {
             tracing::info!(%address, "listening");
@@ -630,7 +679,7 @@ fn handle(
         SwarmEvent::ConnectionEstablished {
             peer_id, endpoint, ..
         } => {
-            if state.is_banned(&peer_id, now) {
+            if state.is_banned(&peer_id, clock) {
                 let _ = swarm.disconnect_peer_id(peer_id);
                 return;
             }
@@ -641,6 +690,7 @@ fn handle(
                 w.seen(now);
             }
             if !state.is_member(&peer_id) {
+                dialing.unproven.entry(peer_id).or_insert(now);
                 swarm
                     .behaviour_mut()
                     .ctl
@@ -691,7 +741,7 @@ fn handle(
             request_response::Message::Request {
                 request, channel, ..
             } => {
-                let (resp, back) = state.on_request(peer, &request, now);
+                let (resp, back) = state.on_request(peer, &request, clock);
                 let _ = swarm.behaviour_mut().ctl.send_response(channel, resp);
                 if let Some(req) = back {
                     swarm.behaviour_mut().ctl.send_request(&peer, req);
@@ -701,7 +751,7 @@ fn handle(
                 response,
                 request_id,
             } => {
-                state.on_response(peer, &response, now);
+                state.on_response(peer, &response, clock);
                 if let Some(w) = waiting.remove(&request_id) {
                     let _ = w.send(Ok(response));
                 }

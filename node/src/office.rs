@@ -3,7 +3,8 @@
 //! on the coordinator, allocation and signed job grants.
 //!
 //! Every input is a message from a peer or the passing of time, and every
-//! method takes the time (`now`) instead of reading a clock, so that two
+//! method takes the time ([`Now`]: monotonic and wall clock) instead of
+//! reading a clock, so that two
 //! drivers run the same code: `net.rs` with libp2p and the real clock, and
 //! the office model in `simulations/model.rs` with a thousand simulated nodes
 //! on a virtual clock. What a node sends is returned, never sent from here.
@@ -14,7 +15,7 @@
 //! whose token allows coordinating is accepted.
 
 use crate::coordinator::Reported;
-use crate::util::{ct_eq, now_ms, now_secs};
+use crate::util::ct_eq;
 use libp2p_identity::{Keypair, PeerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,43 @@ use swarmcc_protocol::swarm::{
 use swarmcc_protocol::token::{OfficePublicKey, RevocationList, Subject, Token, TokenError};
 use swarmcc_protocol::transfer::GrantBody;
 use swarmcc_protocol::{Hash32, ToolchainId};
+
+/// When something happens to the office: the monotonic instant (liveness,
+/// bans, timers) and the wall clock in Unix milliseconds (token and grant
+/// expiry, which must agree across machines). The driver gives both (the
+/// node its real clocks, the office model its virtual one), so that the
+/// model controls expiry too.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub at: Instant,
+    pub wall_ms: u64,
+}
+
+impl Now {
+    /// The real clocks, now.
+    pub fn real() -> Now {
+        Now {
+            at: Instant::now(),
+            wall_ms: crate::util::now_ms(),
+        }
+    }
+
+    /// Unix seconds.
+    pub fn wall_secs(&self) -> u64 {
+        self.wall_ms / 1000
+    }
+}
+
+/// Time passing: both clocks move on.
+impl std::ops::Add<Duration> for Now {
+    type Output = Now;
+    fn add(self, d: Duration) -> Now {
+        Now {
+            at: self.at + d,
+            wall_ms: self.wall_ms.saturating_add(d.as_millis() as u64),
+        }
+    }
+}
 
 /// The version of the control protocol a Hello carries.
 pub const VERSION: u32 = 1;
@@ -57,6 +95,9 @@ pub(crate) struct Member {
     pub(crate) eligible: bool,
     /// Its token's id (for revocation).
     token_id: [u8; 16],
+    /// When its token expires (Unix seconds): it stops being a member then,
+    /// however long it keeps reporting.
+    expires_at: u64,
     /// A builder token and a working sandbox: it can be given jobs.
     pub(crate) builds: bool,
     cores: u32,
@@ -69,8 +110,22 @@ pub(crate) struct Member {
 
 type FixedHash = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
-/// A token check's answer: (role, token id) or (reason key, detail).
-type Verdict = Result<(String, [u8; 16]), (&'static str, String)>;
+/// A token check's answer: (role, token id, expiry in Unix seconds) or
+/// (reason key, detail).
+type Verdict = Result<(String, [u8; 16], u64), (&'static str, String)>;
+
+/// The highest term a peer may announce. Terms grow by one per election;
+/// no office holds 2^48 of them, and a claim that high (a member trying to
+/// make `term + 1` wrap and leave the office without a coordinator) is
+/// ignored.
+pub const MAX_TERM: u64 = 1 << 48;
+
+/// The most job slots a builder's report is believed for (a lying report
+/// would otherwise draw most of the office's jobs to one builder).
+pub const MAX_SLOTS: u32 = 512;
+
+/// The fastest link a builder's report is believed for (bytes/s: 100 Gbit/s).
+pub const MAX_RATE: u64 = 12_500_000_000;
 
 /// Signature checks shared by the nodes of one process. A real node has one
 /// process to itself and no use for it; the office model runs a thousand
@@ -201,7 +256,8 @@ fn reason_key(e: &TokenError) -> &'static str {
 }
 
 impl Office {
-    pub fn new(init: OfficeInit, now: Instant) -> Self {
+    pub fn new(init: OfficeInit, now: Now) -> Self {
+        let now = now.at;
         let me = init.keypair.public().to_peer_id();
         let eligible = init.builds
             && init.token.parse::<Token>().is_ok_and(|t| {
@@ -304,7 +360,7 @@ impl Office {
 
     /// Check a peer's Hello: its role and token id, or the reason (key,
     /// detail) it is refused.
-    fn verify(&self, h: &Hello, peer: &PeerId) -> Verdict {
+    fn verify(&self, h: &Hello, peer: &PeerId, wall_secs: u64) -> Verdict {
         if h.office != self.office {
             return Err(("wrong office", format!("office {:?}", h.office)));
         }
@@ -315,7 +371,7 @@ impl Office {
                     let id = Hash32::of(secret.as_bytes());
                     let mut tid = [0u8; 16];
                     tid.copy_from_slice(&id.0[..16]);
-                    Ok(("client".to_string(), tid))
+                    Ok(("client".to_string(), tid, u64::MAX))
                 }
                 Some(_) => Err(("wrong shared token", "shared client token mismatch".into())),
                 None => Err((
@@ -325,7 +381,7 @@ impl Office {
             };
         }
         let Some(checks) = &self.shared_checks else {
-            return self.verify_token(&h.token, peer);
+            return self.verify_token(&h.token, peer, wall_secs);
         };
         let key = (
             Hash32::of(h.token.as_bytes()),
@@ -340,7 +396,7 @@ impl Office {
         {
             return v.clone();
         }
-        let v = self.verify_token(&h.token, peer);
+        let v = self.verify_token(&h.token, peer, wall_secs);
         checks
             .seen
             .lock()
@@ -349,12 +405,11 @@ impl Office {
         v
     }
 
-    fn verify_token(&self, token: &str, peer: &PeerId) -> Verdict {
+    fn verify_token(&self, token: &str, peer: &PeerId, now: u64) -> Verdict {
         let token: Token = token
             .parse()
             .map_err(|e: TokenError| (reason_key(&e), e.to_string()))?;
         let rev = self.revoked.as_ref();
-        let now = now_secs();
         let role = match &token.body.subject {
             Subject::Builder { coordinator, .. } => {
                 token
@@ -373,12 +428,13 @@ impl Office {
                 "client"
             }
         };
-        Ok((role.to_string(), token.body.id))
+        Ok((role.to_string(), token.body.id, token.body.expires_at))
     }
 
     /// Adopt a revocation list if it is valid and newer than ours; then drop
     /// the members it revokes. Returns whether anything changed.
-    pub fn adopt_revocations(&mut self, text: &str, now: Instant) -> bool {
+    pub fn adopt_revocations(&mut self, text: &str, now: Now) -> bool {
+        let now = now.at;
         let Ok(list) = text.parse::<RevocationList>() else {
             return false;
         };
@@ -431,8 +487,8 @@ impl Office {
     }
 
     /// A peer refused recently: close its connections at once.
-    pub fn is_banned(&self, peer: &PeerId, now: Instant) -> bool {
-        self.banned.get(peer).is_some_and(|until| now < *until)
+    pub fn is_banned(&self, peer: &PeerId, now: Now) -> bool {
+        self.banned.get(peer).is_some_and(|until| now.at < *until)
     }
 
     /// Peers whose connections must be closed (refused or revoked).
@@ -441,21 +497,24 @@ impl Office {
     }
 
     /// A peer's Hello (in a request or an answer): admit it or refuse it.
-    pub fn admit(&mut self, peer: PeerId, h: &Hello, now: Instant) -> Result<(), String> {
+    pub fn admit(&mut self, peer: PeerId, h: &Hello, now: Now) -> Result<(), String> {
         if let Some(text) = &h.revocations {
             self.adopt_revocations(text, now);
         }
-        match self.verify(h, &peer) {
-            Ok((role, token_id)) => {
+        let wall = now.wall_secs();
+        let now = now.at;
+        match self.verify(h, &peer, wall) {
+            Ok((role, token_id, expires_at)) => {
                 let new = !self.members.contains_key(&peer);
                 let entry = self.members.entry(peer).or_insert_with(|| Member {
                     text: peer.to_string(),
                     name: h.name.clone(),
                     eligible: role.ends_with("coordinator"),
                     token_id,
+                    expires_at,
                     builds: h.builds && !role.starts_with("client"),
                     role: role.clone(),
-                    cores: h.cores,
+                    cores: h.cores.min(MAX_SLOTS),
                     running_jobs: 0,
                     toolchains: 0,
                     load: 0,
@@ -463,10 +522,11 @@ impl Office {
                     last_seen: now,
                 });
                 entry.last_seen = now;
+                entry.expires_at = expires_at;
                 if new {
                     tracing::info!(%peer, name = %h.name, role, "member joined");
                 }
-                self.consider(h.term, h.leader.as_deref());
+                self.consider(&peer, h.term, h.leader.as_deref());
                 Ok(())
             }
             Err((key, detail)) => {
@@ -479,13 +539,25 @@ impl Office {
         }
     }
 
+    /// Refuse a peer for `reason` (counted, logged, banned for a while).
+    pub fn refuse(&mut self, peer: PeerId, reason: &str, now: Now) {
+        self.refuse_at(peer, reason, now.at);
+    }
+
+    fn refuse_at(&mut self, peer: PeerId, reason: &str, now: Instant) {
+        tracing::warn!(%peer, reason, "peer rejected");
+        *self.rejections.entry(reason.to_string()).or_default() += 1;
+        self.forget(&peer);
+        self.ban(peer, now);
+    }
+
     /// A control request from `peer`: the answer, and a request to send it
     /// back (a Hello, when a stranger reports as if it were a member).
     pub fn on_request(
         &mut self,
         peer: PeerId,
         req: &CtlRequest,
-        now: Instant,
+        now: Now,
     ) -> (CtlResponse, Option<CtlRequest>) {
         let resp = match req {
             CtlRequest::Hello(h) => match self.admit(peer, h, now) {
@@ -493,7 +565,7 @@ impl Office {
                 Err(why) => CtlResponse::Rejected(why),
             },
             CtlRequest::Report(r) => {
-                if !self.on_report(peer, r, now) {
+                if !self.on_report(peer, r, now.at) {
                     // Not (or no longer) a member: ask for a Hello again.
                     return (
                         CtlResponse::Rejected("not a member; send Hello".into()),
@@ -528,34 +600,40 @@ impl Office {
             return false;
         };
         m.last_seen = now;
-        m.running_jobs = r.running_jobs;
-        m.cores = r.cores;
+        let slots = r.cores.min(MAX_SLOTS);
+        let implausible = slots != r.cores || r.inbound_rate > MAX_RATE;
+        m.running_jobs = r.running_jobs.min(slots);
+        m.cores = slots;
         m.toolchains = r.toolchains.len() as u32;
         m.load = r.load;
         if m.builds {
             let reported = Reported {
-                slots: r.cores,
-                running: r.running_jobs,
+                slots,
+                running: r.running_jobs.min(slots),
                 toolchains: &r.toolchains[..r.toolchains.len().min(MAX_REPORTED_TOOLCHAINS)],
                 load: r.load,
                 grants: &r.grants[..r.grants.len().min(crate::coordinator::MAX_REPORTED_GRANTS)],
-                rate: r.inbound_rate,
+                rate: r.inbound_rate.min(MAX_RATE),
             };
             self.alloc.update(&m.text, &reported, now);
         }
-        self.consider(r.term, r.leader.as_deref());
+        if implausible {
+            tracing::warn!(%peer, cores = r.cores, rate = r.inbound_rate, "implausible report; capped");
+            self.count("implausible_reports");
+        }
+        self.consider(&peer, r.term, r.leader.as_deref());
         true
     }
 
     /// An answer from `peer` to one of this node's requests.
-    pub fn on_response(&mut self, peer: PeerId, resp: &CtlResponse, now: Instant) {
+    pub fn on_response(&mut self, peer: PeerId, resp: &CtlResponse, now: Now) {
         match resp {
             CtlResponse::Hello(h) => {
                 let _ = self.admit(peer, h, now);
             }
             CtlResponse::Ack => {
                 if let Some(m) = self.members.get_mut(&peer) {
-                    m.last_seen = now;
+                    m.last_seen = now.at;
                 }
             }
             CtlResponse::Rejected(why) => {
@@ -567,9 +645,19 @@ impl Office {
 
     /// Take in a peer's election state: a higher term wins; at equal terms
     /// (two sides of a healed partition), the lower peer id. Only a leader
-    /// whose token allows coordinating is accepted.
-    fn consider(&mut self, term: u64, leader: Option<&str>) {
+    /// whose token allows coordinating is accepted, and only from a peer
+    /// whose token allows it too: any member could otherwise announce any
+    /// term (up to one that makes `term + 1` wrap). Claims past
+    /// [`MAX_TERM`] are ignored whoever makes them.
+    fn consider(&mut self, from: &PeerId, term: u64, leader: Option<&str>) {
         if term < self.term || (term == self.term && leader == self.leader_text.as_deref()) {
+            return;
+        }
+        let from_eligible = self.members.get(from).is_some_and(|m| m.eligible);
+        if !from_eligible || term > MAX_TERM {
+            if leader.is_some() {
+                self.count("term_claims_ignored");
+            }
             return;
         }
         let Some(leader) = leader.and_then(|l| l.parse::<PeerId>().ok()) else {
@@ -600,7 +688,9 @@ impl Office {
     /// leader is forgotten; with none, the lowest live eligible peer id
     /// (this node included) starts a new term. Returns the lost members and
     /// whether the coordinator changed.
-    pub fn check(&mut self, now: Instant, timeout: Duration) -> (Vec<PeerId>, bool) {
+    pub fn check(&mut self, now: Now, timeout: Duration) -> (Vec<PeerId>, bool) {
+        let wall = now.wall_secs();
+        let now = now.at;
         let before = (self.term, self.leader);
         let lost: Vec<PeerId> = self
             .members
@@ -612,6 +702,17 @@ impl Office {
             tracing::warn!(%peer, "member lost (silent for {timeout:?})");
             self.forget(peer);
             self.count("members_lost");
+        }
+        // A token is checked again every time, not only at Hello: a member
+        // whose token expired is a member no more, however long it reports.
+        let expired: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.expires_at <= wall)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            self.refuse_at(peer, "expired token", now);
         }
         self.elect(now);
         (lost, before != (self.term, self.leader))
@@ -640,7 +741,11 @@ impl Office {
             .chain(self.eligible.then_some(self.me))
             .min();
         if candidate == Some(self.me) {
-            self.term += 1;
+            let Some(term) = self.term.checked_add(1).filter(|t| *t <= MAX_TERM) else {
+                tracing::error!(term = self.term, "no higher term left; not electing");
+                return;
+            };
+            self.term = term;
             self.set_leader(Some(self.me));
             tracing::info!(term = self.term, "became coordinator");
             self.count("elections_won");
@@ -651,7 +756,8 @@ impl Office {
     /// Every report interval: this node's report, to every member (it is
     /// also the liveness signal), and the allocator brought up to date with
     /// the live builders and this node's own state.
-    pub fn tick(&mut self, now: Instant, local: LocalReport) -> Outgoing {
+    pub fn tick(&mut self, now: Now, local: LocalReport) -> Outgoing {
+        let now = now.at;
         self.running_now = local.running_jobs;
         self.load_now = local.load;
         self.hello.term = self.term;
@@ -710,7 +816,9 @@ impl Office {
     }
 
     /// The coordinator's answer to an allocation request from `client`.
-    pub fn grant(&mut self, client: &PeerId, req: &AllocRequest, now: Instant) -> CtlResponse {
+    pub fn grant(&mut self, client: &PeerId, req: &AllocRequest, now: Now) -> CtlResponse {
+        let wall_ms = now.wall_ms;
+        let now = now.at;
         if self.leader != Some(self.me) {
             return CtlResponse::NotCoordinator(self.leader.map(|l| l.to_string()));
         }
@@ -756,7 +864,7 @@ impl Office {
             client: client.to_string(),
             toolchain: req.toolchain,
             term: self.term,
-            expires_at_ms: now_ms() + GRANT_LIFE_MS,
+            expires_at_ms: wall_ms.saturating_add(GRANT_LIFE_MS),
             coordinator_key: Vec::new(),
         };
         let Some(grant) = crate::coordinator::sign_grant(&self.keypair, body) else {
@@ -799,7 +907,8 @@ impl Office {
     }
 
     /// A client says a job this coordinator granted has ended.
-    pub fn release(&mut self, client: &PeerId, id: u64, failed: bool, now: Instant) {
+    pub fn release(&mut self, client: &PeerId, id: u64, failed: bool, now: Now) {
+        let now = now.at;
         let Some((c, builder, at)) = self.grants.remove(&id) else {
             return;
         };
@@ -818,7 +927,8 @@ impl Office {
         self.alloc.forget_grant(&builder, id, now);
     }
 
-    pub fn view(&self, now: Instant) -> OfficeView {
+    pub fn view(&self, now: Now) -> OfficeView {
+        let now = now.at;
         let (builders, cores, in_progress) = self.alloc.totals();
         let mut members: Vec<MemberInfo> = self
             .members
@@ -876,7 +986,7 @@ mod tests {
 
     /// A node of office "t": a builder that may coordinate, a builder that
     /// may not, or a client.
-    fn node(key: &OfficeKey, kind: &str, now: Instant) -> Peer {
+    fn node(key: &OfficeKey, kind: &str, now: Now) -> Peer {
         let keypair = Keypair::generate_ed25519();
         let peer = keypair.public().to_peer_id();
         let subject = match kind {
@@ -886,7 +996,9 @@ mod tests {
                 coordinator: kind == "coordinator",
             },
         };
-        let token = key.issue(subject, now_secs() - 10, 3600).to_string();
+        let token = key
+            .issue(subject, crate::util::now_secs() - 10, 3600)
+            .to_string();
         let office = Office::new(
             OfficeInit {
                 office: "t".into(),
@@ -906,7 +1018,7 @@ mod tests {
     }
 
     /// `a` and `b` exchange Hellos as a new connection does.
-    fn meet(a: &mut Peer, b: &mut Peer, now: Instant) {
+    fn meet(a: &mut Peer, b: &mut Peer, now: Now) {
         let h = CtlRequest::Hello(a.office.hello().clone());
         let (resp, _) = b.office.on_request(a.peer, &h, now);
         a.office.on_response(b.peer, &resp, now);
@@ -923,7 +1035,7 @@ mod tests {
         }
     }
 
-    fn report(from: &mut Peer, to: &mut Peer, now: Instant) -> CtlResponse {
+    fn report(from: &mut Peer, to: &mut Peer, now: Now) -> CtlResponse {
         let out = from.office.tick(now, idle());
         let (resp, _) = to
             .office
@@ -933,7 +1045,7 @@ mod tests {
 
     /// After the quiet time: `c` has elected itself and holds its own
     /// report. Returns that moment.
-    fn elected(c: &mut Peer, t0: Instant) -> Instant {
+    fn elected(c: &mut Peer, t0: Now) -> Now {
         let t1 = t0 + Duration::from_millis(400);
         c.office.check(t1, Duration::from_secs(2));
         c.office.tick(t1, idle());
@@ -951,7 +1063,7 @@ mod tests {
     }
 
     /// `who` asks the coordinator `c` for a slot: the grant's id, if any.
-    fn ask(c: &mut Peer, who: &Peer, req: &CtlRequest, now: Instant) -> Option<u64> {
+    fn ask(c: &mut Peer, who: &Peer, req: &CtlRequest, now: Now) -> Option<u64> {
         match c.office.on_request(who.peer, req, now).0 {
             CtlResponse::Granted { grant, .. } => Some(grant.body.id),
             _ => None,
@@ -961,7 +1073,7 @@ mod tests {
     #[test]
     fn the_lowest_eligible_peer_is_elected_after_the_quiet_time_and_everyone_follows() {
         let key = OfficeKey::generate("t");
-        let t0 = Instant::now();
+        let t0 = Now::real();
         let mut nodes: Vec<Peer> = ["coordinator", "coordinator", "builder", "client"]
             .iter()
             .map(|k| node(&key, k, t0))
@@ -1007,7 +1119,7 @@ mod tests {
     #[test]
     fn a_lost_coordinator_is_replaced_in_a_new_term_and_equal_terms_go_to_the_lower_id() {
         let key = OfficeKey::generate("t");
-        let t0 = Instant::now();
+        let t0 = Now::real();
         let mut a = node(&key, "coordinator", t0);
         let mut b = node(&key, "coordinator", t0);
         // Apart (a partition), each elects itself.
@@ -1039,7 +1151,7 @@ mod tests {
     fn strangers_and_forgers_get_nothing() {
         let key = OfficeKey::generate("t");
         let other = OfficeKey::generate("t");
-        let t0 = Instant::now();
+        let t0 = Now::real();
         let mut a = node(&key, "coordinator", t0);
         let mut stranger = node(&other, "coordinator", t0);
         // A report from a non-member: refused, and asked for a Hello.
@@ -1075,7 +1187,7 @@ mod tests {
     #[test]
     fn when_slots_run_short_a_client_over_its_share_yields_to_one_below() {
         let key = OfficeKey::generate("t");
-        let t0 = Instant::now();
+        let t0 = Now::real();
         let mut c = node(&key, "coordinator", t0);
         let mut a = node(&key, "client", t0);
         let mut b = node(&key, "client", t0);
@@ -1101,7 +1213,7 @@ mod tests {
     #[test]
     fn a_client_that_is_done_does_not_shrink_the_share_of_one_still_building() {
         let key = OfficeKey::generate("t");
-        let t0 = Instant::now();
+        let t0 = Now::real();
         let mut c = node(&key, "coordinator", t0);
         let mut done = node(&key, "client", t0);
         let mut a = node(&key, "client", t0);
@@ -1124,7 +1236,7 @@ mod tests {
     #[test]
     fn a_fetch_chain_only_ever_names_an_earlier_builder() {
         let key = OfficeKey::generate("t");
-        let t0 = Instant::now();
+        let t0 = Now::real();
         let mut c = node(&key, "coordinator", t0);
         let mut client = node(&key, "client", t0);
         let mut builders: Vec<Peer> = (0..3).map(|_| node(&key, "builder", t0)).collect();
@@ -1174,7 +1286,7 @@ mod tests {
     #[test]
     fn the_coordinator_grants_a_member_a_slot_and_a_release_frees_it() {
         let key = OfficeKey::generate("t");
-        let t0 = Instant::now();
+        let t0 = Now::real();
         let mut c = node(&key, "coordinator", t0);
         let mut client = node(&key, "client", t0);
         meet(&mut client, &mut c, t0);
@@ -1191,8 +1303,13 @@ mod tests {
             assert_eq!(grant.body.builder, c.peer.to_string());
             assert_eq!(grant.body.client, client.peer.to_string());
             let me = c.peer.to_string();
-            let signer =
-                crate::coordinator::verify_grant(&grant, &me, &req.job, now_ms(), |p| p == me);
+            let signer = crate::coordinator::verify_grant(
+                &grant,
+                &me,
+                &req.job,
+                crate::util::now_ms(),
+                |p| p == me,
+            );
             assert_eq!(signer.as_deref(), Ok(me.as_str()));
             ids.push(grant.body.id);
         }
@@ -1210,5 +1327,117 @@ mod tests {
         c.office.on_request(client.peer, &release, t1);
         let (resp, _) = c.office.on_request(client.peer, &alloc, t1);
         assert!(matches!(resp, CtlResponse::Granted { .. }));
+    }
+
+    #[test]
+    fn only_peers_that_may_coordinate_set_the_term_and_no_claim_can_make_it_wrap() {
+        let key = OfficeKey::generate("t");
+        let t0 = Now::real();
+        let mut a = node(&key, "coordinator", t0);
+        let mut b = node(&key, "coordinator", t0);
+        if b.peer < a.peer {
+            // `a` is the lower id: the one elected.
+            std::mem::swap(&mut a, &mut b);
+        }
+        let mut client = node(&key, "client", t0);
+        meet(&mut a, &mut b, t0);
+        meet(&mut client, &mut a, t0);
+        let t1 = t0 + Duration::from_millis(400);
+        a.office.check(t1, Duration::from_secs(2));
+        b.office.check(t1, Duration::from_secs(2));
+        let leader = a.office.leader().expect("elected");
+        let term = a.office.term();
+        // A client announces a huge term naming an eligible leader (b): in
+        // the old code, `term + 1` wrapped at the next election and the
+        // office was left without a coordinator.
+        let mut lie = client.office.tick(t1, idle()).report;
+        lie.term = u64::MAX;
+        lie.leader = Some(b.peer.to_string());
+        let (resp, _) = a
+            .office
+            .on_request(client.peer, &CtlRequest::Report(lie), t1);
+        assert_eq!(resp, CtlResponse::Ack);
+        assert_eq!((a.office.leader(), a.office.term()), (Some(leader), term));
+        assert_eq!(a.office.counter("term_claims_ignored"), 1);
+        // An eligible peer past the bound is ignored as well.
+        let mut lie = b.office.tick(t1, idle()).report;
+        lie.term = MAX_TERM + 1;
+        lie.leader = Some(b.peer.to_string());
+        a.office.on_request(b.peer, &CtlRequest::Report(lie), t1);
+        assert_eq!((a.office.leader(), a.office.term()), (Some(leader), term));
+        // Within it, the higher term of an eligible peer wins as before.
+        let mut fair = b.office.tick(t1, idle()).report;
+        fair.term = term + 5;
+        fair.leader = Some(b.peer.to_string());
+        a.office.on_request(b.peer, &CtlRequest::Report(fair), t1);
+        assert_eq!(
+            (a.office.leader(), a.office.term()),
+            (Some(b.peer), term + 5)
+        );
+        // At the top of the range, an election stops instead of wrapping.
+        a.office.term = MAX_TERM;
+        a.office.set_leader(None);
+        a.office.members.clear();
+        a.office.elect(t1.at);
+        assert_eq!((a.office.leader(), a.office.term()), (None, MAX_TERM));
+    }
+
+    #[test]
+    fn a_member_whose_token_expires_is_dropped_while_it_keeps_reporting() {
+        let key = OfficeKey::generate("t");
+        let t0 = Now::real();
+        let mut c = node(&key, "coordinator", t0);
+        // A client whose token is good for one more minute.
+        let mut short = node(&key, "client", t0);
+        short.office.hello.token = key
+            .issue(
+                Subject::Client { user: "u".into() },
+                t0.wall_secs() - 10,
+                70,
+            )
+            .to_string();
+        meet(&mut short, &mut c, t0);
+        assert!(c.office.is_member(&short.peer));
+        let timeout = Duration::from_secs(2);
+        // It reports every half second, so it is never silent.
+        let mut t = t0;
+        for _ in 0..118 {
+            t = t + Duration::from_millis(500);
+            assert_eq!(report(&mut short, &mut c, t), CtlResponse::Ack);
+            c.office.check(t, timeout);
+        }
+        assert!(c.office.is_member(&short.peer), "still valid at +59 s");
+        for _ in 0..4 {
+            t = t + Duration::from_millis(500);
+            report(&mut short, &mut c, t);
+            c.office.check(t, timeout);
+        }
+        assert!(!c.office.is_member(&short.peer), "expired at +60 s");
+        assert!(c.office.is_banned(&short.peer, t));
+        assert_eq!(c.office.view(t).rejections.get("expired token"), Some(&1));
+        // It gets no builder, and its next report asks it for a Hello.
+        let req = CtlRequest::Alloc(alloc_request(b"t"));
+        assert!(ask(&mut c, &short, &req, t).is_none());
+        assert!(matches!(
+            report(&mut short, &mut c, t),
+            CtlResponse::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn a_builder_reporting_endless_cores_is_believed_only_up_to_a_bound() {
+        let key = OfficeKey::generate("t");
+        let t0 = Now::real();
+        let mut c = node(&key, "coordinator", t0);
+        let mut liar = node(&key, "builder", t0);
+        meet(&mut liar, &mut c, t0);
+        let t1 = elected(&mut c, t0);
+        let mut lie = liar.office.tick(t1, idle()).report;
+        lie.cores = u32::MAX;
+        lie.inbound_rate = u64::MAX;
+        c.office.on_request(liar.peer, &CtlRequest::Report(lie), t1);
+        let (builders, slots, _) = c.office.totals();
+        assert_eq!((builders, slots), (2, 4 + u64::from(MAX_SLOTS)));
+        assert_eq!(c.office.counter("implausible_reports"), 1);
     }
 }

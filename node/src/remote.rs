@@ -90,7 +90,37 @@ pub struct Remote {
     accepted: Arc<crate::coordinator::Taken>,
     /// Job streams served at once (running or queued for a slot).
     inbound: Arc<Semaphore>,
+    /// Toolchain streams served at once.
+    serving: Arc<Semaphore>,
+    /// Grants this builder has taken a job on for, until they expire.
+    used_grants: UsedGrants,
 }
+
+/// The grants a builder has taken a job on for, until they expire: a grant
+/// is good for one job. (Within its 30 s, the client it names could
+/// otherwise send the same job again and again on one allocation.)
+#[derive(Default)]
+pub struct UsedGrants(Mutex<HashMap<Hash32, u64>>);
+
+impl UsedGrants {
+    /// Take a verified grant's one use, or refuse one seen before.
+    pub fn take(&self, grant: &Grant, now_ms: u64) -> Result<(), &'static str> {
+        let mut h = blake3::Hasher::new();
+        h.update(&grant.body.coordinator_key);
+        h.update(&grant.body.id.to_le_bytes());
+        let key = Hash32::from(h.finalize());
+        let mut used = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        used.retain(|_, expires| *expires > now_ms);
+        if used.contains_key(&key) {
+            return Err("grant used before");
+        }
+        used.insert(key, grant.body.expires_at_ms);
+        Ok(())
+    }
+}
+
+/// Toolchain archives served at once (each may be hundreds of megabytes).
+const MAX_SERVING: usize = 16;
 
 pub struct RemoteParams {
     pub net: Arc<Net>,
@@ -144,6 +174,8 @@ impl Remote {
             from_peers: p.from_peers,
             accepted: p.accepted,
             inbound,
+            serving: Arc::new(Semaphore::new(MAX_SERVING)),
+            used_grants: UsedGrants::default(),
         });
         let mut control = r.net.control.clone();
         let mut jobs = control
@@ -378,8 +410,17 @@ impl Remote {
         }
     }
 
-    /// Builder side of a job stream.
+    /// Builder side of a job stream. A peer that is no member gets nothing
+    /// read and no place held: it is refused before its offer (up to 8 MiB)
+    /// is read.
     async fn serve_job(self: Arc<Self>, peer: PeerId, mut s: libp2p::Stream) -> Result<()> {
+        if self.net.member(&peer).is_none() {
+            tracing::warn!(%peer, reason = "not a member", "job refused");
+            self.refused("not a member of this office");
+            let no = OfferAnswer::Refused("not a member of this office".into());
+            write_frame(&mut s, &no, SMALL_MAX).await?;
+            return Ok(());
+        }
         let Ok(_permit) = self.inbound.clone().try_acquire_owned() else {
             self.refused("busy");
             write_frame(&mut s, &OfferAnswer::Refused("busy".into()), SMALL_MAX).await?;
@@ -474,7 +515,6 @@ impl Remote {
             now,
             |p| self.net.may_coordinate(p),
         )
-        .map(|_| ())
         .map_err(|e| match e {
             crate::coordinator::GrantError::Malformed => "malformed grant",
             crate::coordinator::GrantError::NotCoordinator => "grant not from a coordinator",
@@ -482,7 +522,8 @@ impl Remote {
             crate::coordinator::GrantError::Expired => "expired grant",
             crate::coordinator::GrantError::WrongBuilder => "grant for another builder",
             crate::coordinator::GrantError::WrongJob => "grant for another job",
-        })
+        })?;
+        self.used_grants.take(&offer.grant, now)
     }
 
     /// Get a toolchain from a peer that holds it: the holders the
@@ -643,9 +684,9 @@ impl Remote {
         res
     }
 
-    /// Holder side of a toolchain stream.
+    /// Holder side of a toolchain stream: members only (checked before
+    /// anything is read), a bounded number at once.
     async fn serve_toolchain(&self, peer: PeerId, mut s: libp2p::Stream) -> Result<()> {
-        let req: ToolchainRequest = timed(read_frame(&mut s, SMALL_MAX)).await?;
         if self.net.member(&peer).is_none() {
             tracing::warn!(%peer, reason = "not a member", "toolchain request refused");
             self.refused("toolchain request from a non-member");
@@ -653,6 +694,12 @@ impl Remote {
             write_frame(&mut s, &no, SMALL_MAX).await?;
             return Ok(());
         }
+        let Ok(_serving) = self.serving.clone().try_acquire_owned() else {
+            self.refused("busy");
+            write_frame(&mut s, &ToolchainAnswer::Refused("busy".into()), SMALL_MAX).await?;
+            return Ok(());
+        };
+        let req: ToolchainRequest = timed(read_frame(&mut s, SMALL_MAX)).await?;
         // A coordinator names builders that are about to fetch an archive
         // as its source for the next one: give such a job a moment to arrive.
         let started = Instant::now();
@@ -858,6 +905,33 @@ pub async fn run_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grant_is_good_for_one_job() {
+        let key = libp2p_identity::Keypair::generate_ed25519();
+        let grant = |id| {
+            crate::coordinator::sign_grant(
+                &key,
+                swarmcc_protocol::transfer::GrantBody {
+                    id,
+                    job: Hash32::of(b"job"),
+                    builder: "b".into(),
+                    client: "c".into(),
+                    toolchain: ToolchainId(Hash32::of(b"tc")),
+                    term: 1,
+                    expires_at_ms: 30_000,
+                    coordinator_key: Vec::new(),
+                },
+            )
+            .expect("signed")
+        };
+        let used = UsedGrants::default();
+        assert_eq!(used.take(&grant(1), 1_000), Ok(()));
+        assert_eq!(used.take(&grant(1), 2_000), Err("grant used before"));
+        assert_eq!(used.take(&grant(2), 2_000), Ok(()));
+        // Forgotten once expired (it is refused as expired by then anyway).
+        assert_eq!(used.take(&grant(1), 31_000), Ok(()));
+    }
 
     #[test]
     fn a_relay_is_too_slow_only_when_a_large_backlog_grows() {

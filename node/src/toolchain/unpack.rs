@@ -20,7 +20,6 @@
 
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
@@ -298,19 +297,18 @@ impl Sink for Disk {
     }
 }
 
-/// The names of a directory's entries (for tests).
-#[cfg(test)]
-fn names(dir: &Path) -> Vec<OsString> {
-    let mut v: Vec<OsString> = fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names of a directory's entries.
+    fn names(dir: &Path) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
 
     /// An archive of raw entries: (path, type, content or link target).
     fn tar_of(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {

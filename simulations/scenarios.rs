@@ -6,6 +6,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod hostile;
 mod netns;
 mod report;
 mod spread;
@@ -267,6 +268,200 @@ fn intruders_get_nothing() {
     report(
         "intruders: forged and replayed tokens refused, no job given to or taken from them".into(),
     );
+}
+
+/// Scenario 8, hostile members: a client and a builder that hold valid
+/// tokens and misbehave (`hostile.rs`: the archive that writes through a
+/// symlink, an endless term, a report of `u32::MAX` cores, forged dependency
+/// files, a silent stranger and half-open connections). The office keeps
+/// one honest coordinator and builds byte-identical objects and dependency
+/// files, every trick is refused, and each is counted where an operator
+/// looks (status counters, rejections, refused requests).
+#[test]
+fn hostile_members_are_refused_and_counted_while_the_office_builds_correctly() {
+    let _one = serial();
+    let lan = netns::Lan::new(4);
+    let o = office();
+    let nodes = office_on(&lan, &o, 2, 3_460_000);
+    let (c, _) = client_on(&lan, &o, 2);
+    wait_agreed(&nodes, &[0, 1], 2);
+    let honest: Vec<(libp2p::PeerId, libp2p::Multiaddr, bool)> = nodes
+        .iter()
+        .map(|(n, p)| (n, p, true))
+        .chain(std::iter::once((&c, &c_peer(&c), false)))
+        .map(|(n, p, eligible)| {
+            let addr = view(n)["listen"][0].as_str().unwrap().parse().unwrap();
+            (p.parse().unwrap(), addr, eligible)
+        })
+        .collect();
+    // The hostile identities' tokens, from the office's own key.
+    let client_key = libp2p_identity::Keypair::generate_ed25519();
+    let builder_key = libp2p_identity::Keypair::generate_ed25519();
+    let builder_token = out(std::process::Command::new(swarmcc())
+        .args(["token", "builder", "--peer"])
+        .arg(builder_key.public().to_peer_id().to_string())
+        .arg("--office-key")
+        .arg(&o.key));
+    let scratch = tempfile::tempdir().unwrap();
+    let victim = scratch.path().join("victim.txt");
+    std::fs::write(&victim, "intact\n").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hostile = hostile::start(
+        hostile::Plan {
+            netns: lan.ns(3),
+            honest,
+            office: "acme".into(),
+            client: (client_key, client_token(&o, "mallory", &[])),
+            builder: (builder_key, builder_token),
+            archive: hostile::archive_through_symlink(&victim),
+            raw_connections: 100,
+        },
+        stop.clone(),
+    );
+    let joined = Instant::now();
+    loop {
+        let v = view(&nodes[0].0);
+        let names: Vec<&str> = v["members"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|m| m["name"].as_str()).collect())
+            .unwrap_or_default();
+        if names.contains(&"hostile-client") && names.contains(&"hostile-builder") {
+            break;
+        }
+        assert!(
+            joined.elapsed() < Duration::from_secs(30),
+            "the hostile members never joined:\n{}",
+            diagnoses(nodes.iter().map(|(n, _)| n))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A project with dependency files, built through the client node.
+    let work = tempfile::tempdir().unwrap();
+    let units = 10;
+    std::fs::write(work.path().join("common.h"), "#define K 3\n").unwrap();
+    for i in 0..units {
+        std::fs::write(
+            work.path().join(format!("u{i}.h")),
+            format!("#include \"common.h\"\nint u{i}(void);\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            work.path().join(format!("u{i}.c")),
+            format!("#include \"u{i}.h\"\nint u{i}(void) {{ return K * {i}; }}\n"),
+        )
+        .unwrap();
+    }
+    let compile = |cmd: &mut std::process::Command, i: usize| {
+        run_ok(
+            cmd.args(["-c", "-MD", &format!("u{i}.c"), "-o", &format!("u{i}.o")])
+                .current_dir(work.path()),
+        );
+    };
+    let mut reference = Vec::new();
+    for i in 0..units {
+        compile(&mut std::process::Command::new("gcc"), i);
+        for ext in ["o", "d"] {
+            let p = work.path().join(format!("u{i}.{ext}"));
+            reference.push((p.clone(), std::fs::read(&p).unwrap()));
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    for i in 0..units {
+        if i == units / 2 {
+            // A builder that failed a job is passed over for a while: the
+            // hostile one gets jobs again after it.
+            std::thread::sleep(swarmcc_node::coordinator::FAILURE_PENALTY + Duration::from_secs(1));
+        }
+        let mut cmd = c.cmd(swarmcc());
+        cmd.arg("gcc");
+        compile(&mut cmd, i);
+    }
+    for (p, want) in &reference {
+        let got = std::fs::read(p).unwrap();
+        assert!(got == *want, "{} differs from a plain build's", p.display());
+        assert!(
+            !String::from_utf8_lossy(&got).contains("$(shell"),
+            "{}",
+            p.display()
+        );
+    }
+    // The half-open connections and the silent stranger are dropped.
+    eventually("the stranger is refused by every honest node", || {
+        nodes
+            .iter()
+            .all(|(n, _)| view(n)["rejections"]["no hello"].as_u64().unwrap_or(0) >= 1)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = hostile.join().unwrap();
+
+    // The archive trick: fetched, refused, and nothing written through it.
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "intact\n");
+    assert!(seen.archive_served >= 1, "{seen:?}");
+    assert!(
+        seen.archive_reply
+            .as_deref()
+            .is_some_and(|r| r.contains("toolchain archive refused")),
+        "{seen:?}"
+    );
+    let refused = |env: &Env, what: &str| {
+        env.stats_json()["refused_requests"][what]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let archives_refused: u64 = nodes
+        .iter()
+        .map(|(n, _)| refused(n, "toolchain archive refused"))
+        .sum();
+    assert!(archives_refused >= 1);
+    // Forged dependency files: refused by the client node, their jobs run
+    // again elsewhere.
+    assert!(seen.forged_deps >= 1, "{seen:?}");
+    assert_eq!(
+        refused(&c, "dependency file from a builder"),
+        u64::from(seen.forged_deps)
+    );
+    // Nor does a builder get a file of the client's that no job carried.
+    assert!(seen.asked_for_other_file, "{seen:?}");
+    assert_eq!(
+        refused(&c, "builder asked for a file the job does not carry"),
+        1
+    );
+    // The lies are counted, and change nothing: one honest coordinator.
+    let eligible: Vec<String> = nodes.iter().map(|(_, p)| p.clone()).collect();
+    for (n, _) in &nodes {
+        let v = view(n);
+        assert!(
+            v["counters"]["term_claims_ignored"].as_u64().unwrap_or(0) >= 1,
+            "{v}"
+        );
+        assert!(
+            v["counters"]["implausible_reports"].as_u64().unwrap_or(0) >= 1,
+            "{v}"
+        );
+        let coord = v["coordinator"].as_str().unwrap_or("").to_string();
+        assert!(eligible.contains(&coord), "{v}");
+        assert!(v["term"].as_u64().unwrap() < 100, "{v}");
+    }
+    assert!(seen.stranger_dropped, "{seen:?}");
+    let not_member = "refused: not a member of this office";
+    assert_eq!(seen.stranger_job.as_deref(), Some(not_member), "{seen:?}");
+    assert_eq!(
+        seen.stranger_toolchain.as_deref(),
+        Some(not_member),
+        "{seen:?}"
+    );
+    report(format!(
+        "hostile members: archive trick refused ({archives_refused} builder), {} forged dependency files refused and their jobs run elsewhere, endless term and {} slots ignored/capped, silent stranger and {} half-open connections dropped; {units} units byte-identical",
+        seen.forged_deps,
+        u32::MAX,
+        seen.raw_connected,
+    ));
+}
+
+/// A client node's peer id.
+fn c_peer(c: &Env) -> String {
+    out(c.cmd(swarmcc()).args(["node", "id"]))
 }
 
 fn sum(v: &serde_json::Value) -> u64 {

@@ -339,6 +339,49 @@ pub fn parse(kind: Kind, args: &[String]) -> Result<Compile, LocalReason> {
     })
 }
 
+impl Compile {
+    /// The targets a local compile writes into the dependency file, as the
+    /// compiler writes them (escaped): the `-MT` (as given) and `-MQ`
+    /// (quoted) targets in order; with only a `-Wp,-MD,file` form, gcc's
+    /// own default (the input's name with `.o`, no directory) or clang's
+    /// (the object as given). A dependency file from a builder must name
+    /// exactly these (see `swarmcc_protocol::depfile`).
+    pub fn dep_targets(&self, kind: Kind) -> String {
+        let mut targets: Vec<String> = Vec::new();
+        let mut it = self.deps.iter();
+        while let Some(a) = it.next() {
+            let (flag, inline) = match a.get(..3) {
+                Some(f @ ("-MT" | "-MQ")) => (f, &a[3..]),
+                _ => continue,
+            };
+            let value = if inline.is_empty() {
+                it.next().cloned().unwrap_or_default()
+            } else {
+                inline.to_string()
+            };
+            targets.push(if flag == "-MQ" {
+                swarmcc_protocol::depfile::quote(&value)
+            } else {
+                value
+            });
+        }
+        if targets.is_empty() {
+            let default = match kind {
+                Kind::Gcc => {
+                    let stem = Path::new(&self.input)
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or("a");
+                    format!("{stem}.o")
+                }
+                Kind::Clang => self.output.clone(),
+            };
+            targets.push(swarmcc_protocol::depfile::quote(&default));
+        }
+        targets.join(" ")
+    }
+}
+
 /// gcc's `%.d%*`: the output name with its suffix replaced by `.d`.
 fn dep_file_name(output: &str) -> String {
     let p = Path::new(output);
@@ -370,12 +413,16 @@ mod tests {
         assert_eq!(c.lang, Lang::C);
         assert_eq!(c.base, v("-O2 -g -Wall -Iinc -DX=1 -include cfg.h src/a.c"));
         assert_eq!(c.deps, v("-MD -MF build/a.d -MQ build/a.o"));
+        assert_eq!(c.dep_targets(Kind::Gcc), "build/a.o");
         let k = parse(
             Kind::Gcc,
             &v("-Wp,-MMD,dir/.a.o.d -Wp,-D_FORTIFY_SOURCE=2 -c a.c"),
         )
         .unwrap();
         assert_eq!(k.deps, v("-Wp,-MMD,dir/.a.o.d"));
+        // gcc's own target for the preprocessor-level form; clang's.
+        assert_eq!(k.dep_targets(Kind::Gcc), "a.o");
+        assert_eq!(k.dep_targets(Kind::Clang), "a.o");
         assert_eq!(k.base, v("-Wp,-D_FORTIFY_SOURCE=2 a.c"));
     }
 
@@ -392,6 +439,7 @@ mod tests {
         );
         let c = parse(Kind::Gcc, &v("-c a.c -MMD -MF deps/a.d -MT tgt")).unwrap();
         assert_eq!(c.deps, v("-MMD -MF deps/a.d -MT tgt"));
+        assert_eq!(c.dep_targets(Kind::Gcc), "tgt");
     }
 
     #[test]

@@ -273,10 +273,35 @@ impl Drop for FileInfo {
 /// Only the index is read whole; each entry looked up is read on its own.
 #[derive(Default)]
 struct Kept {
-    file: Option<std::fs::File>,
+    file: Option<Source>,
     size: u64,
     /// The file up to the end of the index (its check not included).
     index: Vec<u8>,
+}
+
+/// Where a kept file's bytes are read from: the file (a run reads only the
+/// index and the entries it looks up), or bytes in memory (the fuzzer's).
+enum Source {
+    File(std::fs::File),
+    Bytes(Vec<u8>),
+}
+
+impl Source {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match self {
+            Source::File(f) => f.read_exact_at(buf, at),
+            Source::Bytes(b) => {
+                let start = usize::try_from(at).map_err(std::io::Error::other)?;
+                let src = start
+                    .checked_add(buf.len())
+                    .and_then(|end| b.get(start..end))
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+        }
+    }
 }
 
 const MAGIC: &[u8; 8] = b"swfinfo\x02";
@@ -305,9 +330,12 @@ fn le(bytes: &[u8]) -> u64 {
 impl Kept {
     /// The file's index, if the file is one and its index is whole.
     fn open(path: &Path) -> Option<Kept> {
-        use std::os::unix::fs::FileExt;
         let file = std::fs::File::open(path).ok()?;
         let size = file.metadata().ok()?.len();
+        Kept::read(Source::File(file), size)
+    }
+
+    fn read(file: Source, size: u64) -> Option<Kept> {
         if size > MAX_FILE {
             return None;
         }
@@ -343,7 +371,6 @@ impl Kept {
 
     /// The entry at index slot `i`, if it is whole.
     fn entry(&self, i: usize) -> Option<(PathBuf, Stamp, Known)> {
-        use std::os::unix::fs::FileExt;
         let (start, len) = self.span(i)?;
         let mut buf = vec![0; len];
         self.file
@@ -400,7 +427,6 @@ impl Kept {
     /// Every whole entry as it is kept (key, check and body), the file
     /// read in one go.
     fn records(&self) -> impl Iterator<Item = (u64, Vec<u8>)> + '_ {
-        use std::os::unix::fs::FileExt;
         let mut bytes = vec![0; self.size as usize];
         let read = match &self.file {
             Some(f) => f.read_exact_at(&mut bytes, 0).is_ok(),
@@ -443,6 +469,43 @@ impl Kept {
             out.extend_from_slice(rec);
         }
         Some(out)
+    }
+}
+
+/// Read `data` as a kept file, every entry of it: what the fuzzer runs.
+/// The checks are put right first (a random input never has them right),
+/// so that the offsets and lengths behind them are what gets tried.
+pub fn fuzz(data: &[u8]) {
+    let mut data = data.to_vec();
+    if data.len() >= HEAD {
+        let n = le(&data[MAGIC.len()..HEAD]) as usize;
+        let end = n.saturating_mul(ENTRY).saturating_add(HEAD);
+        for i in 0..n.min(data.len() / ENTRY) {
+            let e = HEAD + i * ENTRY;
+            let Some(slot) = data.get(e..e + ENTRY) else {
+                break;
+            };
+            let (off, len) = (le(&slot[8..12]) as usize, le(&slot[12..]) as usize);
+            if let (Some(start), Some(stop)) = (off.checked_sub(CHECK), off.checked_add(len)) {
+                if start >= end && stop <= data.len() {
+                    let sum = check(&data[off..stop]);
+                    data[start..off].copy_from_slice(&sum);
+                }
+            }
+        }
+        if let Some(stop) = end.checked_add(CHECK).filter(|s| *s <= data.len()) {
+            let sum = check(&data[..end]);
+            data[end..stop].copy_from_slice(&sum);
+        }
+    }
+    let size = data.len() as u64;
+    if let Some(kept) = Kept::read(Source::Bytes(data), size) {
+        for i in 0..kept.len() {
+            if let Some((path, _, _)) = kept.entry(i) {
+                let _ = kept.get(&path);
+            }
+        }
+        let _ = kept.records().count();
     }
 }
 

@@ -25,8 +25,13 @@ fn file_name(spec: &ToolchainSpec) -> Option<String> {
 pub fn recall(dir: &Path, spec: &ToolchainSpec) -> Option<ToolchainInfo> {
     let body = std::fs::read(dir.join(file_name(spec)?)).ok()?;
     // The spec is kept too: a record is only ever taken for its own compiler.
-    let (kept, info): (ToolchainSpec, ToolchainInfo) = frame::decode(&body).ok()?;
+    let (kept, info) = decode(&body)?;
     (kept == *spec).then_some(info)
+}
+
+/// A kept record: the compiler's spec and the toolchain named for it.
+pub fn decode(body: &[u8]) -> Option<(ToolchainSpec, ToolchainInfo)> {
+    frame::decode(body).ok()
 }
 
 /// Keep `info` as the toolchain the node named for `spec` (best effort).

@@ -4,14 +4,7 @@
 //! compiler, or as `CCACHE`/`CMAKE_<LANG>_COMPILER_LAUNCHER`/`RUSTC_WRAPPER`)
 //! it is the compiler wrapper; otherwise it is the command-line tool below.
 
-mod args;
-mod client;
-mod fileinfo;
-mod last_toolchain;
-mod scan;
-mod sources;
-mod stats_view;
-mod wrapper;
+use swarmcc::{client, stats_view, wrapper};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};

@@ -314,6 +314,7 @@ fn try_distribute(cfg: &Config, compiler: &Path, raw_args: &[String]) -> Result<
         if spec_is_local {
             if let Some(files) = guess(cfg, compiler, &tc, &compile, &cwd, hinted, &mut info) {
                 let spec = Speculation {
+                    kind,
                     tc: &tc,
                     compile: &compile,
                     cwd: &cwd,
@@ -600,6 +601,7 @@ fn guess(
 
 /// A speculative compile: see [`speculate`].
 struct Speculation<'a> {
+    kind: Kind,
     tc: &'a ToolchainInfo,
     compile: &'a Compile,
     cwd: &'a Path,
@@ -656,8 +658,16 @@ fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
         }
     };
     if let Some(user_dep) = dep_file_path(&c.deps) {
-        let deps_out = job.deps_file.as_ref()?;
-        let (_, bytes) = result.outputs.iter().find(|(p, _)| p == deps_out)?;
+        // The builder wrote it: the next `make` reads it as makefile text,
+        // so only what the compiler itself writes for these files and
+        // these targets is taken (else: the checked way).
+        let bytes = match job.returned_deps(&result, Some(&c.dep_targets(sp.kind)))? {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!("dependency file from the builder refused: {e}");
+                return None;
+            }
+        };
         write_output(&cwd.join(user_dep), bytes).ok()?;
     }
     let code = deliver(c, cwd, &output, &result).ok()?;

@@ -288,11 +288,19 @@ impl Builder {
     async fn run_in_slot(&self, job: &Job, lease: &mut SlotLease) -> Result<JobResult, JobError> {
         let t0 = std::time::Instant::now();
         let slot = lease.slot;
-        let root = self
-            .toolchains
-            .root(&job.toolchain)
-            .await
-            .map_err(|e| JobError::Toolchain(format!("{e:#}")))?;
+        let root = match self.toolchains.root(&job.toolchain).await {
+            Ok(root) => root,
+            Err(e) => {
+                if matches!(e, crate::toolchain::store::RootError::Refused(_)) {
+                    self.stats.update(|s| {
+                        *s.refused_requests
+                            .entry("toolchain archive refused".into())
+                            .or_default() += 1
+                    });
+                }
+                return Err(JobError::Toolchain(e.to_string()));
+            }
+        };
         let workdir = self.workdir(slot);
         let uid = self.uid_base.map(|b| b + slot as u32);
         let carried = prepare_workdir(&workdir, job, uid, |h| self.trusted_blob(h))?;
@@ -578,7 +586,9 @@ fn touches_mounts(removed: &[PathBuf], mounts: &[std::ffi::OsString], tree: &Pat
     })
 }
 
-/// Whether every file in the compile's dependency list was carried.
+/// Whether every file in the compile's dependency list was carried (the
+/// list read strictly, as [`swarmcc_protocol::depfile`] reads what comes
+/// back to a client).
 fn deps_covered(workdir: &Path, job: &Job, deps_file: &str) -> bool {
     let Ok(rel) = job_rel(&job.cwd, deps_file) else {
         return false;
@@ -586,62 +596,8 @@ fn deps_covered(workdir: &Path, job: &Job, deps_file: &str) -> bool {
     let Ok(Some(text)) = read_job_file(workdir, rel, DEPS_FILE_MAX) else {
         return false;
     };
-    let carried: std::collections::HashSet<&str> =
-        job.sources.iter().map(|s| s.path.as_str()).collect();
-    let deps = parse_make_deps(&text);
-    !deps.is_empty()
-        && deps.iter().all(|d| {
-            let abs = crate::toolchain::package::normalize(&Path::new(&job.cwd).join(d));
-            abs.to_str().is_some_and(|a| carried.contains(a))
-        })
-}
-
-/// The prerequisites of a make rule as gcc writes it (`t: a b \\\n c`, with
-/// `\ ` for a space and `$$` for `$`).
-pub fn parse_make_deps(text: &[u8]) -> Vec<String> {
-    let s = String::from_utf8_lossy(text);
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut after_colon = false;
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.peek() {
-                Some('\n') => {
-                    chars.next();
-                }
-                Some(' ') | Some('#') | Some('\\') => {
-                    cur.push(chars.next().unwrap_or(' '));
-                }
-                _ => cur.push('\\'),
-            },
-            '$' if chars.peek() == Some(&'$') => {
-                chars.next();
-                cur.push('$');
-            }
-            ':' if !after_colon && matches!(chars.peek(), Some(' ') | Some('\n') | None) => {
-                after_colon = true;
-                cur.clear();
-            }
-            ' ' | '\t' | '\n' => {
-                if after_colon && !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-                cur.clear();
-                if c == '\n' {
-                    // Only the first rule matters (-MP adds phony ones).
-                    if after_colon {
-                        break;
-                    }
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if after_colon && !cur.is_empty() {
-        out.push(cur);
-    }
-    out
+    swarmcc_protocol::depfile::check(&text, None, |p| job.carries(p))
+        .is_ok_and(|rules| !rules.prerequisites.is_empty())
 }
 
 /// A compiler that died of a sandbox limit reports it on stderr through the
@@ -1103,21 +1059,6 @@ mod tests {
                 .len(),
             101
         );
-    }
-
-    #[test]
-    fn make_deps() {
-        let d = b"out.o: ../src/a.c /usr/include/stdio.h \\\n /usr/include/x\\ y.h \\\n  inc/$$h.h\n\n/usr/include/stdio.h:\n";
-        assert_eq!(
-            parse_make_deps(d),
-            vec![
-                "../src/a.c",
-                "/usr/include/stdio.h",
-                "/usr/include/x y.h",
-                "inc/$h.h"
-            ]
-        );
-        assert!(parse_make_deps(b"").is_empty());
     }
 
     #[test]

@@ -206,16 +206,21 @@ fn get_in<T: serde::de::DeserializeOwned>(dir: &LruDir, key: &Hash32) -> Lookup2
 
 /// An entry as stored: magic, checksum and length of the payload, payload.
 fn encode_entry<T: serde::Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
-    let payload = frame::encode(value)?;
-    let mut data = Vec::with_capacity(HEADER + payload.len());
-    data.extend_from_slice(MAGIC);
-    data.extend_from_slice(&Hash32::of(&payload).0);
-    data.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    data.extend_from_slice(&payload);
-    Ok(data)
+    Ok(seal(&frame::encode(value)?))
 }
 
-fn decode_entry<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
+/// A payload framed as an entry (magic, checksum, length).
+pub fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(HEADER + payload.len());
+    data.extend_from_slice(MAGIC);
+    data.extend_from_slice(&Hash32::of(payload).0);
+    data.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    data.extend_from_slice(payload);
+    data
+}
+
+/// An entry's value, if its framing and checksum hold and it decodes.
+pub fn decode_entry<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
     if data.len() < HEADER || &data[..8] != MAGIC {
         return None;
     }

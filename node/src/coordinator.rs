@@ -50,9 +50,11 @@ struct Builder {
     /// lists them, and must not take their slots back.
     ended: HashMap<u64, Instant>,
     /// Grants this coordinator issued for it and not yet released, with
-    /// when: a report that does not list one yet (the job is still on its
-    /// way) must not free its slot.
-    outstanding: HashMap<u64, Instant>,
+    /// when, and whether a report has listed it: a report that does not
+    /// list one yet (the job is still on its way) must not free its slot,
+    /// and one that listed it and no longer does says its job ended (even
+    /// if its client never said so: it may have died).
+    outstanding: HashMap<u64, (Instant, bool)>,
 }
 
 impl Builder {
@@ -80,8 +82,13 @@ impl Builder {
     /// The grants its report lists as taken: the others are still on their
     /// way and keep their slots, until long after their expiry.
     fn take_grants(&mut self, taken: &[u64], now: Instant) {
-        self.outstanding
-            .retain(|id, at| taken.contains(id) || now.duration_since(*at) < GRANT_TRAVEL);
+        self.outstanding.retain(|id, (at, seen)| {
+            if taken.contains(id) {
+                *seen = true;
+                return true;
+            }
+            !*seen && now.duration_since(*at) < GRANT_TRAVEL
+        });
         self.pending = self
             .outstanding
             .keys()
@@ -309,7 +316,7 @@ impl Allocator {
     /// Record the id of the grant for a job just allocated to `peer`.
     pub fn granted(&mut self, peer: &str, grant: u64, now: Instant) {
         if let Some(b) = self.get_mut(peer) {
-            b.outstanding.insert(grant, now);
+            b.outstanding.insert(grant, (now, false));
         }
     }
 
@@ -319,6 +326,15 @@ impl Allocator {
             b.outstanding.remove(&grant);
             b.ended.insert(grant, now);
         }
+    }
+
+    /// Whether a grant issued for `peer` may still be in use: on its way,
+    /// or listed by its last report.
+    pub fn is_outstanding(&self, peer: &str, grant: u64) -> bool {
+        self.index
+            .get(peer)
+            .and_then(|i| self.builders.get(*i))
+            .is_some_and(|(_, b)| b.outstanding.contains_key(&grant))
     }
 
     /// Whether `peer` reported holding `toolchain`.

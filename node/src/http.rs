@@ -334,7 +334,7 @@ async fn check_host(
 }
 
 /// Whether a `Host` header (with or without a port) names this node.
-fn host_allowed(host: &str, allowed: &[String]) -> bool {
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let name = match host.strip_prefix('[') {
         // An IPv6 literal: `[::1]` or `[::1]:10600`.
         Some(rest) => match rest.split_once(']') {
@@ -657,7 +657,7 @@ fn zlib(data: &[u8]) -> Vec<u8> {
 }
 
 /// `[u32 BE n][bincode RunJobHttpRequest][zlib(tar of inputs)]` → a job.
-fn parse_run_job(
+pub fn parse_run_job(
     body: &[u8],
     toolchain: ToolchainId,
 ) -> Result<(Job, Vec<swarmcc_protocol::job::Blob>)> {

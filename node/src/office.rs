@@ -763,8 +763,14 @@ impl Office {
         self.hello.term = self.term;
         self.hello.leader = self.leader.map(|l| l.to_string());
         let held = &mut self.held;
-        self.grants.retain(|_, (client, _, at)| {
-            let keep = now.saturating_duration_since(*at) < GRANT_FORGET;
+        let alloc = &self.alloc;
+        // A grant ends with its client's release, or, should that never
+        // come (the client died, or its release was lost), once its builder
+        // no longer has it: otherwise it would hold its client's share of
+        // the slots for long.
+        self.grants.retain(|id, (client, builder, at)| {
+            let age = now.saturating_duration_since(*at);
+            let keep = age < GRANT_FORGET && alloc.is_outstanding(builder, *id);
             if !keep {
                 unhold(held, client);
             }
@@ -1439,5 +1445,35 @@ mod tests {
         let (builders, slots, _) = c.office.totals();
         assert_eq!((builders, slots), (2, 4 + u64::from(MAX_SLOTS)));
         assert_eq!(c.office.counter("implausible_reports"), 1);
+    }
+
+    #[test]
+    fn a_grant_its_client_never_released_ends_when_its_builder_no_longer_has_it() {
+        let key = OfficeKey::generate("t");
+        let t0 = Now::real();
+        let mut c = node(&key, "coordinator", t0);
+        let mut a = node(&key, "client", t0);
+        meet(&mut a, &mut c, t0);
+        let t1 = elected(&mut c, t0);
+        let req = CtlRequest::Alloc(alloc_request(b"t"));
+        let g = ask(&mut c, &a, &req, t1).expect("a slot");
+        assert_eq!(c.office.held.get(&a.peer), Some(&1));
+        // The job arrives and runs on the coordinator itself...
+        let running = |grants: Vec<u64>| LocalReport {
+            running_jobs: grants.len() as u32,
+            grants,
+            ..idle()
+        };
+        c.office.tick(t1, running(vec![g]));
+        c.office
+            .tick(t1 + Duration::from_millis(500), running(vec![g]));
+        assert_eq!(c.office.held.get(&a.peer), Some(&1));
+        // ...and ends; the client dies before its release goes out. The
+        // builder's next report no longer lists the grant: it ends there,
+        // not ten minutes later.
+        c.office.tick(t1 + Duration::from_secs(1), idle());
+        c.office.tick(t1 + Duration::from_millis(1500), idle());
+        assert!(c.office.grants.is_empty());
+        assert_eq!(c.office.held.get(&a.peer), None);
     }
 }

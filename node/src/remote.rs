@@ -304,7 +304,10 @@ impl Remote {
                 self.net.release(&grant, false);
                 return out;
             }
-            let outcome = self.run_remote(&grant, job, holders).await;
+            let outcome = match self.run_remote(&grant, job, holders).await {
+                Ok(JobReply::Done(result)) => self.check_result(job, result),
+                other => other,
+            };
             match outcome {
                 Ok(JobReply::Done(result)) => {
                     self.net.release(&grant, false);
@@ -336,6 +339,22 @@ impl Remote {
                 }
             }
         }
+    }
+
+    /// What a builder returned, checked where the client can check it: the
+    /// dependency file of a speculative job goes to the developer's disk as
+    /// makefile text, so one that is not what a compiler writes for the
+    /// files the job carried is the builder's failure (`Err`: another
+    /// builder gets the job), never cached or answered. (The object's bytes
+    /// cannot be checked without compiling: a builder is trusted with them,
+    /// see SECURITY.md.)
+    fn check_result(&self, job: &Job, result: JobResult) -> Result<JobReply, String> {
+        let speculative = job.check.is_none() && result.exit_code == 0;
+        if let Some(Err(e)) = job.returned_deps(&result, None).filter(|_| speculative) {
+            self.refused("dependency file from a builder");
+            return Err(format!("its dependency file is refused: {e}"));
+        }
+        Ok(JobReply::Done(result))
     }
 
     /// Send a job to the builder its grant names; `Err` means the builder was
@@ -372,6 +391,7 @@ impl Remote {
             let ours: HashSet<Hash32> = job.sources.iter().map(|s| s.hash).collect();
             for h in need {
                 if !ours.contains(&h) {
+                    self.refused("builder asked for a file the job does not carry");
                     bail!("builder asked for a blob that is not part of the job");
                 }
                 let data = self

@@ -479,7 +479,8 @@ fn filter_pipe(program: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(r.into())
 }
 
-fn parse_child_pid(info: &[u8]) -> Option<i32> {
+/// The `child-pid` of bubblewrap's `--info-fd` JSON.
+pub fn parse_child_pid(info: &[u8]) -> Option<i32> {
     let v: serde_json::Value = serde_json::from_slice(info).ok()?;
     let pid = i32::try_from(v.get("child-pid")?.as_u64()?).ok()?;
     (pid > 1).then_some(pid)

@@ -4,6 +4,24 @@
 
 use crate::hash::{Hash32, ToolchainId};
 use serde::{Deserialize, Serialize};
+use std::path::{Component, Path, PathBuf};
+
+/// `p` made absolute and lexically normal: `.` dropped, `..` taken back
+/// (never above `/`), no symlink resolved (a compiler opens a path as
+/// written).
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
 
 /// A file the compile reads: the translation unit and every header its
 /// preprocessing opened. It appears in the sandbox at `path`, the same
@@ -59,6 +77,31 @@ pub struct Job {
     pub args: Vec<String>,
     /// Files to return (absolute sandbox paths), in order.
     pub outputs: Vec<String>,
+}
+
+impl Job {
+    /// Whether `written` (a path as a compiler wrote it in a dependency
+    /// file: relative to the cwd, or absolute) is one of the files this job
+    /// carried.
+    pub fn carries(&self, written: &str) -> bool {
+        let abs = normalize(&Path::new(&self.cwd).join(written));
+        abs.to_str()
+            .is_some_and(|a| self.sources.iter().any(|s| s.path == a))
+    }
+
+    /// The dependency file this job wrote (`deps_file`, among its
+    /// `outputs`), checked as [`crate::depfile::check`] does: `None` if the
+    /// job returned none; an error if it is not what a compiler writes for
+    /// these files.
+    pub fn returned_deps<'r>(
+        &self,
+        result: &'r JobResult,
+        targets: Option<&str>,
+    ) -> Option<Result<&'r [u8], crate::depfile::DepError>> {
+        let path = self.deps_file.as_ref()?;
+        let (_, bytes) = result.outputs.iter().find(|(p, _)| p == path)?;
+        Some(crate::depfile::check(bytes, targets, |p| self.carries(p)).map(|_| &bytes[..]))
+    }
 }
 
 /// What a job produced. A non-zero `exit_code` is the user's compile error,

@@ -5,6 +5,7 @@
 //! same types can later travel over libp2p streams between peers.
 
 pub mod bytes;
+pub mod depfile;
 pub mod frame;
 pub mod hash;
 pub mod job;

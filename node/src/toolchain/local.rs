@@ -43,12 +43,23 @@ fn still_valid(k: &Known) -> bool {
         .all(|(p, target)| std::fs::read_link(p).is_ok_and(|t| t == *target))
 }
 
+/// The index of packaged compilers as kept in `local-index.json` (empty if
+/// it does not decode).
+fn read_index(bytes: &[u8]) -> HashMap<String, Known> {
+    serde_json::from_slice(bytes).unwrap_or_default()
+}
+
+/// How many compilers an index file names (the fuzzer's way into
+/// [`read_index`]).
+pub fn index_len(bytes: &[u8]) -> usize {
+    read_index(bytes).len()
+}
+
 impl LocalToolchains {
     pub fn new(store: Arc<ToolchainStore>, dir: &Path) -> LocalToolchains {
         let index_path = dir.join("local-index.json");
         let known = std::fs::read(&index_path)
-            .ok()
-            .and_then(|d| serde_json::from_slice(&d).ok())
+            .map(|d| read_index(&d))
             .unwrap_or_default();
         LocalToolchains {
             store,

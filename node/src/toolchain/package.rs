@@ -337,20 +337,7 @@ impl Tree {
     }
 }
 
-/// Lexically normalize an absolute path (`a/./b/../c` → `a/c`).
-pub fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
-}
+pub use swarmcc_protocol::job::normalize;
 
 /// Writes to the inner writer and hashes what passes through.
 struct HashingWriter<W: Write> {

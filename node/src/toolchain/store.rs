@@ -30,6 +30,16 @@ pub struct ToolchainStore {
     unpack_locks: Mutex<HashMap<ToolchainId, Arc<AsyncMutex<()>>>>,
 }
 
+/// Why a toolchain root cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    #[error("toolchain {0} is not in the store")]
+    Missing(ToolchainId),
+    /// Its archive is damaged or hostile (it was dropped from the store).
+    #[error("toolchain archive refused: {0:#}")]
+    Refused(anyhow::Error),
+}
+
 /// Keeps a toolchain root from being evicted while a job uses it.
 pub struct RootGuard {
     store: Arc<ToolchainStore>,
@@ -203,7 +213,7 @@ impl ToolchainStore {
 
     /// The unpacked root of `id`, unpacking it first if needed. Concurrent
     /// callers for the same id wait for one unpack.
-    pub async fn root(self: &Arc<Self>, id: &ToolchainId) -> Result<RootGuard> {
+    pub async fn root(self: &Arc<Self>, id: &ToolchainId) -> Result<RootGuard, RootError> {
         {
             let mut m = self.lock();
             m.1 += 1;
@@ -213,7 +223,7 @@ impl ToolchainStore {
                     e.in_use += 1;
                     e.last_use = clock;
                 }
-                None => bail!("toolchain {id} is not in the store"),
+                None => return Err(RootError::Missing(*id)),
             }
         }
         let guard = RootGuard {
@@ -234,10 +244,11 @@ impl ToolchainStore {
         }
         let this = self.clone();
         let id2 = *id;
-        tokio::task::spawn_blocking(move || this.unpack(&id2))
-            .await
-            .context("unpack task")??;
-        Ok(guard)
+        match tokio::task::spawn_blocking(move || this.unpack(&id2)).await {
+            Ok(Ok(())) => Ok(guard),
+            Ok(Err(e)) => Err(RootError::Refused(e)),
+            Err(e) => Err(RootError::Refused(anyhow::anyhow!("unpack task: {e}"))),
+        }
     }
 
     fn unpack(&self, id: &ToolchainId) -> Result<()> {

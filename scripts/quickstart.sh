@@ -15,13 +15,16 @@ cargo fetch --quiet
 BIN="$PWD/$RELEASE_DIR/swarmcc"
 LUA=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/lua-src-551.1.0/lua-5.4.9 | head -n 1)
 WORK=$(mktemp -d /tmp/swarmcc-quickstart.XXXXXX)
-chmod 755 "$WORK"   # job uids must reach the sandbox files in the state dirs
+# What the nodes' sandboxes see lives in a directory of root's (SECURITY.md).
+mkdir -p -m 0711 /var/lib/swarmcc
+SANDBOXES=$(mktemp -d /var/lib/swarmcc/quickstart.XXXXXX)
+chmod 0711 "$SANDBOXES"   # job uids pass through (and see nothing else)
 NODES=3
 cleanup() {
   for i in $(seq 1 $NODES); do
     SWARMCC_DIR="$WORK/node$i" "$BIN" --stop-server >/dev/null 2>&1 || true
   done
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$SANDBOXES"
 }
 trap cleanup EXIT
 
@@ -44,6 +47,7 @@ name = "node$i"
 max_jobs = 2
 [sandbox]
 uid_base = $(( 3900000 + i * 1000 ))
+dir = "$SANDBOXES/node$i"
 [network]
 listen = ["/ip4/127.0.0.1/tcp/$PORT"]
 bootstrap = [$BOOT]

@@ -669,6 +669,56 @@ fn a_job_gets_no_namespace_and_no_kernel_call_it_has_no_use_for() {
     assert_clean(&env, UID_BASE + 2000);
 }
 
+/// A job of a root node (which has a memory cgroup per slot here) is
+/// bounded in its processes' memory together, not only each process's:
+/// four processes of 200 MB each, under a limit of 256 MB, do not all live.
+#[test]
+fn a_jobs_processes_together_stay_within_the_memory_limit() {
+    let mut env = Env::new(&format!(
+        "[sandbox]\ntimeout_secs = 30\nmemory_limit = \"256M\"\nuid_base = {}\n",
+        UID_BASE + 3000
+    ));
+    env.start_node();
+    let (tc, probe) = probe_toolchain(&env);
+    // One process of 200 MB is fine.
+    assert_eq!(
+        probe_job(&env, tc, &probe, &["mem", "1", "200"]),
+        "lived 1 of 1\n"
+    );
+    let mut j = job(tc, "");
+    j.compiler = probe;
+    j.args = ["mem", "4", "200"].map(String::from).to_vec();
+    let r = call(
+        &env,
+        &Request::Compile {
+            key: None,
+            job: Box::new(j),
+            blobs: vec![],
+        },
+    );
+    let lived = match &r {
+        Response::Compiled { result, .. } => String::from_utf8_lossy(&result.stdout).into_owned(),
+        Response::Error(e) => {
+            assert!(e.contains("signal"), "{e}");
+            String::new()
+        }
+        other => panic!("{other:?}"),
+    };
+    // Where the machine's memory cgroups charge nothing (some virtual
+    // machines), the node says so and bounds each process only.
+    if env
+        .node_log()
+        .contains("a job's processes together bounded by a memory cgroup")
+    {
+        assert_ne!(lived, "lived 4 of 4\n", "800 MB in a 256 MB job");
+    } else {
+        assert!(env.node_log().contains("each job process is bounded, not a job's total"));
+        assert_eq!(lived, "lived 4 of 4\n");
+        eprintln!("memory cgroups charge nothing here: a job's total was not bounded");
+    }
+    assert_clean(&env, UID_BASE + 3000);
+}
+
 /// A node run by an ordinary user has no per-slot uids, so a job's process
 /// limit cannot be a per-uid limit set on bubblewrap (it would count all of
 /// that user's processes): the node sets it on the sandbox's own init before

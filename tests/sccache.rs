@@ -160,6 +160,27 @@ fn status_metrics_dashboard_and_dist_status_speak_sccache() {
         r#"{"num_servers":2,"num_cpus":6,"in_progress":0}"#
     );
 
+    // A request addressed to another name (a page that pointed its own name
+    // at this address: DNS rebinding) gets nothing of the office.
+    for path in [
+        "/api/v1/scheduler/status",
+        "/api/v1/office",
+        "/metrics",
+        "/",
+    ] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: attacker.example:{}\r\nConnection: close\r\n\r\n",
+            addr.rsplit(':').next().unwrap()
+        )
+        .unwrap();
+        let (code, head, body) = response(s);
+        assert_eq!(code, 421, "{path}: {head}");
+        assert_eq!(body, b"unknown host\n");
+    }
+    assert!(c.stats_json()["refused_requests"]["HTTP request for another host"] == 4);
+
     // --dist-status: one line of sccache's DistInfo JSON.
     let line = out(c.cmd(swarmcc()).arg("--dist-status"));
     assert_eq!(

@@ -70,6 +70,8 @@ pub struct Builder {
     uid_base: Option<u32>,
     /// The group of every slot's uid (see [`Config::jobs_gid`]).
     jobs_gid: u32,
+    /// Each slot's memory cgroup, where the node can make them.
+    groups: Vec<Arc<crate::cgroup::SlotGroup>>,
     /// Source blobs whose content this process has hashed (written or
     /// checked): the store does not fsync, so a blob from before a restart
     /// is re-hashed once before a job trusts it.
@@ -113,6 +115,23 @@ impl Builder {
                 .flatten()
             })
             .collect();
+        let tag = crate::sandbox::default_base_name(&jobs_dir);
+        let groups: Vec<Arc<crate::cgroup::SlotGroup>> =
+            match crate::cgroup::slot_groups(&tag, max_jobs, cfg.sandbox.memory_limit) {
+                Some(g) => {
+                    tracing::info!(
+                        "a job's processes together bounded by a memory cgroup per slot ({})",
+                        g[0].dir().display()
+                    );
+                    g.into_iter().map(Arc::new).collect()
+                }
+                None => {
+                    tracing::info!(
+                        "no memory cgroup per job slot here: each job process is bounded, not a job's total"
+                    );
+                    Vec::new()
+                }
+            };
         let trees = (0..max_jobs)
             .map(|slot| Mutex::new(SlotTree::new(jobs_dir.join(format!("tree-{slot}")))))
             .collect();
@@ -138,12 +157,14 @@ impl Builder {
                 processes: cfg.sandbox.max_processes,
                 uid: None,
                 netns: None,
+                group: None,
             },
             netns: Arc::new(netns),
             waiting: Arc::new((0..max_jobs).map(|_| Mutex::new(None)).collect()),
             stats,
             uid_base: root.then_some(cfg.sandbox.uid_base),
             jobs_gid: cfg.jobs_gid(),
+            groups,
             verified: Mutex::new(std::collections::HashSet::new()),
             max_jobs,
             running: Arc::new(std::sync::atomic::AtomicU32::new(0)),
@@ -307,6 +328,7 @@ impl Builder {
         let limits = Limits {
             uid: uid.map(|u| (u, self.jobs_gid)),
             netns: self.netns[slot].as_ref().map(|f| f.as_raw_fd()),
+            group: self.groups.get(slot).cloned(),
             ..self.limits.clone()
         };
         // The slot is this job's alone until it returns: the lock is only

@@ -62,6 +62,7 @@ const MAX_JOBS: usize = 100_000;
 /// [`INPUTS_MAX`]); more wait for a place before their body is read.
 const RUN_JOBS_AT_ONCE: usize = 4;
 
+#[derive(Debug, PartialEq, Eq)]
 enum JobLookup {
     NotFound,
     BadToken,
@@ -278,14 +279,25 @@ impl Http {
     /// The toolchain of an allocated job whose token the request carries.
     fn job(&self, id: u64, headers: &HeaderMap) -> Result<ToolchainId, JobLookup> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(job) = jobs.get(&id).filter(|j| now_secs() < j.expires_at) else {
-            return Err(JobLookup::NotFound);
-        };
-        if !bearer(headers).is_some_and(|t| ct_eq(&job.auth, t)) {
-            return Err(JobLookup::BadToken);
-        }
-        Ok(job.toolchain)
+        lookup_job(&jobs, id, bearer(headers), now_secs())
     }
+}
+
+/// An allocated job by id, if `token` is its own and the client token that
+/// got it has not expired by `now` (Unix seconds).
+fn lookup_job(
+    jobs: &HashMap<u64, SccacheJob>,
+    id: u64,
+    token: Option<&str>,
+    now: u64,
+) -> Result<ToolchainId, JobLookup> {
+    let Some(job) = jobs.get(&id).filter(|j| now < j.expires_at) else {
+        return Err(JobLookup::NotFound);
+    };
+    if !token.is_some_and(|t| ct_eq(&job.auth, t)) {
+        return Err(JobLookup::BadToken);
+    }
+    Ok(job.toolchain)
 }
 
 /// sccache's scheduler client auth (`DANGEROUSLY_INSECURE` accepts only
@@ -835,6 +847,36 @@ mod tests {
         ] {
             assert!(!host_allowed(bad, &allowed), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_sccache_job_lives_no_longer_than_the_token_that_got_it() {
+        let tc = ToolchainId(Hash32::of(b"tc"));
+        let jobs: HashMap<u64, SccacheJob> = [(
+            7,
+            SccacheJob {
+                toolchain: tc,
+                auth: "job-secret".into(),
+                created: Instant::now(),
+                expires_at: 1000,
+            },
+        )]
+        .into();
+        assert_eq!(lookup_job(&jobs, 7, Some("job-secret"), 999), Ok(tc));
+        assert_eq!(
+            lookup_job(&jobs, 7, Some("guess"), 999),
+            Err(JobLookup::BadToken)
+        );
+        assert_eq!(lookup_job(&jobs, 7, None, 999), Err(JobLookup::BadToken));
+        assert_eq!(
+            lookup_job(&jobs, 8, Some("job-secret"), 999),
+            Err(JobLookup::NotFound)
+        );
+        // The client token expired: the job's own token is good no more.
+        assert_eq!(
+            lookup_job(&jobs, 7, Some("job-secret"), 1000),
+            Err(JobLookup::NotFound)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod builder;
 pub mod cache;
+pub mod cgroup;
 pub mod config;
 pub mod coordinator;
 pub mod http;

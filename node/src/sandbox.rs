@@ -31,6 +31,9 @@ pub struct Limits {
     /// Enter this empty network namespace (the slot's, see [`slot_netns`])
     /// instead of having bubblewrap make a new one.
     pub netns: Option<RawFd>,
+    /// The slot's memory cgroup, which bounds the job's processes together
+    /// (see [`crate::cgroup`]).
+    pub group: Option<std::sync::Arc<crate::cgroup::SlotGroup>>,
 }
 
 /// Everything one run needs.
@@ -128,8 +131,9 @@ pub fn start(spec: &RunSpec<'_>, block: bool) -> Result<Started, SandboxError> {
     args.extend(["--info-fd".into(), info_fd.to_string().into()]);
     let mut keep_fds = vec![info_fd];
     // A job as the node's own user gets its process limit from the node once
-    // its namespaces exist (see `limit_processes`), so it waits for that.
-    let limit_later = spec.limits.uid.is_none();
+    // its namespaces exist (see `limit_processes`), and a job of a slot with
+    // a memory cgroup is moved into it: it waits for that.
+    let limit_later = spec.limits.uid.is_none() || spec.limits.group.is_some();
     let (block_r, block_w) = if block || limit_later {
         let (r, w) = std::io::pipe().map_err(|e| SandboxError::Setup(format!("pipe: {e}")))?;
         args.extend(["--block-fd".into(), r.as_raw_fd().to_string().into()]);
@@ -188,10 +192,11 @@ pub fn start(spec: &RunSpec<'_>, block: bool) -> Result<Started, SandboxError> {
     drop((info_w, block_r, seccomp));
     let child = spawned
         .map_err(|e| SandboxError::Setup(format!("cannot run {}: {e}", spec.bwrap.display())))?;
-    let nproc = limit_later.then_some(limits.processes);
+    let nproc = limits.uid.is_none().then_some(limits.processes);
+    let group = limits.group.clone();
     Ok(Started {
         child,
-        init: Some(tokio::spawn(read_init_pid(info_r.into(), nproc))),
+        init: Some(tokio::spawn(read_init_pid(info_r.into(), nproc, group))),
         block: block_w,
         key,
         sources,
@@ -430,23 +435,29 @@ fn kill_if_ours(pid: i32) -> bool {
 /// The `child-pid` that bubblewrap writes to `--info-fd` (JSON) right after
 /// creating the sandbox; `None` if it never got that far. With `nproc`, the
 /// sandbox's init is given that process limit first (see
-/// [`limit_processes`]); `None` if it could not be.
-async fn read_init_pid(r: OwnedFd, nproc: Option<u64>) -> Option<i32> {
+/// [`limit_processes`]), with `group` it is moved into that memory cgroup;
+/// `None` if either could not be done.
+async fn read_init_pid(
+    r: OwnedFd,
+    nproc: Option<u64>,
+    group: Option<std::sync::Arc<crate::cgroup::SlotGroup>>,
+) -> Option<i32> {
     let mut r = tokio::net::unix::pipe::Receiver::from_owned_fd(r).ok()?;
     let mut buf = Vec::new();
     // bwrap writes a few dozen bytes and closes the pipe; bounded anyway.
     (&mut r).take(4096).read_to_end(&mut buf).await.ok()?;
     let pid = parse_child_pid(&buf)?;
-    if let Some(n) = nproc {
-        if let Err(e) = limit_processes(pid, n) {
-            tracing::warn!("cannot limit a sandbox's processes: {e}");
-            // Blocked, so alive and not reaped: its pid is still its own.
-            // SAFETY: plain syscall.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            return None;
+    let limited = nproc
+        .map_or(Ok(()), |n| limit_processes(pid, n))
+        .and_then(|()| group.map_or(Ok(()), |g| g.enter(pid)));
+    if let Err(e) = limited {
+        tracing::warn!("cannot limit a sandbox: {e}");
+        // Blocked, so alive and not reaped: its pid is still its own.
+        // SAFETY: plain syscall.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
         }
+        return None;
     }
     Some(pid)
 }
@@ -721,6 +732,17 @@ pub fn visible_base(
         }
     };
     crate::ownership::system_dir(&base, 0o711)?;
+    // The slots' uids must pass through every directory above it.
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(closed) = base.ancestors().skip(1).find(|a| {
+        fs::metadata(a).map_or(true, |m| m.permissions().mode() & 0o001 == 0)
+    }) {
+        anyhow::bail!(
+            "{} is closed to other users, so the job uids cannot reach {}: give it o+x",
+            closed.display(),
+            base.display()
+        );
+    }
     Ok(base)
 }
 
@@ -892,6 +914,7 @@ mod tests {
             processes: 1000,
             uid: None,
             netns: None,
+            group: None,
         };
         let argv: Vec<String> = ["/bin/sh", "-c", "echo ran > marker; echo out; ulimit -t"]
             .map(String::from)
@@ -978,6 +1001,15 @@ mod tests {
         // A configured place below a directory anyone can write to: refused.
         let e = visible_base(&state, true, Some(&t.path().join("sandbox"))).unwrap_err();
         assert!(format!("{e:#}").contains("only root can change"), "{e:#}");
+        // One the job uids could not reach: refused until they can.
+        use std::os::unix::fs::PermissionsExt;
+        let closed = tempfile::tempdir_in("/var/lib").unwrap();
+        fs::set_permissions(closed.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let configured = closed.path().join("sandbox");
+        let e = visible_base(&state, true, Some(&configured)).unwrap_err();
+        assert!(format!("{e:#}").contains("give it o+x"), "{e:#}");
+        fs::set_permissions(closed.path(), fs::Permissions::from_mode(0o711)).unwrap();
+        assert_eq!(visible_base(&state, true, Some(&configured)).unwrap(), configured);
         // A node that is not root runs sandboxes as itself, in its state dir.
         assert_eq!(visible_base(&state, false, None).unwrap(), state);
     }

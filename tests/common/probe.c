@@ -7,6 +7,8 @@
  *   probe read PATH...       which files can be opened for reading
  *   probe connect SOCKET     connect to a Unix socket, send a greeting, and
  *                            say whether anything came back
+ *   probe mem N MB           N children each touch MB megabytes at once;
+ *                            how many of them lived to say so
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -61,6 +63,24 @@ static int forks(int n) {
   return 0;
 }
 
+static int mems(int n, long mb) {
+  for (int i = 0; i < n; i++) {
+    if (fork() == 0) {
+      /* volatile: a compiler may drop an allocation nobody reads. */
+      volatile char *p = malloc(mb << 20);
+      if (!p) _exit(1);
+      for (long i = 0; i < (mb << 20); i += 4096) p[i] = 1;
+      sleep(2);
+      _exit(p[mb << 19] == 1 ? 0 : 1);
+    }
+  }
+  int lived = 0, status;
+  while (wait(&status) > 0)
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) lived++;
+  printf("lived %d of %d\n", lived, n);
+  return 0;
+}
+
 static int reads(int argc, char **argv) {
   for (int i = 0; i < argc; i++) {
     int fd = open(argv[i], O_RDONLY | O_NONBLOCK);
@@ -104,6 +124,7 @@ int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "calls")) return calls();
   if (argc >= 3 && !strcmp(argv[1], "forks")) return forks(atoi(argv[2]));
   if (argc >= 2 && !strcmp(argv[1], "read")) return reads(argc - 2, argv + 2);
+  if (argc >= 4 && !strcmp(argv[1], "mem")) return mems(atoi(argv[2]), atol(argv[3]));
   if (argc >= 3 && !strcmp(argv[1], "connect")) return connects(argv[2]);
   fprintf(stderr, "usage: probe calls|forks N|read PATH...|connect SOCKET\n");
   return 2;

@@ -16,8 +16,8 @@ BIN="$PWD/$RELEASE_DIR/swarmcc"
 LUA=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/lua-src-551.1.0/lua-5.4.9 | head -n 1)
 WORK=$(mktemp -d /tmp/swarmcc-quickstart.XXXXXX)
 # What the nodes' sandboxes see lives in a directory of root's (SECURITY.md).
-mkdir -p -m 0711 /var/lib/swarmcc
-SANDBOXES=$(mktemp -d /var/lib/swarmcc/quickstart.XXXXXX)
+mkdir -p -m 0711 /var/lib/swarmcc-sandbox
+SANDBOXES=$(mktemp -d /var/lib/swarmcc-sandbox/quickstart.XXXXXX)
 chmod 0711 "$SANDBOXES"   # job uids pass through (and see nothing else)
 NODES=3
 cleanup() {

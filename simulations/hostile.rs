@@ -248,31 +248,47 @@ async fn ask_as_stranger(
     peer: PeerId,
     seen: Arc<Mutex<Seen>>,
 ) {
-    let job = match control
-        .open_stream(peer, StreamProtocol::new(JOB_PROTOCOL))
-        .await
-    {
-        Ok(mut s) => match read_frame::<_, OfferAnswer>(&mut s, SMALL_MAX).await {
-            Ok(OfferAnswer::Refused(why)) => format!("refused: {why}"),
-            Ok(other) => format!("{other:?}"),
-            Err(e) => format!("error: {e}"),
+    let job = first_answer(&mut control, peer, JOB_PROTOCOL, |a: OfferAnswer| match a {
+        OfferAnswer::Refused(why) => Some(why),
+        _ => None,
+    })
+    .await;
+    let toolchain = first_answer(
+        &mut control,
+        peer,
+        TOOLCHAIN_PROTOCOL,
+        |a: ToolchainAnswer| match a {
+            ToolchainAnswer::Refused(why) => Some(why),
+            _ => None,
         },
-        Err(e) => format!("no stream: {e}"),
-    };
-    let toolchain = match control
-        .open_stream(peer, StreamProtocol::new(TOOLCHAIN_PROTOCOL))
-        .await
-    {
-        Ok(mut s) => match read_frame::<_, ToolchainAnswer>(&mut s, SMALL_MAX).await {
-            Ok(ToolchainAnswer::Refused(why)) => format!("refused: {why}"),
-            Ok(other) => format!("{other:?}"),
-            Err(e) => format!("error: {e}"),
-        },
-        Err(e) => format!("no stream: {e}"),
-    };
+    )
+    .await;
     let mut s = seen.lock().unwrap();
     s.stranger_job = Some(job);
     s.stranger_toolchain = Some(toolchain);
+}
+
+/// Open a stream of `protocol` to `peer`, send nothing, and say what its
+/// first frame was (`refused: <why>` where `refusal` finds a refusal).
+async fn first_answer<M: serde::de::DeserializeOwned + std::fmt::Debug>(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    protocol: &'static str,
+    refusal: impl Fn(M) -> Option<String>,
+) -> String {
+    match control
+        .open_stream(peer, StreamProtocol::new(protocol))
+        .await
+    {
+        Ok(mut s) => match read_frame::<_, M>(&mut s, SMALL_MAX).await {
+            Ok(m) => {
+                let shown = format!("{m:?}");
+                refusal(m).map_or(shown, |why| format!("refused: {why}"))
+            }
+            Err(e) => format!("error: {e}"),
+        },
+        Err(e) => format!("no stream: {e}"),
+    }
 }
 
 fn socket_addr(a: &Multiaddr) -> Option<std::net::SocketAddr> {

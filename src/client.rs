@@ -28,6 +28,16 @@ impl NodeClient {
         let sock = cfg.socket_path();
         let stream = UnixStream::connect(&sock)
             .with_context(|| format!("connecting to {}", sock.display()))?;
+        // The node gets the sources and answers with objects: it must be
+        // this user's own (or root's), wherever its socket is configured.
+        let peer = swarmcc_node::ownership::peer_uid(&stream)?;
+        let me = swarmcc_node::ownership::euid();
+        if peer != me && peer != 0 {
+            bail!(
+                "{} is served by uid {peer}, not by this user's node (uid {me})",
+                sock.display()
+            );
+        }
         let mut client = NodeClient {
             stream,
             hello_pending: true,

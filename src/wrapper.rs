@@ -661,13 +661,13 @@ fn speculate(node: &mut NodeClient, sp: Speculation<'_>) -> Option<i32> {
         // The builder wrote it: the next `make` reads it as makefile text,
         // so only what the compiler itself writes for these files and
         // these targets is taken (else: the checked way).
-        let bytes = match job.returned_deps(&result, Some(&c.dep_targets(sp.kind)))? {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::warn!("dependency file from the builder refused: {e}");
-                return None;
-            }
-        };
+        let deps_out = job.deps_file.as_ref()?;
+        let (_, bytes) = result.outputs.iter().find(|(p, _)| p == deps_out)?;
+        let same = |w: &str, c: &str| swarmcc_node::util::same_file(&job.cwd, w, c);
+        if let Err(e) = job.check_deps(bytes, Some(&c.dep_targets(sp.kind)), same) {
+            tracing::warn!("dependency file from the builder refused: {e}");
+            return None;
+        }
         write_output(&cwd.join(user_dep), bytes).ok()?;
     }
     let code = deliver(c, cwd, &output, &result).ok()?;

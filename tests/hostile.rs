@@ -634,9 +634,9 @@ fn probe_job(env: &Env, tc: ToolchainId, compiler: &str, args: &[&str]) -> Strin
 }
 
 /// What a job gets of the kernel: no user or network namespace of its own
-/// (where it would hold capabilities again), no mount, and none of the
-/// calls a compiler never needs (keyrings, BPF, ptrace, io_uring), while
-/// ordinary calls work.
+/// (where it would hold capabilities again), no mount, no vsock (which a
+/// network namespace does not hold back), and none of the calls a compiler
+/// never needs (keyrings, BPF, ptrace, io_uring), while ordinary calls work.
 fn assert_calls_contained(seen: &str) {
     let eperm = "Operation not permitted";
     let enosys = "Function not implemented";
@@ -649,6 +649,7 @@ fn assert_calls_contained(seen: &str) {
         ("ptrace", eperm),
         ("io_uring", eperm),
         ("mount", eperm),
+        ("vsock", eperm),
         ("x32", enosys),
         ("clone3", enosys),
         ("getpid", "ok"),
@@ -712,7 +713,9 @@ fn a_jobs_processes_together_stay_within_the_memory_limit() {
     {
         assert_ne!(lived, "lived 4 of 4\n", "800 MB in a 256 MB job");
     } else {
-        assert!(env.node_log().contains("each job process is bounded, not a job's total"));
+        assert!(env
+            .node_log()
+            .contains("each job process is bounded, not a job's total"));
         assert_eq!(lived, "lived 4 of 4\n");
         eprintln!("memory cgroups charge nothing here: a job's total was not bounded");
     }

@@ -179,3 +179,28 @@ fn without_home_an_ordinary_user_is_told_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("HOME is not set"), "{err}");
 }
+
+/// A wrapper never talks to a node of another user (a socket configured in a
+/// shared place, or a planted one): that node would get the sources and
+/// answer with objects of its choice.
+#[test]
+fn a_wrapper_never_talks_to_another_users_node() {
+    let open_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = open_dir.path().join("node.sock");
+    let mut theirs = Env::new(&format!("[node]\nsocket = {sock:?}\n"));
+    theirs.socket_at = Some(sock.clone());
+    theirs.start_node_as(OTHER);
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cfg =
+        swarmcc_node::config::Config::parse(&format!("[node]\nsocket = {sock:?}\n")).unwrap();
+    let mine = tempfile::tempdir().unwrap();
+    cfg.state = mine.path().to_path_buf();
+    let e = swarmcc::client::NodeClient::connect(&cfg)
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{e:#}").contains(&format!("served by uid {OTHER}")),
+        "{e:#}"
+    );
+}

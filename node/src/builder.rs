@@ -115,23 +115,32 @@ impl Builder {
                 .flatten()
             })
             .collect();
+        if !root && !sandbox::nproc_counts_per_namespace() {
+            tracing::warn!(
+                "this kernel counts processes per user, not per sandbox (before Linux 5.14): \
+                 jobs run without a process limit"
+            );
+        }
         let tag = crate::sandbox::default_base_name(&jobs_dir);
-        let groups: Vec<Arc<crate::cgroup::SlotGroup>> =
-            match crate::cgroup::slot_groups(&tag, max_jobs, cfg.sandbox.memory_limit) {
-                Some(g) => {
-                    tracing::info!(
-                        "a job's processes together bounded by a memory cgroup per slot ({})",
-                        g[0].dir().display()
-                    );
-                    g.into_iter().map(Arc::new).collect()
-                }
-                None => {
-                    tracing::info!(
+        let groups: Vec<Arc<crate::cgroup::SlotGroup>> = match crate::cgroup::slot_groups(
+            &tag,
+            max_jobs,
+            cfg.sandbox.memory_limit,
+        ) {
+            Some(g) => {
+                tracing::info!(
+                    "a job's processes together bounded by a memory cgroup per slot ({})",
+                    g[0].dir().display()
+                );
+                g.into_iter().map(Arc::new).collect()
+            }
+            None => {
+                tracing::info!(
                         "no memory cgroup per job slot here: each job process is bounded, not a job's total"
                     );
-                    Vec::new()
-                }
-            };
+                Vec::new()
+            }
+        };
         let trees = (0..max_jobs)
             .map(|slot| Mutex::new(SlotTree::new(jobs_dir.join(format!("tree-{slot}")))))
             .collect();
@@ -618,7 +627,7 @@ fn deps_covered(workdir: &Path, job: &Job, deps_file: &str) -> bool {
     let Ok(Some(text)) = read_job_file(workdir, rel, DEPS_FILE_MAX) else {
         return false;
     };
-    swarmcc_protocol::depfile::check(&text, None, |p| job.carries(p))
+    job.check_deps(&text, None, |_, _| true)
         .is_ok_and(|rules| !rules.prerequisites.is_empty())
 }
 

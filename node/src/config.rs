@@ -273,7 +273,7 @@ pub struct SandboxConfig {
     /// Where a root node keeps the files its sandboxes see (job trees,
     /// source blobs, unpacked toolchains). It and every directory above it
     /// must be root's and writable by root alone. Default:
-    /// `/var/lib/swarmcc/sandbox-<hash of the state dir>`.
+    /// `/var/lib/swarmcc-sandbox/sandbox-<hash of the state dir>`.
     pub dir: Option<PathBuf>,
 }
 
@@ -391,13 +391,12 @@ impl Config {
     }
 
     pub fn load_from(path: &Path) -> anyhow::Result<Config> {
-        crate::ownership::check_trusted_file(path).map_err(|e| anyhow::anyhow!("config: {e:#}"))?;
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
+        match crate::ownership::read_trusted(path) {
+            Ok(Some(text)) => {
                 Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(anyhow::anyhow!("config {}: {e}", path.display())),
+            Ok(None) => Ok(Config::default()),
+            Err(e) => Err(anyhow::anyhow!("config: {e:#}")),
         }
     }
 

@@ -58,6 +58,9 @@ const INPUTS_MAX: u64 = 1 << 30;
 const JOB_FORGET: Duration = Duration::from_secs(3600);
 /// Bound on the jobs remembered at once.
 const MAX_JOBS: usize = 100_000;
+/// The longest a `run_job` body may take to arrive (512 MiB at 100 Mbit/s
+/// takes 45 s).
+const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 /// `run_job` bodies read at once (each up to [`RUN_JOB_MAX`], inflated up to
 /// [`INPUTS_MAX`]); more wait for a place before their body is read.
 const RUN_JOBS_AT_ONCE: usize = 4;
@@ -601,10 +604,13 @@ async fn run_job(
     let Ok(_reading) = h.run_jobs.acquire().await else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "shutting down");
     };
-    let body = match axum::body::to_bytes(body, RUN_JOB_MAX).await {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
-    };
+    // A client that sends its body slowly holds a place for at most this.
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, RUN_JOB_MAX)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the body took too long"),
+        };
     let (job, blobs) = match parse_run_job(&body, toolchain) {
         Ok(x) => x,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("{e:#}")),
@@ -732,7 +738,9 @@ pub fn parse_run_job(
 /// does not reach its end (a truncated body) is an error, not fewer inputs.
 fn inflate_all(data: &[u8]) -> Result<Vec<u8>> {
     let mut d = flate2::Decompress::new(true);
-    let mut out = Vec::with_capacity(data.len() * 4);
+    // (Grown as the data comes: a large body does not reserve four times
+    // its size up front.)
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(64 << 20));
     loop {
         if out.len() as u64 >= INPUTS_MAX {
             anyhow::bail!("inputs exceed {INPUTS_MAX} bytes");

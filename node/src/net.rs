@@ -178,7 +178,18 @@ struct Dialing {
     /// Connected, not (yet) members: since when. One that has not become a
     /// member within [`HELLO_TIMEOUT`] is disconnected and banned.
     unproven: HashMap<PeerId, Instant>,
+    /// What such a peer told of its addresses (identify), taken in only
+    /// once it is a member: a stranger's word does not fill the routing
+    /// table or the list of peers to redial.
+    unproven_addrs: HashMap<PeerId, Vec<Multiaddr>>,
 }
+
+/// Connected peers that are no members yet, at most: each costs a
+/// connection (a descriptor) and memory, and peer ids cost nothing to make.
+const MAX_UNPROVEN: usize = 64;
+/// Peers kept to redial at most (mDNS announcements are unauthenticated);
+/// configured bootstrap peers are always kept.
+const MAX_WANTED: usize = 4096;
 
 /// How long a connected peer may take to become a member (its Hello and
 /// ours cross within milliseconds on a LAN).
@@ -569,13 +580,27 @@ fn load_average() -> u32 {
 
 /// Connected peers that never became members (no Hello, or none that
 /// verified) within [`HELLO_TIMEOUT`]: disconnected, refused and banned, so
-/// that a stranger cannot hold connections open without a token.
+/// that a stranger cannot hold connections open without a token. Those that
+/// became members have what they told of their addresses taken in.
 fn drop_unproven(swarm: &mut libp2p::Swarm<Behaviour>, state: &mut Office, dialing: &mut Dialing) {
     let clock = Now::real();
     let now = clock.at;
+    let proven: Vec<PeerId> = dialing
+        .unproven
+        .keys()
+        .filter(|p| state.is_member(p))
+        .copied()
+        .collect();
+    for peer in proven {
+        for a in dialing.unproven_addrs.remove(&peer).unwrap_or_default() {
+            learn_address(swarm, dialing, peer, a, now);
+        }
+    }
     dialing
         .unproven
         .retain(|peer, _| !state.is_member(peer) && swarm.is_connected(peer));
+    let still = &dialing.unproven;
+    dialing.unproven_addrs.retain(|p, _| still.contains_key(p));
     let late: Vec<PeerId> = dialing
         .unproven
         .iter()
@@ -651,6 +676,24 @@ fn on_tick(
     dialing.wanted.retain(|_, w| w.worth_keeping(now));
 }
 
+/// A member's address: for the routing table, and to redial after a drop
+/// or a partition.
+fn learn_address(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    dialing: &mut Dialing,
+    peer: PeerId,
+    a: Multiaddr,
+    now: Instant,
+) {
+    swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+    if dialing.wanted.len() < MAX_WANTED || dialing.wanted.contains_key(&peer) {
+        dialing
+            .wanted
+            .entry(peer)
+            .or_insert_with(|| Wanted::new(a, now, false));
+    }
+}
+
 fn is_loopback(a: &Multiaddr) -> bool {
     a.iter().any(|p| match p {
         Protocol::Ip4(ip) => ip.is_loopback(),
@@ -690,6 +733,14 @@ fn handle(
                 w.seen(now);
             }
             if !state.is_member(&peer_id) {
+                if dialing.unproven.len() >= MAX_UNPROVEN
+                    && !dialing.unproven.contains_key(&peer_id)
+                {
+                    // Too many connections without a token: this one waits
+                    // until some of them are members or gone.
+                    let _ = swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
                 dialing.unproven.entry(peer_id).or_insert(now);
                 swarm
                     .behaviour_mut()
@@ -707,13 +758,13 @@ fn handle(
         }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
             for (peer, addr) in list {
-                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                 // An announcement is a sign of life: keep (or start) dialling.
-                dialing
-                    .wanted
-                    .entry(peer)
-                    .or_insert_with(|| Wanted::new(addr, now, false))
-                    .last_seen = now;
+                if let Some(w) = dialing.wanted.get_mut(&peer) {
+                    w.last_seen = now;
+                } else if dialing.wanted.len() < MAX_WANTED {
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    dialing.wanted.insert(peer, Wanted::new(addr, now, false));
+                }
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -722,15 +773,17 @@ fn handle(
             ..
         })) => {
             let local = dialing.loopback_peers.contains(&peer_id);
-            for a in info.listen_addrs {
-                if local || !is_loopback(&a) {
-                    swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
-                    // Every peer met is worth redialling after a drop or a partition.
-                    dialing
-                        .wanted
-                        .entry(peer_id)
-                        .or_insert_with(|| Wanted::new(a, now, false));
+            let addrs = info
+                .listen_addrs
+                .into_iter()
+                .filter(|a| local || !is_loopback(a))
+                .take(8);
+            if state.is_member(&peer_id) {
+                for a in addrs {
+                    learn_address(swarm, dialing, peer_id, a, now);
                 }
+            } else if dialing.unproven.contains_key(&peer_id) {
+                dialing.unproven_addrs.insert(peer_id, addrs.collect());
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Ctl(request_response::Event::Message {

@@ -120,6 +120,12 @@ type Verdict = Result<(String, [u8; 16], u64), (&'static str, String)>;
 /// ignored.
 pub const MAX_TERM: u64 = 1 << 48;
 
+/// The most a term may grow by in one claim: an eligible peer announcing
+/// [`MAX_TERM`] and going silent would otherwise leave no term to elect in.
+/// (An office needs a million elections to get there; a node that joins
+/// later still learns any term within that reach of zero.)
+pub const MAX_TERM_STEP: u64 = 1 << 20;
+
 /// The most job slots a builder's report is believed for (a lying report
 /// would otherwise draw most of the office's jobs to one builder).
 pub const MAX_SLOTS: u32 = 512;
@@ -483,6 +489,8 @@ impl Office {
 
     fn ban(&mut self, peer: PeerId, now: Instant) {
         self.to_drop.insert(peer);
+        // Peer ids cost nothing to make: bans that ran out are forgotten.
+        self.banned.retain(|_, until| now < *until);
         self.banned.insert(peer, now + BAN);
     }
 
@@ -522,7 +530,24 @@ impl Office {
                     last_seen: now,
                 });
                 entry.last_seen = now;
+                // Every Hello is the member's word now: a token that is
+                // renewed, replaced or downgraded (a builder token for a
+                // client token) counts, never the first one's rights.
                 entry.expires_at = expires_at;
+                entry.token_id = token_id;
+                entry.eligible = role.ends_with("coordinator");
+                let builds = h.builds && !role.starts_with("client");
+                let lost_building = entry.builds && !builds;
+                entry.builds = builds;
+                entry.role = role.clone();
+                let text = entry.text.clone();
+                let eligible = entry.eligible;
+                if lost_building {
+                    self.alloc.remove(&text);
+                }
+                if !eligible && self.leader == Some(peer) {
+                    self.set_leader(None);
+                }
                 if new {
                     tracing::info!(%peer, name = %h.name, role, "member joined");
                 }
@@ -654,7 +679,7 @@ impl Office {
             return;
         }
         let from_eligible = self.members.get(from).is_some_and(|m| m.eligible);
-        if !from_eligible || term > MAX_TERM {
+        if !from_eligible || term > MAX_TERM || term > self.term.saturating_add(MAX_TERM_STEP) {
             if leader.is_some() {
                 self.count("term_claims_ignored");
             }
@@ -1475,5 +1500,61 @@ mod tests {
         c.office.tick(t1 + Duration::from_millis(1500), idle());
         assert!(c.office.grants.is_empty());
         assert_eq!(c.office.held.get(&a.peer), None);
+    }
+
+    #[test]
+    fn a_member_is_what_its_latest_hello_says_never_what_its_first_did() {
+        let key = OfficeKey::generate("t");
+        let t0 = Now::real();
+        let mut c = node(&key, "coordinator", t0);
+        let mut b = node(&key, "coordinator", t0);
+        meet(&mut b, &mut c, t0);
+        assert!(c.office.members[&b.peer].eligible);
+        assert!(c.office.members[&b.peer].builds);
+        // `b` says Hello again with a client token (its builder token about
+        // to expire, say): it keeps none of the builder's rights.
+        let mut h = b.office.hello().clone();
+        h.token = key
+            .issue(
+                Subject::Client { user: "b".into() },
+                t0.wall_secs() - 10,
+                3600,
+            )
+            .to_string();
+        let (resp, _) = c.office.on_request(b.peer, &CtlRequest::Hello(h), t0);
+        assert!(matches!(resp, CtlResponse::Hello(_)), "{resp:?}");
+        let m = &c.office.members[&b.peer];
+        assert!(!m.eligible && !m.builds);
+        assert_eq!(m.role, "client");
+        assert_eq!(c.office.totals().0, 0, "no longer a builder to allocate");
+    }
+
+    #[test]
+    fn a_term_may_grow_only_so_far_in_one_claim() {
+        let key = OfficeKey::generate("t");
+        let t0 = Now::real();
+        let mut a = node(&key, "coordinator", t0);
+        let mut b = node(&key, "coordinator", t0);
+        if b.peer < a.peer {
+            std::mem::swap(&mut a, &mut b);
+        }
+        meet(&mut a, &mut b, t0);
+        let t1 = t0 + Duration::from_millis(400);
+        a.office.check(t1, Duration::from_secs(2));
+        let term = a.office.term();
+        // `b` (eligible) claims a term a million elections ahead, naming
+        // itself, to go silent there: ignored.
+        let mut claim = b.office.tick(t1, idle()).report;
+        claim.term = term + MAX_TERM_STEP + 1;
+        claim.leader = Some(b.peer.to_string());
+        a.office
+            .on_request(b.peer, &CtlRequest::Report(claim.clone()), t1);
+        assert_eq!((a.office.leader(), a.office.term()), (Some(a.peer), term));
+        claim.term = term + 2;
+        a.office.on_request(b.peer, &CtlRequest::Report(claim), t1);
+        assert_eq!(
+            (a.office.leader(), a.office.term()),
+            (Some(b.peer), term + 2)
+        );
     }
 }

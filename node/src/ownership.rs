@@ -71,14 +71,28 @@ pub fn check_own_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Check a file this process is about to trust (a config): owned by this
-/// user or root, and writable by nobody else. A missing file is fine.
-pub fn check_trusted_file(path: &Path) -> Result<()> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+/// Read a file this process trusts (a config), if it exists: it must be
+/// owned by this user or root and writable by nobody else. The checks are
+/// made on the file opened, and what is read is that very file (a path
+/// checked and then opened again could be another file by then).
+pub fn read_trusted(path: &Path) -> Result<Option<String>> {
+    use std::io::Read;
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
     };
+    let meta = f
+        .metadata()
+        .with_context(|| format!("{}", path.display()))?;
+    check_trusted(path, &meta)?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(text))
+}
+
+fn check_trusted(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
     if !trusted_owner(meta.uid()) {
         bail!(
             "{} belongs to uid {}, not to this user or root; refusing to trust it",
@@ -94,6 +108,31 @@ pub fn check_trusted_file(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The uid of the process at the other end of a Unix socket
+/// (`SO_PEERCRED`).
+pub fn peer_uid(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: plain syscall into a buffer of the size given.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }
 
 /// Make (or check) a directory of root's under a system path: `dir` and
@@ -167,17 +206,17 @@ mod tests {
     fn files_others_can_write_or_own_are_not_trusted() {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("config.toml");
-        assert!(check_trusted_file(&f).is_ok(), "missing is fine");
-        std::fs::write(&f, "").unwrap();
+        assert_eq!(read_trusted(&f).unwrap(), None, "missing is fine");
+        std::fs::write(&f, "x = 1").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(check_trusted_file(&f).is_ok());
+        assert_eq!(read_trusted(&f).unwrap().as_deref(), Some("x = 1"));
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let e = check_trusted_file(&f).unwrap_err().to_string();
+        let e = read_trusted(&f).unwrap_err().to_string();
         assert!(e.contains("writable by other users"), "{e}");
         if euid() == 0 {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
             std::os::unix::fs::chown(&f, Some(4242), None).unwrap();
-            let e = check_trusted_file(&f).unwrap_err().to_string();
+            let e = read_trusted(&f).unwrap_err().to_string();
             assert!(e.contains("belongs to uid 4242"), "{e}");
         }
     }

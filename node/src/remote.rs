@@ -341,18 +341,23 @@ impl Remote {
         }
     }
 
-    /// What a builder returned, checked where the client can check it: the
-    /// dependency file of a speculative job goes to the developer's disk as
-    /// makefile text, so one that is not what a compiler writes for the
-    /// files the job carried is the builder's failure (`Err`: another
-    /// builder gets the job), never cached or answered. (The object's bytes
+    /// What a builder returned, checked where the client can check it: a
+    /// dependency file (a speculative job's, or an sccache client's `*.d`)
+    /// goes to the developer's disk as makefile text, so one that is not
+    /// what a compiler writes for the files the job carried is the
+    /// builder's failure (`Err`: another builder gets the job), never
+    /// cached or answered. (The object's bytes
     /// cannot be checked without compiling: a builder is trusted with them,
     /// see SECURITY.md.)
     fn check_result(&self, job: &Job, result: JobResult) -> Result<JobReply, String> {
-        let speculative = job.check.is_none() && result.exit_code == 0;
-        if let Some(Err(e)) = job.returned_deps(&result, None).filter(|_| speculative) {
-            self.refused("dependency file from a builder");
-            return Err(format!("its dependency file is refused: {e}"));
+        if result.exit_code == 0 {
+            for (path, text) in job.dependency_outputs(&result) {
+                let same = |w: &str, c: &str| crate::util::same_file(&job.cwd, w, c);
+                if let Err(e) = job.check_deps(text, None, same) {
+                    self.refused("dependency file from a builder");
+                    return Err(format!("its dependency file {path} is refused: {e}"));
+                }
+            }
         }
         Ok(JobReply::Done(result))
     }

@@ -192,7 +192,7 @@ pub fn start(spec: &RunSpec<'_>, block: bool) -> Result<Started, SandboxError> {
     drop((info_w, block_r, seccomp));
     let child = spawned
         .map_err(|e| SandboxError::Setup(format!("cannot run {}: {e}", spec.bwrap.display())))?;
-    let nproc = limits.uid.is_none().then_some(limits.processes);
+    let nproc = (limits.uid.is_none() && nproc_counts_per_namespace()).then_some(limits.processes);
     let group = limits.group.clone();
     Ok(Started {
         child,
@@ -481,6 +481,28 @@ fn limit_processes(pid: i32, n: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `RLIMIT_NPROC` counts per user namespace (Linux 5.14 and newer),
+/// so that a limit set in a sandbox counts that sandbox's processes only.
+/// On older kernels it counts all of the user's processes: a node of an
+/// ordinary user there sets none (and says so when it starts).
+pub fn nproc_counts_per_namespace() -> bool {
+    static PER_NS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .and_then(|r| kernel_at_least(&r, (5, 14)))
+            .unwrap_or(false)
+    });
+    *PER_NS
+}
+
+/// Whether a kernel release (`6.18.44-fc`) is at least `(major, minor)`.
+fn kernel_at_least(release: &str, want: (u32, u32)) -> Option<bool> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    Some((major, minor) >= want)
+}
+
 /// A pipe holding `program` for bubblewrap's `--seccomp` (read to its end
 /// when the sandbox is set up); its read end.
 fn filter_pipe(program: &[u8]) -> std::io::Result<OwnedFd> {
@@ -710,7 +732,7 @@ pub fn running_as_root() -> bool {
 /// an unprivileged per-slot uid, which must be able to walk to these paths,
 /// so they cannot stay in the state dir, which is closed to all other uids
 /// (the cache, logs and keys live there): they go to `[sandbox] dir`, by
-/// default a directory of root's in `/var/lib/swarmcc` named after the
+/// default a directory of root's in `/var/lib/swarmcc-sandbox` named after the
 /// state dir. It is made only where no other user can have made or swapped
 /// it first: it and every directory above it root's and writable by root
 /// alone (not `/var/tmp`, where any user may make the name first). Below
@@ -723,6 +745,7 @@ pub fn visible_base(
     if !as_root {
         return Ok(state.to_path_buf());
     }
+    forget_old_base(state);
     let base = match configured {
         Some(dir) => dir.to_path_buf(),
         None => {
@@ -734,9 +757,11 @@ pub fn visible_base(
     crate::ownership::system_dir(&base, 0o711)?;
     // The slots' uids must pass through every directory above it.
     use std::os::unix::fs::PermissionsExt;
-    if let Some(closed) = base.ancestors().skip(1).find(|a| {
-        fs::metadata(a).map_or(true, |m| m.permissions().mode() & 0o001 == 0)
-    }) {
+    if let Some(closed) = base
+        .ancestors()
+        .skip(1)
+        .find(|a| fs::metadata(a).map_or(true, |m| m.permissions().mode() & 0o001 == 0))
+    {
         anyhow::bail!(
             "{} is closed to other users, so the job uids cannot reach {}: give it o+x",
             closed.display(),
@@ -744,6 +769,22 @@ pub fn visible_base(
         );
     }
     Ok(base)
+}
+
+/// Remove what a node of an earlier version kept in
+/// `/var/tmp/swarmcc-sandbox-<hash>` (sources readable by every local user),
+/// if it is root's own directory (not one another user made in its place).
+fn forget_old_base(state: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let tag = swarmcc_protocol::Hash32::of(state.as_os_str().as_encoded_bytes()).to_hex();
+    let old = PathBuf::from("/var/tmp").join(format!("swarmcc-sandbox-{}", &tag[..16]));
+    if fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir() && m.uid() == 0) {
+        tracing::info!(
+            "removing {}, an earlier version's sandbox files",
+            old.display()
+        );
+        let _ = crate::toolchain::store::remove_tree(&old);
+    }
 }
 
 /// The name of a root node's sandbox base in [`SYSTEM_BASE`]: one per
@@ -755,7 +796,7 @@ pub fn default_base_name(state: &Path) -> String {
 }
 
 /// Where a root node keeps sandbox-visible files unless configured otherwise.
-pub const SYSTEM_BASE: &str = "/var/lib/swarmcc";
+pub const SYSTEM_BASE: &str = "/var/lib/swarmcc-sandbox";
 
 /// Make (or check) a part of the sandbox-visible base (`jobs`, `sources`,
 /// `roots`): on a root node `root:<jobs group>`, mode `0750`, so that the
@@ -823,6 +864,15 @@ pub fn probe(bwrap: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_releases_are_compared_by_major_and_minor() {
+        assert_eq!(kernel_at_least("6.18.44-fc-v1252", (5, 14)), Some(true));
+        assert_eq!(kernel_at_least("5.14.0", (5, 14)), Some(true));
+        assert_eq!(kernel_at_least("5.10.200-1\n", (5, 14)), Some(false));
+        assert_eq!(kernel_at_least("4.19", (5, 14)), Some(false));
+        assert_eq!(kernel_at_least("junk", (5, 14)), None);
+    }
 
     #[test]
     fn child_pid_is_read_from_bwrap_info() {
@@ -1009,7 +1059,10 @@ mod tests {
         let e = visible_base(&state, true, Some(&configured)).unwrap_err();
         assert!(format!("{e:#}").contains("give it o+x"), "{e:#}");
         fs::set_permissions(closed.path(), fs::Permissions::from_mode(0o711)).unwrap();
-        assert_eq!(visible_base(&state, true, Some(&configured)).unwrap(), configured);
+        assert_eq!(
+            visible_base(&state, true, Some(&configured)).unwrap(),
+            configured
+        );
         // A node that is not root runs sandboxes as itself, in its state dir.
         assert_eq!(visible_base(&state, false, None).unwrap(), state);
     }

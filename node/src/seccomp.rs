@@ -12,6 +12,8 @@
 //!
 //! Also refused: `clone` with `CLONE_NEWUSER` (no user namespace inside the
 //! sandbox, where a job would regain capabilities over its own mounts),
+//! `socket` of the `AF_VSOCK` family (vsock is not bound to a network
+//! namespace: on a virtual machine, it reaches the host's services),
 //! `clone3` with `ENOSYS` (its flags are behind a pointer a filter cannot
 //! read; `ENOSYS` makes glibc fall back to `clone`), the x32 ABI's numbers
 //! on x86_64 (another way to the same calls), and every call of another
@@ -134,6 +136,17 @@ fn build() -> Result<Vec<u8>, String> {
     rules.insert(
         libc::SYS_clone,
         vec![SeccompRule::new(vec![cond]).map_err(|e| e.to_string())?],
+    );
+    let vsock = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_VSOCK as u64,
+    )
+    .map_err(|e| e.to_string())?;
+    rules.insert(
+        libc::SYS_socket,
+        vec![SeccompRule::new(vec![vsock]).map_err(|e| e.to_string())?],
     );
     let filter = SeccompFilter::new(
         rules,

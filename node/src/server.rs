@@ -45,6 +45,7 @@ const MAX_CONNECTIONS: usize = 512;
 pub async fn run(cfg: Config) -> Result<()> {
     let state = cfg.state.clone();
     crate::ownership::own_dir(&state)?;
+    raise_open_files();
     let _lock = lock_state(&state)?;
     let cannot_build = if !cfg.node.builder {
         Some("this node is configured with builder = false".to_string())
@@ -262,6 +263,23 @@ fn same_user(stream: &UnixStream) -> std::result::Result<(), String> {
 /// How long a local connection may wait between requests (a wrapper asks
 /// again within its compile; one that stops asking holds a place).
 const IDLE: Duration = Duration::from_secs(120);
+
+/// A node holds a descriptor per peer connection, job stream, sandbox pipe
+/// and open toolchain: the soft limit (often 1,024 for a service) goes up
+/// to the hard one, so that connections alone cannot use them all up.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on this process's own limit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
 
 /// One node per state directory: a second one exits with a clear message.
 fn lock_state(state: &std::path::Path) -> Result<std::fs::File> {

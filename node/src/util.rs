@@ -29,6 +29,16 @@ pub fn random_hex(n: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Whether `written` (relative to `cwd`, or absolute) names the very file
+/// at `carried` on this machine's disk (same device and inode), as make
+/// would find it: `junk/../a.h` needs a directory `junk`.
+pub fn same_file(cwd: &str, written: &str, carried: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(std::path::Path::new(cwd).join(written));
+    let b = std::fs::metadata(carried);
+    matches!((a, b), (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino())
+}
+
 /// Constant-time comparison: a secret's bytes must not leak by timing.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -46,5 +56,21 @@ mod tests {
         assert_eq!(random_hex(16).len(), 32);
         assert_ne!(random_u64(), random_u64());
         assert_eq!(now_secs(), now_ms() / 1000);
+    }
+
+    #[test]
+    fn a_path_names_the_same_file_only_as_make_would_find_it() {
+        let t = tempfile::tempdir().unwrap();
+        let cwd = t.path().to_str().unwrap();
+        std::fs::create_dir(t.path().join("src")).unwrap();
+        std::fs::write(t.path().join("src/a.h"), "x").unwrap();
+        let carried = format!("{cwd}/src/a.h");
+        assert!(same_file(cwd, "src/a.h", &carried));
+        assert!(same_file(cwd, "src/../src/a.h", &carried));
+        assert!(same_file("/elsewhere", &carried, &carried));
+        // Lexically the same file, but `junk` is not there for make to go
+        // through.
+        assert!(!same_file(cwd, "junk/../src/a.h", &carried));
+        assert!(!same_file(cwd, "src/b.h", &carried));
     }
 }

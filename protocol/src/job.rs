@@ -80,27 +80,49 @@ pub struct Job {
 }
 
 impl Job {
-    /// Whether `written` (a path as a compiler wrote it in a dependency
-    /// file: relative to the cwd, or absolute) is one of the files this job
-    /// carried.
-    pub fn carries(&self, written: &str) -> bool {
-        let abs = normalize(&Path::new(&self.cwd).join(written));
-        abs.to_str()
-            .is_some_and(|a| self.sources.iter().any(|s| s.path == a))
+    /// The carried files' paths, to look up as [`Job::carried`] does.
+    pub fn carried_paths(&self) -> std::collections::HashSet<&str> {
+        self.sources.iter().map(|s| s.path.as_str()).collect()
     }
 
-    /// The dependency file this job wrote (`deps_file`, among its
-    /// `outputs`), checked as [`crate::depfile::check`] does: `None` if the
-    /// job returned none; an error if it is not what a compiler writes for
-    /// these files.
-    pub fn returned_deps<'r>(
+    /// The carried file that `written` names (a path as a compiler wrote it
+    /// in a dependency file: relative to the cwd, or absolute), if any.
+    pub fn carried<'a>(
+        &self,
+        paths: &std::collections::HashSet<&'a str>,
+        written: &str,
+    ) -> Option<&'a str> {
+        let abs = normalize(&Path::new(&self.cwd).join(written));
+        paths.get(abs.to_str()?).copied()
+    }
+
+    /// The dependency files a job returned: its `deps_file`, and any other
+    /// output named `*.d` (an sccache client's).
+    pub fn dependency_outputs<'r>(
         &self,
         result: &'r JobResult,
+    ) -> impl Iterator<Item = (&'r str, &'r [u8])> + use<'r, '_> {
+        result.outputs.iter().filter_map(move |(p, bytes)| {
+            (self.deps_file.as_deref() == Some(p.as_str()) || p.ends_with(".d"))
+                .then_some((p.as_str(), bytes.as_slice()))
+        })
+    }
+
+    /// Check a dependency file this job returned as
+    /// [`crate::depfile::check`] does, every prerequisite being a carried
+    /// file for which `same` says that the path as written names it too
+    /// (the caller looks at its own disk).
+    pub fn check_deps(
+        &self,
+        text: &[u8],
         targets: Option<&str>,
-    ) -> Option<Result<&'r [u8], crate::depfile::DepError>> {
-        let path = self.deps_file.as_ref()?;
-        let (_, bytes) = result.outputs.iter().find(|(p, _)| p == path)?;
-        Some(crate::depfile::check(bytes, targets, |p| self.carries(p)).map(|_| &bytes[..]))
+        same: impl Fn(&str, &str) -> bool,
+    ) -> Result<crate::depfile::Rules, crate::depfile::DepError> {
+        let paths = self.carried_paths();
+        crate::depfile::check(text, targets, |written| {
+            self.carried(&paths, written)
+                .is_some_and(|carried| same(written, carried))
+        })
     }
 }
 

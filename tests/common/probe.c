@@ -36,6 +36,7 @@ static int calls(void) {
   printf("ptrace %s\n", res(syscall(SYS_ptrace, 0, 0, 0, 0)));
   printf("io_uring %s\n", res(syscall(SYS_io_uring_setup, 1, 0)));
   printf("mount %s\n", res(syscall(SYS_mount, "none", "/tmp", "tmpfs", 0, 0)));
+  printf("vsock %s\n", res(socket(AF_VSOCK, SOCK_STREAM, 0)));
 #ifdef __x86_64__
   printf("x32 %s\n", res(syscall(0x40000000 | SYS_getpid)));
 #else

@@ -263,8 +263,7 @@ impl ToolchainStore {
             if Hash32::from(hasher.finalize()) != id.0 {
                 bail!("stored archive {id} no longer matches its id");
             }
-            let f = io::BufReader::new(fs::File::open(self.archive_path(id))?);
-            super::unpack::unpack_archive(f, &tmp, super::unpack::LIMITS)?;
+            super::unpack::unpack_archive(&self.archive_path(id), &tmp, super::unpack::LIMITS)?;
             fs::rename(&tmp, self.root_path(id))?;
             Ok(())
         })();

@@ -42,6 +42,9 @@ pub const LIMITS: Limits = Limits {
 
 /// Longest symlink target kept (Linux's `PATH_MAX`).
 const LINK_MAX: usize = 4096;
+/// Longest entry name, and the most directories in one.
+const PATH_MAX: usize = 4096;
+const DEPTH_MAX: usize = 256;
 
 /// What the archive made at a path so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +106,9 @@ impl Checker {
         size: u64,
         link: Option<&Path>,
     ) -> Result<Option<(Vec<PathBuf>, PathBuf, Item)>> {
+        if raw.as_os_str().len() > PATH_MAX || raw.components().count() > DEPTH_MAX {
+            bail!("archive entry name too long or too deep");
+        }
         let mut rel = PathBuf::new();
         for c in raw.components() {
             match c {
@@ -178,19 +184,77 @@ impl Checker {
     }
 }
 
-/// Decode a `.tar.zst`, `.tar.gz` (sccache's) or plain `.tar` and hand each
-/// checked entry to `sink`.
-pub fn walk<R: io::BufRead>(mut src: R, limits: Limits, sink: &mut dyn Sink) -> Result<()> {
+/// The archive's bytes, decompressed: zstd, gzip (sccache's toolchains) or
+/// plain tar, as its first bytes say; at most `max` of them are read.
+fn decoded<'a, R: io::BufRead + 'a>(mut src: R, max: u64) -> Result<Box<dyn Read + 'a>> {
     let head = src.fill_buf()?;
-    let reader: Box<dyn Read + '_> = if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    let reader: Box<dyn Read + 'a> = if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Box::new(zstd::Decoder::with_buffer(src)?)
     } else if head.starts_with(&[0x1f, 0x8b]) {
-        // sccache's toolchains are gzip tars.
         Box::new(flate2::bufread::GzDecoder::new(src))
     } else {
         Box::new(src)
     };
+    Ok(Box::new(reader.take(max)))
+}
+
+/// The most tar bytes read for an archive: its content bound, plus a
+/// header and padding per entry.
+fn stream_max(limits: Limits) -> u64 {
+    limits
+        .bytes
+        .saturating_add(limits.entries.saturating_mul(3 * 512))
+        .saturating_add(1 << 20)
+}
+
+/// The bound on a GNU long name or link, or on a PAX header.
+const META_MAX: u64 = 64 << 10;
+
+/// A first pass over the raw headers, before anything is read into memory
+/// or written: the tar crate reads a GNU long name or a PAX header whole
+/// before the entry it belongs to, so each is bounded here; every entry's
+/// declared size counts towards the byte bound (a directory declaring a
+/// terabyte would otherwise be skipped by decompressing all of it); and the
+/// entries are counted.
+fn prescan(reader: Box<dyn Read + '_>, limits: Limits) -> Result<()> {
     let mut ar = tar::Archive::new(reader);
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    for entry in ar.entries()?.raw(true) {
+        let entry = entry?;
+        let size = entry.header().entry_size()?;
+        let kind = entry.header().entry_type();
+        let meta = matches!(
+            kind,
+            tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+                | tar::EntryType::XHeader
+                | tar::EntryType::XGlobalHeader
+        );
+        if meta && size > META_MAX {
+            bail!("archive has a long name or extended header of {size} bytes");
+        }
+        entries += 1;
+        bytes = bytes.saturating_add(size);
+        // Names and headers may double the count.
+        if entries > limits.entries.saturating_mul(3) {
+            bail!("archive has more than {} entries", limits.entries);
+        }
+        if bytes > limits.bytes {
+            bail!("archive unpacks to more than {} bytes", limits.bytes);
+        }
+    }
+    Ok(())
+}
+
+/// Decode an archive (read twice through `open`: [`prescan`], then entry by
+/// entry) and hand each checked entry to `sink`.
+pub fn walk<R: io::BufRead>(
+    mut open: impl FnMut() -> io::Result<R>,
+    limits: Limits,
+    sink: &mut dyn Sink,
+) -> Result<()> {
+    prescan(decoded(open()?, stream_max(limits))?, limits)?;
+    let mut ar = tar::Archive::new(decoded(open()?, stream_max(limits))?);
     let mut checker = Checker::new(limits);
     for entry in ar.entries()? {
         let mut entry = entry?;
@@ -230,12 +294,12 @@ pub fn walk<R: io::BufRead>(mut src: R, limits: Limits, sink: &mut dyn Sink) -> 
     Ok(())
 }
 
-/// Unpack into `dest`, a directory this process made and nobody else
-/// writes to.
-pub fn unpack_archive<R: io::BufRead>(src: R, dest: &Path, limits: Limits) -> Result<()> {
+/// Unpack the archive at `archive` into `dest`, a directory this process
+/// made and nobody else writes to.
+pub fn unpack_archive(archive: &Path, dest: &Path, limits: Limits) -> Result<()> {
     fs::create_dir_all(dest)?;
     walk(
-        src,
+        || fs::File::open(archive).map(io::BufReader::new),
         limits,
         &mut Disk {
             dest: dest.to_path_buf(),
@@ -247,7 +311,7 @@ pub fn unpack_archive<R: io::BufRead>(src: R, dest: &Path, limits: Limits) -> Re
 /// runs. Returns the number of entries.
 pub fn check_archive(src: &[u8], limits: Limits) -> Result<u64> {
     let mut count = Count(0);
-    walk(src, limits, &mut count)?;
+    walk(|| Ok(src), limits, &mut count)?;
     Ok(count.0)
 }
 
@@ -300,6 +364,13 @@ impl Sink for Disk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Unpack `data` as the store does an archive file.
+    fn unpack_bytes(data: &[u8], dest: &Path, limits: Limits) -> Result<()> {
+        let file = dest.with_extension("archive");
+        fs::write(&file, data).unwrap();
+        unpack_archive(&file, dest, limits)
+    }
 
     /// The names of a directory's entries.
     fn names(dir: &Path) -> Vec<std::ffi::OsString> {
@@ -377,7 +448,7 @@ mod tests {
         ];
         for (what, data) in cases {
             let root = t.path().join("root");
-            let r = unpack_archive(&data[..], &root, LIMITS);
+            let r = unpack_bytes(&data, &root, LIMITS);
             assert!(r.is_err(), "{what}: accepted");
             assert!(names(&outside).is_empty(), "{what}: wrote outside");
             fs::remove_dir_all(&root).unwrap();
@@ -394,10 +465,10 @@ mod tests {
             bytes: 10,
         };
         let many = tar_of(&[("a", F, b""), ("b", F, b""), ("c", F, b""), ("d", F, b"")]);
-        let e = unpack_archive(&many[..], &t.path().join("r1"), small).unwrap_err();
+        let e = unpack_bytes(&many, &t.path().join("r1"), small).unwrap_err();
         assert!(format!("{e:#}").contains("more than 3 entries"), "{e:#}");
         let big = tar_of(&[("a", F, b"123456"), ("b", F, b"123456")]);
-        let e = unpack_archive(&big[..], &t.path().join("r2"), small).unwrap_err();
+        let e = unpack_bytes(&big, &t.path().join("r2"), small).unwrap_err();
         assert!(format!("{e:#}").contains("more than 10 bytes"), "{e:#}");
         // A zstd bomb: 64 MiB of zeros in a few kilobytes, refused by the
         // byte bound before it is written out.
@@ -409,8 +480,39 @@ mod tests {
             bytes: 1 << 20,
         };
         let root = t.path().join("r3");
-        assert!(unpack_archive(&bomb[..], &root, bounded).is_err());
+        assert!(unpack_bytes(&bomb, &root, bounded).is_err());
         assert!(!root.join("z").exists());
+    }
+
+    #[test]
+    fn names_headers_and_declared_sizes_are_bounded_before_they_are_read() {
+        // A GNU long name of 100 KiB (tar reads it whole into memory).
+        let mut b = tar::Builder::new(Vec::new());
+        let long = "a/".repeat(50 << 10) + "f";
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long, &b"x"[..]).unwrap();
+        let e = check_archive(&b.into_inner().unwrap(), LIMITS).unwrap_err();
+        assert!(format!("{e:#}").contains("long name"), "{e:#}");
+        // A directory that declares a terabyte of content, skipped by
+        // decompressing all of it were it not counted.
+        let mut h = tar::Header::new_gnu();
+        h.set_path("d").unwrap();
+        h.set_entry_type(D);
+        h.set_size(1 << 40);
+        h.set_cksum();
+        let e = check_archive(h.as_bytes(), LIMITS).unwrap_err();
+        assert!(format!("{e:#}").contains("more than"), "{e:#}");
+        // A path of 300 directories.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "d/".repeat(300) + "f", &b"x"[..])
+            .unwrap();
+        let e = check_archive(&b.into_inner().unwrap(), LIMITS).unwrap_err();
+        assert!(format!("{e:#}").contains("too deep"), "{e:#}");
     }
 
     #[test]
@@ -426,7 +528,7 @@ mod tests {
             ("/usr/include/a.h", F, b"h"),
         ]);
         let root = t.path().join("root");
-        unpack_archive(&zstd::encode_all(&data[..], 1).unwrap()[..], &root, LIMITS).unwrap();
+        unpack_bytes(&zstd::encode_all(&data[..], 1).unwrap(), &root, LIMITS).unwrap();
         assert_eq!(fs::read(root.join("usr/bin/cc")).unwrap(), b"#!cc");
         assert_eq!(
             fs::read_link(root.join("usr/lib/libx.so")).unwrap(),

@@ -3,7 +3,7 @@
 //! grant for each. Prints a Markdown table for BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
-use swarmcc_node::coordinator::{sign_grant, Allocator, GrantBody, Reported};
+use swarmcc_node::swarm::coordinator::{sign_grant, Allocator, GrantBody, Reported};
 use swarmcc_protocol::{Hash32, ToolchainId};
 
 const BUILDERS: usize = 1000;

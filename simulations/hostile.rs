@@ -23,7 +23,7 @@ use libp2p_identity::Keypair;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use swarmcc_node::net::CtlCodec;
+use swarmcc_node::swarm::CtlCodec;
 use swarmcc_node::wire::{read_frame, write_frame};
 use swarmcc_protocol::swarm::{AllocRequest, CtlRequest, CtlResponse, Hello, Report, CTL_PROTOCOL};
 use swarmcc_protocol::transfer::{
@@ -133,7 +133,7 @@ fn swarm_of(key: &Keypair) -> libp2p::Swarm<Behaviour> {
 
 fn hello(office: &str, token: &str, name: &str, builds: bool) -> Hello {
     Hello {
-        version: swarmcc_node::office::VERSION,
+        version: swarmcc_node::swarm::office::VERSION,
         office: office.into(),
         token: token.into(),
         name: name.into(),

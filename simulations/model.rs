@@ -1,10 +1,10 @@
 //! The office model: the real membership, election and allocation code
-//! (`swarmcc_node::office::Office`, the same state machine every node runs
+//! (`swarmcc_node::swarm::office::Office`, the same state machine every node runs
 //! over libp2p) with a thousand simulated nodes in one process, driven by a
 //! deterministic discrete-event loop on a virtual clock.
 //!
 //! What is real: every Hello, Report, Alloc and Release a node sends goes
-//! through `Office` exactly as `node/src/net.rs` passes it (token checks,
+//! through `Office` exactly as `node/src/swarm/event_loop.rs` passes it (token checks,
 //! liveness, elections, the allocator, signed grants). What is modelled:
 //! - the network: every host has one link to the office's switch with a
 //!   latency, a bandwidth (a message waits for the sender's uplink and the
@@ -42,8 +42,8 @@ use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use swarmcc_node::coordinator::{Taken, LARGE_JOB};
-use swarmcc_node::office::{LocalReport, Office, OfficeInit, SharedChecks};
+use swarmcc_node::swarm::coordinator::{Taken, LARGE_JOB};
+use swarmcc_node::swarm::office::{LocalReport, Office, OfficeInit, SharedChecks};
 use swarmcc_protocol::swarm::{AllocRequest, CtlRequest, CtlResponse};
 use swarmcc_protocol::token::{OfficeKey, Subject};
 use swarmcc_protocol::transfer::Grant;
@@ -348,7 +348,7 @@ struct Sim {
     now: Us,
     /// The model's time zero, on both clocks: the office's token and grant
     /// expiry follow the virtual clock too.
-    base: swarmcc_node::office::Now,
+    base: swarmcc_node::swarm::office::Now,
     seq: u64,
     queue: Calendar,
     nodes: Vec<Node>,
@@ -385,7 +385,7 @@ struct Plan {
 impl Sim {
     fn new(plan: &Plan) -> Sim {
         let mut rng = Rng(plan.seed);
-        let base = swarmcc_node::office::Now::real();
+        let base = swarmcc_node::swarm::office::Now::real();
         let office = OfficeKey::from_secret("model", rng_bytes(&mut rng));
         let checks = Arc::new(SharedChecks::default());
         let issued = swarmcc_node::util::now_secs();
@@ -504,7 +504,7 @@ impl Sim {
         sim
     }
 
-    fn clock(&self) -> swarmcc_node::office::Now {
+    fn clock(&self) -> swarmcc_node::swarm::office::Now {
         self.base + Duration::from_micros(self.now)
     }
 
@@ -675,7 +675,7 @@ impl Sim {
                     .office
                     .check(now, Duration::from_micros(LIVENESS_TIMEOUT));
                 if changed {
-                    // net.rs reports at once when leadership changes.
+                    // The event loop reports at once when leadership changes.
                     self.trace.update(&[2, i as u8]);
                     self.at(self.now, Ev::Tick(i));
                 }
@@ -1019,7 +1019,10 @@ impl Sim {
     fn elections(&self) -> u64 {
         self.nodes
             .iter()
-            .map(|n| n.office.counter("elections_won"))
+            .map(|n| {
+                n.office
+                    .counter(swarmcc_protocol::swarm::OfficeEvent::ElectionsWon)
+            })
             .sum()
     }
 

@@ -153,24 +153,12 @@ pub fn measure(count: usize, size: usize, rate: &str) -> Spread {
             .map(|b| b.stats_json()["jobs_run_for_peers"].as_u64().unwrap_or(0))
             .sum();
         let t0 = Instant::now();
-        let kids: Vec<_> = (0..units)
-            .map(|i| {
-                let src = format!("p{seed}u{i}.c");
-                std::fs::write(
-                    work.path().join(&src),
-                    format!("int f{i}(void) {{ return {i}; }}\n"),
-                )
-                .unwrap();
-                c.cmd(swarmcc())
-                    .args(["/usr/bin/gcc", "-c", &src])
-                    .current_dir(work.path())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for mut k in kids {
-            assert!(k.wait().unwrap().success());
+        let sources: Vec<String> = (0..units).map(|i| format!("p{seed}u{i}.c")).collect();
+        for (i, src) in sources.iter().enumerate() {
+            let text = format!("int f{i}(void) {{ return {i}; }}\n");
+            std::fs::write(work.path().join(src), text).unwrap();
         }
+        compile_at_once(&c, work.path(), "/usr/bin/gcc", &[], &sources);
         let took = t0.elapsed();
         let after: u64 = builders
             .iter()

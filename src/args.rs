@@ -216,127 +216,148 @@ fn unsupported(a: &str) -> bool {
 /// Analyse a gcc/clang command line (after response-file expansion).
 pub fn parse(kind: Kind, args: &[String]) -> Result<Compile, LocalReason> {
     let _ = kind;
-    let mut inputs: Vec<String> = Vec::new();
-    let mut output: Option<String> = None;
-    let mut explicit_x: Option<String> = None;
-    let mut compile = false;
-    let mut base: Vec<String> = Vec::new();
-    let mut deps: Vec<String> = Vec::new();
-    let (mut has_md, mut has_mf, mut has_target, mut m_only) = (false, false, false, false);
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        let next = || args.get(i + 1).cloned().ok_or(LocalReason::UnsupportedFlag);
+    let mut seen = Seen::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut next = || it.next().cloned().ok_or(LocalReason::UnsupportedFlag);
+        seen.arg(a, &mut next)?;
+    }
+    seen.finish()
+}
+
+/// What a command line said so far.
+#[derive(Default)]
+struct Seen {
+    inputs: Vec<String>,
+    output: Option<String>,
+    explicit_x: Option<String>,
+    compile: bool,
+    base: Vec<String>,
+    deps: Vec<String>,
+    has_md: bool,
+    has_mf: bool,
+    has_target: bool,
+    m_only: bool,
+}
+
+type Next<'a> = &'a mut dyn FnMut() -> Result<String, LocalReason>;
+
+impl Seen {
+    /// One argument; `next` takes the one after it (an option's value).
+    fn arg(&mut self, a: &String, next: Next<'_>) -> Result<(), LocalReason> {
         if !a.starts_with('-') || a == "-" {
             if a == "-" {
                 return Err(LocalReason::StdinInput);
             }
-            inputs.push(a.clone());
-            base.push(a.clone());
-            i += 1;
-            continue;
+            self.inputs.push(a.clone());
+            self.base.push(a.clone());
+            return Ok(());
         }
         if unsupported(a) {
             return Err(LocalReason::UnsupportedFlag);
         }
         match a.as_str() {
-            "-c" => compile = true,
+            "-c" => self.compile = true,
             "-E" | "-S" => return Err(LocalReason::PreprocessOnly),
-            "-M" | "-MM" => m_only = true,
+            "-M" | "-MM" => self.m_only = true,
             "-MD" | "-MMD" => {
-                has_md = true;
-                deps.push(a.clone());
+                self.has_md = true;
+                self.deps.push(a.clone());
             }
-            "-MP" | "-MG" => deps.push(a.clone()),
+            "-MP" | "-MG" => self.deps.push(a.clone()),
             "-MF" => {
-                has_mf = true;
-                deps.extend([a.clone(), next()?]);
-                i += 1;
+                self.has_mf = true;
+                self.deps.extend([a.clone(), next()?]);
             }
             "-MT" | "-MQ" => {
-                has_target = true;
-                deps.extend([a.clone(), next()?]);
-                i += 1;
+                self.has_target = true;
+                self.deps.extend([a.clone(), next()?]);
             }
-            "-o" => {
-                output = Some(next()?);
-                i += 1;
-            }
+            "-o" => self.output = Some(next()?),
             "-x" => {
-                explicit_x = Some(next()?);
-                base.extend([a.clone(), next()?]);
-                i += 1;
+                let x = next()?;
+                self.explicit_x = Some(x.clone());
+                self.base.extend([a.clone(), x]);
             }
-            _ => {
-                if let Some(v) = a.strip_prefix("-o") {
-                    output = Some(v.to_string());
-                } else if a.starts_with("-MF") || a.starts_with("-MT") || a.starts_with("-MQ") {
-                    if a.starts_with("-MF") {
-                        has_mf = true;
-                    } else {
-                        has_target = true;
-                    }
-                    deps.push(a.clone());
-                } else if a.starts_with("-Wp,-MD,") || a.starts_with("-Wp,-MMD,") {
-                    // The Linux kernel's style: preprocessor-only dependency output.
-                    has_md = true;
-                    has_mf = true;
-                    has_target = true;
-                    deps.push(a.clone());
-                } else {
-                    if let Some(v) = a.strip_prefix("-x") {
-                        explicit_x = Some(v.to_string());
-                    }
-                    base.push(a.clone());
-                    if TAKES_ARG.contains(&a.as_str()) {
-                        base.push(next()?);
-                        i += 1;
-                    }
-                }
+            _ => self.joined(a, next)?,
+        }
+        Ok(())
+    }
+
+    /// An option with its value joined (`-ofile`, `-MFfile`, `-xc`), a
+    /// `-Wp,` dependency option, or one for the compile itself.
+    fn joined(&mut self, a: &str, next: Next<'_>) -> Result<(), LocalReason> {
+        if let Some(v) = a.strip_prefix("-o") {
+            self.output = Some(v.to_string());
+        } else if a.starts_with("-MF") || a.starts_with("-MT") || a.starts_with("-MQ") {
+            if a.starts_with("-MF") {
+                self.has_mf = true;
+            } else {
+                self.has_target = true;
+            }
+            self.deps.push(a.to_string());
+        } else if a.starts_with("-Wp,-MD,") || a.starts_with("-Wp,-MMD,") {
+            // The Linux kernel's style: preprocessor-only dependency output.
+            self.has_md = true;
+            self.has_mf = true;
+            self.has_target = true;
+            self.deps.push(a.to_string());
+        } else {
+            if let Some(v) = a.strip_prefix("-x") {
+                self.explicit_x = Some(v.to_string());
+            }
+            self.base.push(a.to_string());
+            if TAKES_ARG.contains(&a) {
+                self.base.push(next()?);
             }
         }
-        i += 1;
+        Ok(())
     }
-    if m_only && !has_md {
-        return Err(LocalReason::PreprocessOnly);
+
+    /// The compile the whole command line asks for, if it is one.
+    fn finish(mut self) -> Result<Compile, LocalReason> {
+        if self.m_only && !self.has_md {
+            return Err(LocalReason::PreprocessOnly);
+        }
+        if self.m_only {
+            return Err(LocalReason::UnsupportedFlag);
+        }
+        if !self.compile {
+            return Err(LocalReason::NotCompile);
+        }
+        let input = match self.inputs.len() {
+            0 => return Err(LocalReason::NotCompile),
+            1 => self.inputs.remove(0),
+            _ => return Err(LocalReason::MultipleInputs),
+        };
+        let lang = match &self.explicit_x {
+            Some(x) => lang_of_x(x).ok_or(LocalReason::UnknownLanguage)?,
+            None => lang_of_ext(&input).ok_or(LocalReason::UnknownLanguage)?,
+        };
+        let stem = Path::new(&input)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("a")
+            .to_string();
+        let output = self.output.unwrap_or_else(|| format!("{stem}.o"));
+        let mut deps = self.deps;
+        // Preprocessing alone must write the dependency file a compile
+        // would: gcc's driver derives its name from -o and its target from
+        // -o (as -MQ), but only when compiling, so spell both out.
+        if self.has_md && !self.has_mf {
+            deps.extend(["-MF".into(), dep_file_name(&output)]);
+        }
+        if self.has_md && !self.has_target {
+            deps.extend(["-MQ".into(), output.clone()]);
+        }
+        Ok(Compile {
+            input,
+            output,
+            lang,
+            base: self.base,
+            deps,
+        })
     }
-    if m_only {
-        return Err(LocalReason::UnsupportedFlag);
-    }
-    if !compile {
-        return Err(LocalReason::NotCompile);
-    }
-    let input = match inputs.len() {
-        0 => return Err(LocalReason::NotCompile),
-        1 => inputs.remove(0),
-        _ => return Err(LocalReason::MultipleInputs),
-    };
-    let lang = match &explicit_x {
-        Some(x) => lang_of_x(x).ok_or(LocalReason::UnknownLanguage)?,
-        None => lang_of_ext(&input).ok_or(LocalReason::UnknownLanguage)?,
-    };
-    let stem = Path::new(&input)
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("a")
-        .to_string();
-    let output = output.unwrap_or_else(|| format!("{stem}.o"));
-    // Preprocessing alone must write the dependency file a compile would:
-    // gcc's driver derives its name from -o and its target from -o (as -MQ),
-    // but only when compiling, so spell both out.
-    if has_md && !has_mf {
-        deps.extend(["-MF".into(), dep_file_name(&output)]);
-    }
-    if has_md && !has_target {
-        deps.extend(["-MQ".into(), output.clone()]);
-    }
-    Ok(Compile {
-        input,
-        output,
-        lang,
-        base,
-        deps,
-    })
 }
 
 impl Compile {

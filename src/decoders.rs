@@ -55,7 +55,7 @@ fn control(data: &[u8]) {
 /// What travels on a job stream, including the grant's own check.
 fn job_stream(data: &[u8]) {
     if let Ok(offer) = frame::decode::<transfer::JobOffer>(data) {
-        let _ = swarmcc_node::coordinator::verify_grant(
+        let _ = swarmcc_node::swarm::coordinator::verify_grant(
             &offer.grant,
             "builder",
             &transfer::job_hash(&offer.job),
@@ -92,19 +92,19 @@ fn sccache_alloc(data: &[u8]) {
         let _ = sccache::parse_archive_id(&tc.archive_id);
     }
     let _ = sccache::decode::<sccache::AllocJobHttpResponse>(data);
-    let _ = swarmcc_node::http::host_allowed(&String::from_utf8_lossy(data), &[]);
+    let _ = swarmcc_node::api::http::host_allowed(&String::from_utf8_lossy(data), &[]);
 }
 
 /// sccache's `run_job` body: length, command, zlib of a tar of inputs.
 fn sccache_run_job(data: &[u8]) {
     let tc = swarmcc_protocol::ToolchainId(swarmcc_protocol::Hash32::of(b""));
-    let _ = swarmcc_node::http::parse_run_job(data, tc);
+    let _ = swarmcc_node::api::http::parse_run_job(data, tc);
 }
 
 /// A toolchain archive (zstd, gzip or plain tar), decoded and checked
 /// entry by entry; bounds small enough for a fuzzer's pace.
 fn toolchain_archive(data: &[u8]) {
-    use swarmcc_node::toolchain::unpack::{check_archive, Limits};
+    use swarmcc_node::store::unpack::{check_archive, Limits};
     let _ = check_archive(
         data,
         Limits {
@@ -117,7 +117,7 @@ fn toolchain_archive(data: &[u8]) {
 /// A cache entry on disk, as found, and with its framing put right (so that
 /// the payload's decoding is reached too).
 fn cache_entry(data: &[u8]) {
-    use swarmcc_node::cache::{decode_entry, seal};
+    use swarmcc_node::store::cache::{decode_entry, seal};
     use swarmcc_protocol::local::Manifest;
     use swarmcc_protocol::JobResult;
     let _ = decode_entry::<JobResult>(data);
@@ -145,16 +145,16 @@ fn dependency_file(data: &[u8]) {
 /// include search path, and what bubblewrap tells of its sandbox.
 fn state_files(data: &[u8]) {
     let _ = serde_json::from_slice::<swarmcc_protocol::stats::Stats>(data);
-    let _ = swarmcc_node::toolchain::local::index_len(data);
+    let _ = swarmcc_node::store::compilers::index_len(data);
     let _ = crate::last_toolchain::decode(data);
     let _ = crate::scan::SearchPath::parse(&String::from_utf8_lossy(data));
-    let _ = swarmcc_node::sandbox::parse_child_pid(data);
+    let _ = swarmcc_node::build::sandbox::parse_child_pid(data);
 }
 
 /// Source text as the include scan reads it, and preprocessor output as the
 /// client reads its line markers.
 fn include_scan(data: &[u8]) {
-    let _ = crate::scan::directives(data);
+    let _ = crate::directives::directives(data);
     let _ = crate::sources::line_marker_files(data);
 }
 

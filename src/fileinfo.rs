@@ -26,11 +26,12 @@
 //! only the entries it looks up. (Decoding all 4,000 entries of a
 //! 300-unit project took 5 ms of a 8 ms cache hit.)
 
-use crate::scan::{Directives, Unresolvable};
+use crate::directives::{Directives, Unresolvable};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use swarmcc_node::util::now_secs;
 use swarmcc_protocol::hash::Hash32;
 
 /// How much older than the run a file's last change must be for it to be
@@ -83,7 +84,7 @@ impl Known {
     fn of(data: &[u8]) -> Known {
         Known {
             hash: Hash32::of(data),
-            clock: crate::wrapper::names_the_clock(data),
+            clock: names_the_clock(data),
             directives: None,
         }
     }
@@ -135,7 +136,7 @@ impl FileInfo {
             kept,
             entries: HashMap::new(),
             learned: Vec::new(),
-            settled_before: now_secs() - SETTLED,
+            settled_before: now_secs() as i64 - SETTLED,
         }
     }
 
@@ -200,7 +201,7 @@ impl FileInfo {
         let data = std::fs::read(on_disk).ok()?;
         let mut known = Known::of(&data);
         if directives {
-            known.directives = Some(crate::scan::directives(&data));
+            known.directives = Some(crate::directives::directives(&data));
         }
         if data.len() as u64 == stamp.size {
             self.learn(path, stamp, known.clone());
@@ -248,7 +249,7 @@ impl FileInfo {
             return;
         };
         if let Some(bytes) = Kept::build(records.into_iter().collect()) {
-            crate::wrapper::keep_file(dir, name, &bytes, MAX_SETS);
+            crate::files::keep_file(dir, name, &bytes, MAX_SETS);
         }
     }
 }
@@ -509,10 +510,20 @@ pub fn fuzz(data: &[u8]) {
     }
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+/// Whether a file names `__DATE__`, `__TIME__` or `__TIMESTAMP__` (two
+/// passes over it, not three: every `__TIME` is checked for the rest; glibc
+/// names `__TIME_T_TYPE` and `__TIMESIZE`, which do not count).
+pub(crate) fn names_the_clock(data: &[u8]) -> bool {
+    use std::sync::LazyLock;
+    static DATE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"__DATE__"));
+    static TIME: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"__TIME"));
+    DATE.find(data).is_some()
+        || TIME.find_iter(data).any(|at| {
+            let rest = &data[at + b"__TIME".len()..];
+            rest.starts_with(b"__") || rest.starts_with(b"STAMP__")
+        })
 }
 
 #[cfg(test)]
@@ -522,7 +533,7 @@ mod tests {
     /// Read `f` as a run that started after it settled, and keep it.
     fn keep(dir: &Path, f: &Path) {
         let mut info = FileInfo::load(dir, b"k");
-        info.settled_before = now_secs() + 10;
+        info.settled_before = now_secs() as i64 + 10;
         info.file(f).unwrap();
         info.save();
     }
@@ -633,7 +644,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("info");
         let mut info = FileInfo::load(&dir, b"k");
-        info.settled_before = now_secs() + 10;
+        info.settled_before = now_secs() as i64 + 10;
         let files: Vec<PathBuf> = (0..500)
             .map(|i| {
                 let f = t.path().join(format!("d{}/h{i}.h", i % 7));
@@ -662,9 +673,22 @@ mod tests {
         // Learning one more keeps the others.
         let extra = t.path().join("extra.h");
         std::fs::write(&extra, "").unwrap();
-        info.settled_before = now_secs() + 10;
+        info.settled_before = now_secs() as i64 + 10;
         info.file(&extra).unwrap();
         info.save();
         assert_eq!(FileInfo::load(&dir, b"k").kept.len(), 501);
+    }
+
+    #[test]
+    fn clock_names_are_told_from_lookalikes() {
+        assert!(names_the_clock(b"x = __DATE__;"));
+        assert!(names_the_clock(b"x = __TIME__;"));
+        assert!(names_the_clock(b"x = __TIMESTAMP__;"));
+        assert!(names_the_clock(b"__TIME_T_TYPE __TIMESIZE then __TIME__"));
+        assert!(!names_the_clock(
+            b"#define __TIME_T_TYPE long\n#if __TIMESIZE == 64\n"
+        ));
+        assert!(!names_the_clock(b"__TIME"));
+        assert!(!names_the_clock(b""));
     }
 }

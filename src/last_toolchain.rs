@@ -39,7 +39,7 @@ pub fn remember(dir: &Path, spec: &ToolchainSpec, info: &ToolchainInfo) {
     let (Some(name), Ok(body)) = (file_name(spec), frame::encode(&(spec, info))) else {
         return;
     };
-    crate::wrapper::keep_file(dir, name, &body, MAX_FILES);
+    crate::files::keep_file(dir, name, &body, MAX_FILES);
 }
 
 #[cfg(test)]

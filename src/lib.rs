@@ -6,7 +6,9 @@
 pub mod args;
 pub mod client;
 pub mod decoders;
+pub mod directives;
 pub mod fileinfo;
+pub mod files;
 pub mod last_toolchain;
 pub mod scan;
 pub mod sources;

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use swarmcc_node::config::Config;
+use swarmcc_node::util::now_secs;
 use swarmcc_protocol::local::{Request, Response};
 
 #[derive(Parser)]
@@ -185,13 +186,6 @@ fn main() {
     std::process::exit(code);
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn office(cmd: OfficeCmd) -> Result<()> {
     use swarmcc_node::identity;
     match cmd {
@@ -323,100 +317,62 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let key = swarmcc_node::config::state_dir()?.join("node.key");
             println!("{}", swarmcc_node::identity::node_peer_id(&key)?);
-            return Ok(());
+            Ok(())
         }
-        Some(Cmd::Office { cmd }) => return office(cmd),
+        Some(Cmd::Office { cmd }) => office(cmd),
         Some(Cmd::Jobs) => {
-            let cfg = Config::load()?;
-            let mut c = client::NodeClient::connect_or_start(&cfg)?;
-            let Response::Status(v) = c.call(&Request::Status)? else {
-                bail!("unexpected answer from the node")
-            };
+            let v = node_status()?;
             println!("{}", v.cores.saturating_sub(v.in_progress).max(1));
-            return Ok(());
+            Ok(())
         }
         Some(Cmd::Status { json }) => {
-            let cfg = Config::load()?;
-            let mut c = client::NodeClient::connect_or_start(&cfg)?;
-            let Response::Status(v) = c.call(&Request::Status)? else {
-                bail!("unexpected answer from the node")
-            };
+            let v = node_status()?;
             if json {
                 println!("{}", serde_json::to_string(&v)?);
-            } else if v.office.is_none() {
-                println!("no [office] configured: this node works alone (see README, \"Office membership\")");
             } else {
-                let coord = v.coordinator.as_deref().unwrap_or("(none yet)");
-                let who = if v.coordinator.as_deref() == Some(v.me.as_str()) {
-                    " (this node)"
-                } else {
-                    ""
-                };
-                println!(
-                    "office:      {}",
-                    v.office.as_deref().unwrap_or("(none configured)")
-                );
-                println!("this node:   {} ({})", v.name, v.me);
-                println!("coordinator: {coord}{who}, term {}", v.term);
-                println!(
-                    "capacity:    {} builders, {} job slots, {} jobs in progress",
-                    v.builders, v.cores, v.in_progress
-                );
-                println!("figures:     from {}", v.figures_from);
-                println!(
-                    "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  peer",
-                    "name", "role", "cores", "jobs", "tools", "seen(ms)"
-                );
-                let mine = if v.builds {
-                    "(this node)"
-                } else {
-                    "(this node, client)"
-                };
-                println!(
-                    "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  {}",
-                    v.name, mine, "", v.running_jobs, "", 0, v.me
-                );
-                for m in &v.members {
-                    println!(
-                        "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  {}",
-                        m.name,
-                        m.role,
-                        m.cores,
-                        m.running_jobs,
-                        m.toolchains,
-                        m.last_seen_ms,
-                        m.peer
-                    );
-                }
-                for (why, n) in &v.rejections {
-                    println!("rejected: {n} × {why}");
-                }
+                print!("{}", stats_view::office(&v));
             }
-            return Ok(());
+            Ok(())
         }
-        Some(Cmd::Token { cmd }) => return token(cmd),
+        Some(Cmd::Token { cmd }) => token(cmd),
         Some(Cmd::Node { cmd: None }) => {
             init_tracing("info");
             let cfg = Config::load()?;
             let rt = tokio::runtime::Runtime::new()?;
-            return rt.block_on(swarmcc_node::server::run(cfg));
+            rt.block_on(swarmcc_node::daemon::run(cfg))
         }
-        Some(Cmd::PackageToolchain { compiler, out }) => {
-            let path = wrapper::find_compiler(&compiler)
-                .with_context(|| format!("compiler {compiler} not found"))?;
-            let o = swarmcc_node::toolchain::package_compiler(&path, &out)?;
-            println!("{}", o.id);
-            eprintln!(
-                "packaged {} ({} files, {} bytes) into {}",
-                path.display(),
-                o.files.len(),
-                o.size,
-                out.display()
-            );
-            return Ok(());
-        }
-        None => {}
+        Some(Cmd::PackageToolchain { compiler, out }) => package_toolchain(&compiler, &out),
+        None => flags(&cli),
     }
+}
+
+/// The local node's view of its office (the node started if need be).
+fn node_status() -> Result<swarmcc_protocol::swarm::OfficeView> {
+    let cfg = Config::load()?;
+    let mut c = client::NodeClient::connect_or_start(&cfg)?;
+    let Response::Status(v) = c.call(&Request::Status)? else {
+        bail!("unexpected answer from the node")
+    };
+    Ok(v)
+}
+
+fn package_toolchain(compiler: &str, out: &std::path::Path) -> Result<()> {
+    let path = wrapper::find_compiler(compiler)
+        .with_context(|| format!("compiler {compiler} not found"))?;
+    let o = swarmcc_node::store::package_compiler(&path, out)?;
+    println!("{}", o.id);
+    eprintln!(
+        "packaged {} ({} files, {} bytes) into {}",
+        path.display(),
+        o.files.len(),
+        o.size,
+        out.display()
+    );
+    Ok(())
+}
+
+/// sccache's flags: `--stop-server`, `--start-server`, `-z`, `-s`.
+fn flags(cli: &Cli) -> Result<()> {
     let cfg = Config::load()?;
     if cli.stop_server {
         if client::stop_node(&cfg)? {

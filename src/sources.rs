@@ -78,7 +78,7 @@ fn unescape_until_quote(s: &[u8]) -> Option<String> {
 /// `cwd.join(p)`, lexically normalized (the way the builder will see it).
 pub fn absolute(cwd: &Path, p: &str) -> PathBuf {
     // `join` keeps an absolute `p` as it is.
-    swarmcc_node::toolchain::package::normalize(&cwd.join(p))
+    swarmcc_node::store::package::normalize(&cwd.join(p))
 }
 
 #[cfg(test)]

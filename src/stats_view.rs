@@ -1,6 +1,8 @@
-//! `swarmcc --show-stats`: sccache's labels where the meaning is the same.
+//! What `swarmcc --show-stats` (sccache's labels where the meaning is the same)
+//! and `swarmcc status` print.
 
 use swarmcc_protocol::stats::{LocalReason, Stats};
+use swarmcc_protocol::swarm::OfficeView;
 
 pub fn human(s: &Stats) -> String {
     let mut out = String::new();
@@ -59,4 +61,55 @@ pub fn human(s: &Stats) -> String {
 
 pub fn json(s: &Stats) -> String {
     serde_json::json!({ "stats": s }).to_string()
+}
+
+/// `swarmcc status`: the office as the local node sees it.
+pub fn office(v: &OfficeView) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let Some(office) = v.office.as_deref() else {
+        return "no [office] configured: this node works alone (see README, \"Office membership\")\n"
+            .into();
+    };
+    let coord = v.coordinator.as_deref().unwrap_or("(none yet)");
+    let who = if v.coordinator.as_deref() == Some(v.me.as_str()) {
+        " (this node)"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "office:      {office}");
+    let _ = writeln!(out, "this node:   {} ({})", v.name, v.me);
+    let _ = writeln!(out, "coordinator: {coord}{who}, term {}", v.term);
+    let _ = writeln!(
+        out,
+        "capacity:    {} builders, {} job slots, {} jobs in progress",
+        v.builders, v.cores, v.in_progress
+    );
+    let _ = writeln!(out, "figures:     from {}", v.figures_from);
+    let _ = writeln!(
+        out,
+        "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  peer",
+        "name", "role", "cores", "jobs", "tools", "seen(ms)"
+    );
+    let mine = if v.builds {
+        "(this node)"
+    } else {
+        "(this node, client)"
+    };
+    let _ = writeln!(
+        out,
+        "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  {}",
+        v.name, mine, "", v.running_jobs, "", 0, v.me
+    );
+    for m in &v.members {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<20} {:>5} {:>5} {:>5} {:>9}  {}",
+            m.name, m.role, m.cores, m.running_jobs, m.toolchains, m.last_seen_ms, m.peer
+        );
+    }
+    for (why, n) in &v.rejections {
+        let _ = writeln!(out, "rejected: {n} × {why}");
+    }
+    out
 }

@@ -47,14 +47,6 @@ fn sum(v: &serde_json::Value) -> u64 {
     v.as_object().map(|o| o.values().map(u).sum()).unwrap_or(0)
 }
 
-/// Wait until the client's node sees `n` builders and a coordinator.
-fn wait_office(c: &Env, builders: u64) {
-    eventually("the client sees every builder and a coordinator", || {
-        let v = view(c);
-        v["builders"] == builders && v["coordinator"].is_string()
-    });
-}
-
 /// The coordinator as `n` sees it, once it sees one.
 fn coordinator_of(n: &Env) -> String {
     eventually("a coordinator", || view(n)["coordinator"].is_string());
@@ -336,20 +328,11 @@ fn a_toolchain_flows_down_a_chain_of_builders_not_from_the_client_to_each() {
     let work = tempfile::tempdir().unwrap();
     // Four units at once, each slow enough that no builder is done before
     // the last is allocated: one per builder (one slot each), none holds gcc.
-    let kids: Vec<_> = (0..4)
-        .map(|i| {
-            let src = format!("u{i}.c");
-            slow_unit(work.path(), &src);
-            c.cmd(swarmcc())
-                .args(["gcc", "-O2", "-c", &src])
-                .current_dir(work.path())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for mut k in kids {
-        assert!(k.wait().unwrap().success());
+    let units: Vec<String> = (0..4).map(|i| format!("u{i}.c")).collect();
+    for src in &units {
+        slow_unit(work.path(), src);
     }
+    compile_at_once(&c, work.path(), "gcc", &["-O2"], &units);
     let s = c.stats_json();
     assert_eq!(sum(&s["dist_compiles"]), 4, "{s}");
     let mut from_client = 0;

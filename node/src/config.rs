@@ -427,7 +427,7 @@ impl Config {
 
     /// The group every job slot's uid is in (root nodes): the
     /// sandbox-visible files are closed to everyone else
-    /// ([`crate::sandbox::sandbox_dir`]). One below `uid_base`.
+    /// ([`crate::build::sandbox::sandbox_dir`]). One below `uid_base`.
     pub fn jobs_gid(&self) -> u32 {
         self.sandbox.uid_base.saturating_sub(1)
     }

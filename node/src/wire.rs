@@ -1,11 +1,18 @@
-//! Length-prefixed bincode frames on libp2p streams (futures I/O), each read
-//! bounded by the caller's limit before anything is allocated.
+//! Frames over async streams: the local socket (through tokio's compat
+//! adapter) and every libp2p stream share this one reader and writer, and
+//! the protocol crate's codec ([`swarmcc_protocol::frame`]) underneath: a
+//! big-endian `u32` length, checked against the caller's bound before
+//! anything is allocated, then a bincode body.
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io;
+use swarmcc_protocol::frame::{self, FrameError};
 
-fn invalid(e: impl ToString) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+fn invalid(e: FrameError) -> io::Error {
+    match e {
+        FrameError::Io(e) => e,
+        e => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    }
 }
 
 /// Read one frame of at most `max` bytes.
@@ -16,15 +23,32 @@ where
 {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
-    let n = u32::from_be_bytes(len);
-    if n > max {
-        return Err(invalid(format!(
-            "message of {n} bytes exceeds the bound of {max}"
-        )));
+    read_body(io, len, max).await
+}
+
+/// The next frame, or `None` if the stream ended cleanly before it.
+pub async fn read_next<T, M>(io: &mut T, max: u32) -> io::Result<Option<M>>
+where
+    T: AsyncRead + Unpin,
+    M: serde::de::DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    match io.read_exact(&mut len).await {
+        Ok(()) => read_body(io, len, max).await.map(Some),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
     }
-    let mut buf = vec![0u8; n as usize];
+}
+
+async fn read_body<T, M>(io: &mut T, len: [u8; 4], max: u32) -> io::Result<M>
+where
+    T: AsyncRead + Unpin,
+    M: serde::de::DeserializeOwned,
+{
+    let n = frame::check_len(len, max).map_err(invalid)?;
+    let mut buf = vec![0u8; n];
     io.read_exact(&mut buf).await?;
-    swarmcc_protocol::frame::decode(&buf).map_err(invalid)
+    frame::decode(&buf).map_err(invalid)
 }
 
 /// Write one frame, refusing (before sending) one larger than `max`.
@@ -33,7 +57,7 @@ where
     T: AsyncWrite + Unpin,
     M: serde::Serialize,
 {
-    let bytes = swarmcc_protocol::frame::encode_frame(m, max).map_err(invalid)?;
+    let bytes = frame::encode_frame(m, max).map_err(invalid)?;
     io.write_all(&bytes).await?;
     io.flush().await
 }

@@ -69,10 +69,10 @@ pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T, max: u32) -> Resu
     Ok(())
 }
 
-/// Read one frame's body, enforcing `max`.
-pub fn read_frame_body<R: Read>(r: &mut R, max: u32) -> Result<Vec<u8>, FrameError> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
+/// A frame's length from its four bytes, if it is within `max` (checked
+/// before anything is allocated for the body). Every reader of frames, sync
+/// or async, goes through it.
+pub fn check_len(len: [u8; 4], max: u32) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(len);
     if len > max {
         return Err(FrameError::TooLarge {
@@ -80,7 +80,14 @@ pub fn read_frame_body<R: Read>(r: &mut R, max: u32) -> Result<Vec<u8>, FrameErr
             max,
         });
     }
-    let mut body = vec![0u8; len as usize];
+    Ok(len as usize)
+}
+
+/// Read one frame's body, enforcing `max`.
+pub fn read_frame_body<R: Read>(r: &mut R, max: u32) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let mut body = vec![0u8; check_len(len, max)?];
     r.read_exact(&mut body)?;
     Ok(body)
 }

@@ -79,6 +79,91 @@ impl LocalReason {
     }
 }
 
+/// Why a node refused a request: the keys of [`Stats::refused_requests`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A local connection from a user that is neither the node's nor root.
+    LocalUser,
+    /// An HTTP request addressed to a name the node does not answer to.
+    HttpHost,
+    /// An sccache client whose token did not verify.
+    SccacheAuth,
+    /// An sccache client's job that could not run in the swarm.
+    SccacheJobFailed,
+    /// A toolchain archive that is damaged or hostile.
+    ToolchainArchive,
+    /// A builder's dependency file that is not what a compiler writes.
+    DependencyFile,
+    /// A builder that asked for a file the job does not carry.
+    UncarriedFile,
+    /// A job offered by a peer that is no member.
+    JobFromStranger,
+    /// A toolchain asked for by a peer that is no member.
+    ToolchainForStranger,
+    /// Every place for a job or a transfer was taken.
+    Busy,
+    /// A job offered to a node that does not build.
+    NotBuilding,
+    GrantForAnotherClient,
+    GrantMalformed,
+    GrantNotFromCoordinator,
+    GrantForged,
+    GrantExpired,
+    GrantForAnotherBuilder,
+    GrantForAnotherJob,
+    GrantUsedBefore,
+    /// A toolchain relay whose upload fell behind.
+    RelayTooSlow,
+}
+
+impl Refusal {
+    /// How it is shown and counted.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::LocalUser => "local connection of another user",
+            Refusal::HttpHost => "HTTP request for another host",
+            Refusal::SccacheAuth => "sccache client auth",
+            Refusal::SccacheJobFailed => "sccache job failed in the swarm",
+            Refusal::ToolchainArchive => "toolchain archive refused",
+            Refusal::DependencyFile => "dependency file from a builder",
+            Refusal::UncarriedFile => "builder asked for a file the job does not carry",
+            Refusal::JobFromStranger => "not a member of this office",
+            Refusal::ToolchainForStranger => "toolchain request from a non-member",
+            Refusal::Busy => "busy",
+            Refusal::NotBuilding => "this node does not build",
+            Refusal::GrantForAnotherClient => "grant names another client",
+            Refusal::GrantMalformed => "malformed grant",
+            Refusal::GrantNotFromCoordinator => "grant not from a coordinator",
+            Refusal::GrantForged => "forged grant",
+            Refusal::GrantExpired => "expired grant",
+            Refusal::GrantForAnotherBuilder => "grant for another builder",
+            Refusal::GrantForAnotherJob => "grant for another job",
+            Refusal::GrantUsedBefore => "grant used before",
+            Refusal::RelayTooSlow => "toolchain relay too slow",
+        }
+    }
+}
+
+/// What moved between peers: the keys of [`Stats::transfer_bytes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    JobSent,
+    JobReceived,
+    ToolchainSent,
+    ToolchainReceived,
+}
+
+impl Transfer {
+    pub fn key(self) -> &'static str {
+        match self {
+            Transfer::JobSent => "job_sent",
+            Transfer::JobReceived => "job_received",
+            Transfer::ToolchainSent => "toolchain_sent",
+            Transfer::ToolchainReceived => "toolchain_received",
+        }
+    }
+}
+
 /// The node's counters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stats {
@@ -136,4 +221,16 @@ pub struct Stats {
     /// `toolchain_sent`, `toolchain_received`.
     #[serde(default)]
     pub transfer_bytes: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    /// Count a refused request.
+    pub fn refuse(&mut self, why: Refusal) {
+        *self.refused_requests.entry(why.label().into()).or_default() += 1;
+    }
+
+    /// Count bytes moved.
+    pub fn moved(&mut self, what: Transfer, bytes: u64) {
+        *self.transfer_bytes.entry(what.key().into()).or_default() += bytes;
+    }
 }

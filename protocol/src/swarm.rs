@@ -119,6 +119,96 @@ pub struct MemberInfo {
     pub last_seen_ms: u64,
 }
 
+/// What a node counts of its office: the keys of [`OfficeView::counters`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfficeEvent {
+    /// Jobs this coordinator granted a builder.
+    Allocations,
+    /// Allocations answered "full" (every slot taken).
+    AllocationsFull,
+    /// Allocations refused to a client over its share while others wait.
+    AllocationsOverShare,
+    /// Allocation requests from a peer that is no member.
+    AllocationsRefused,
+    /// Jobs a client reported failed on their builder.
+    BuilderFailures,
+    CoordinatorChanges,
+    ElectionsWon,
+    MembersLost,
+    /// Term claims from peers that may not coordinate, or past the bounds.
+    TermClaimsIgnored,
+    /// Reports of more slots or a faster link than any machine has.
+    ImplausibleReports,
+}
+
+impl OfficeEvent {
+    pub fn key(self) -> &'static str {
+        match self {
+            OfficeEvent::Allocations => "allocations",
+            OfficeEvent::AllocationsFull => "allocations_full",
+            OfficeEvent::AllocationsOverShare => "allocations_over_share",
+            OfficeEvent::AllocationsRefused => "allocations_refused",
+            OfficeEvent::BuilderFailures => "builder_failures",
+            OfficeEvent::CoordinatorChanges => "coordinator_changes",
+            OfficeEvent::ElectionsWon => "elections_won",
+            OfficeEvent::MembersLost => "members_lost",
+            OfficeEvent::TermClaimsIgnored => "term_claims_ignored",
+            OfficeEvent::ImplausibleReports => "implausible_reports",
+        }
+    }
+}
+
+/// Why a peer was refused membership: the keys of
+/// [`OfficeView::rejections`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    WrongOffice,
+    WrongSharedToken,
+    SharedTokensNotAccepted,
+    MalformedToken,
+    ForgedToken,
+    ExpiredToken,
+    TokenNotYetValid,
+    RevokedToken,
+    TokenOfAnotherPeer,
+    WrongTokenKind,
+    /// Connected, and showed no valid token in time.
+    NoHello,
+}
+
+impl Rejection {
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::WrongOffice => "wrong office",
+            Rejection::WrongSharedToken => "wrong shared token",
+            Rejection::SharedTokensNotAccepted => "shared tokens not accepted",
+            Rejection::MalformedToken => "malformed token",
+            Rejection::ForgedToken => "forged token",
+            Rejection::ExpiredToken => "expired token",
+            Rejection::TokenNotYetValid => "token not yet valid",
+            Rejection::RevokedToken => "revoked token",
+            Rejection::TokenOfAnotherPeer => "token of another peer",
+            Rejection::WrongTokenKind => "wrong token kind",
+            Rejection::NoHello => "no hello",
+        }
+    }
+
+    /// Why a token does not let its peer in.
+    pub fn of(e: &crate::token::TokenError) -> Rejection {
+        use crate::token::TokenError;
+        match e {
+            TokenError::Malformed(_) => Rejection::MalformedToken,
+            TokenError::BadSignature => Rejection::ForgedToken,
+            TokenError::WrongOffice { .. } => Rejection::WrongOffice,
+            TokenError::Expired => Rejection::ExpiredToken,
+            TokenError::NotYetValid => Rejection::TokenNotYetValid,
+            TokenError::Revoked => Rejection::RevokedToken,
+            TokenError::WrongPeer { .. } => Rejection::TokenOfAnotherPeer,
+            TokenError::WrongKind { .. } => Rejection::WrongTokenKind,
+        }
+    }
+}
+
 /// A node's view of its office.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OfficeView {
@@ -137,7 +227,7 @@ pub struct OfficeView {
     pub my_toolchains: u32,
     pub listen: Vec<String>,
     pub members: Vec<MemberInfo>,
-    /// Peers refused since start, by reason.
+    /// Peers refused since start, by reason ([`Rejection::label`]).
     pub rejections: std::collections::BTreeMap<String, u64>,
     /// The office's coordinator as this node sees it, and its term.
     pub coordinator: Option<String>,
@@ -147,7 +237,7 @@ pub struct OfficeView {
     pub builders: u64,
     pub cores: u64,
     pub in_progress: u64,
-    /// Event counters (allocations, elections, members lost, ...).
+    /// Event counters ([`OfficeEvent::key`]).
     pub counters: std::collections::BTreeMap<String, u64>,
     /// This node's HTTP URL (sccache's `scheduler_url`), if it serves one.
     #[serde(default)]

@@ -71,14 +71,15 @@ impl Env {
 
     /// Where the node keeps what its sandboxes see (job trees, source
     /// blobs, unpacked toolchains): its state dir, or, for a root node, a
-    /// directory of root's named after it (`node/src/sandbox.rs`).
+    /// directory of root's named after it (`node/src/build/sandbox/place.rs`).
     pub fn sandbox_base(&self) -> PathBuf {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 || self.node_uid.is_some() {
             return self.state().to_path_buf();
         }
-        Path::new(swarmcc_node::sandbox::SYSTEM_BASE)
-            .join(swarmcc_node::sandbox::default_base_name(self.state()))
+        Path::new(swarmcc_node::build::sandbox::SYSTEM_BASE).join(
+            swarmcc_node::build::sandbox::default_base_name(self.state()),
+        )
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -489,15 +490,49 @@ pub fn members(env: &Env) -> Vec<String> {
 }
 
 /// Wait (bounded) until `cond` holds; the bound only keeps a broken build from hanging.
-pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+pub fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    wait_for(what, std::time::Duration::from_secs(30), cond);
+}
+
+/// Wait until `cond` holds, at most `limit` (then fail, saying `what`).
+pub fn wait_for(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
     while std::time::Instant::now() < deadline {
         if cond() {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    panic!("never happened: {what}");
+    panic!("never happened within {limit:?}: {what}");
+}
+
+/// Wait until `c`'s node sees `builders` builders and a coordinator.
+pub fn wait_office(c: &Env, builders: u64) {
+    let what = format!("the office of {builders} builders formed");
+    wait_for(&what, std::time::Duration::from_secs(60), || {
+        let v = view(c);
+        v["builders"] == builders && v["coordinator"].is_string()
+    });
+}
+
+/// Compile the units `sources` (in `dir`) all at once through `c`'s
+/// wrapper with `compiler` and `flags`; each must succeed.
+pub fn compile_at_once(c: &Env, dir: &Path, compiler: &str, flags: &[&str], sources: &[String]) {
+    let kids: Vec<_> = sources
+        .iter()
+        .map(|src| {
+            c.cmd(swarmcc())
+                .arg(compiler)
+                .args(flags)
+                .args(["-c", src])
+                .current_dir(dir)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut k in kids {
+        assert!(k.wait().unwrap().success());
+    }
 }
 
 /// An office key pair made for a test ("acme").

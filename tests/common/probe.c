@@ -102,20 +102,18 @@ static int connects(const char *path) {
     printf("connect %s\n", strerror(errno));
     return 0;
   }
+  /* A node that hangs up on us may do so before we are done writing: a
+     write that fails then means no answer, as a read of nothing does. */
+  signal(SIGPIPE, SIG_IGN);
   /* A local protocol Hello (length 8: variant 0, version 1). */
   unsigned char hello[] = {0, 0, 0, 8, 0, 0, 0, 0, 1, 0, 0, 0};
-  if (write(s, hello, sizeof hello) < 0) {
-    printf("connect ok, write %s\n", strerror(errno));
-    return 0;
-  }
   /* The answer comes with the next request's: ask for the stats (variant 9). */
   unsigned char stats[] = {0, 0, 0, 4, 9, 0, 0, 0};
-  if (write(s, stats, sizeof stats) < 0) {
-    printf("connect ok, write %s\n", strerror(errno));
-    return 0;
+  ssize_t n = -1;
+  if (write(s, hello, sizeof hello) >= 0 && write(s, stats, sizeof stats) >= 0) {
+    char buf[64];
+    n = read(s, buf, sizeof buf);
   }
-  char buf[64];
-  ssize_t n = read(s, buf, sizeof buf);
   printf("connect ok, answer %s\n", n > 0 ? "yes" : "none");
   return 0;
 }

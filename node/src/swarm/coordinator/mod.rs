@@ -1,0 +1,12 @@
+//! The coordinator's part, without I/O: [`allocation`] (which builder gets a
+//! job), [`grants`] (the signed permission a builder checks before any
+//! work) and, on the builders' side, [`taken`] (what a builder reports of the
+//! jobs it holds).
+
+pub mod allocation;
+pub mod grants;
+pub mod taken;
+
+pub use allocation::{Allocator, Reported, FAILURE_PENALTY, LARGE_JOB};
+pub use grants::{sign_grant, verify_grant, Grant, GrantBody, GrantError, GRANT_TRAVEL};
+pub use taken::{Taken, TakenJob, MAX_REPORTED_GRANTS, RATE_MIN_BYTES};

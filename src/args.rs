@@ -74,7 +74,7 @@ const TAKES_ARG: &[&str] = &[
 
 /// Expand `@file` response files the way gcc does (whitespace separated,
 /// quotes and backslash escapes), recursively with a depth bound.
-pub fn expand_response_files(args: &[String], cwd: &Path) -> Result<Vec<String>, String> {
+pub(crate) fn expand_response_files(args: &[String], cwd: &Path) -> Result<Vec<String>, String> {
     fn go(args: &[String], cwd: &Path, depth: u32, out: &mut Vec<String>) -> Result<(), String> {
         for a in args {
             if let Some(file) = a.strip_prefix('@') {
@@ -367,7 +367,7 @@ impl Compile {
     /// own default (the input's name with `.o`, no directory) or clang's
     /// (the object as given). A dependency file from a builder must name
     /// exactly these (see `swarmcc_protocol::depfile`).
-    pub fn dep_targets(&self, kind: Kind) -> String {
+    pub(crate) fn dep_targets(&self, kind: Kind) -> String {
         let mut targets: Vec<String> = Vec::new();
         let mut it = self.deps.iter();
         while let Some(a) = it.next() {

@@ -75,7 +75,7 @@ impl NodeClient {
     /// Two requests sent at once, their answers read in order: one round
     /// trip instead of two (the node answers a connection's requests in
     /// the order they came).
-    pub fn call_two(&mut self, a: &Request, b: &Request) -> Result<(Response, Response)> {
+    pub(crate) fn call_two(&mut self, a: &Request, b: &Request) -> Result<(Response, Response)> {
         self.send(a)?;
         self.send(b)?;
         let ra = self.recv()?;

@@ -37,7 +37,7 @@ pub struct Directives {
 }
 
 /// The directives of a file that decide what it may include.
-pub fn directives(text: &[u8]) -> Result<Directives, Unresolvable> {
+pub(crate) fn directives(text: &[u8]) -> Result<Directives, Unresolvable> {
     let text = code(text)?;
     let has = memchr::memmem::Finder::new(b"__has_include");
     let mut out = Directives::default();

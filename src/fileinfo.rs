@@ -102,7 +102,7 @@ pub struct File {
 
 impl File {
     /// Its content: as read, else read now, if it still has its hash.
-    pub fn take_data(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn take_data(&mut self) -> Option<Vec<u8>> {
         match self.data.take() {
             Some(d) => Some(d),
             None => std::fs::read(&self.path)

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Keep `data` as `name` in `dir`, a directory of files kept between runs,
 /// atomically and best effort; a new file that would take the directory
 /// past `max` files empties it first.
-pub fn keep_file(dir: &Path, name: impl AsRef<Path>, data: &[u8], max: usize) {
+pub(crate) fn keep_file(dir: &Path, name: impl AsRef<Path>, data: &[u8], max: usize) {
     use std::os::unix::fs::DirBuilderExt;
     let make = || {
         std::fs::DirBuilder::new()
@@ -36,12 +36,12 @@ pub fn keep_file(dir: &Path, name: impl AsRef<Path>, data: &[u8], max: usize) {
 /// ext4 (auto_da_alloc) writes a file renamed over another out to disk at
 /// once, and the rename waits for it. A build stopped in between finds no
 /// output and rebuilds it, as after a compile stopped half-way.
-pub fn write_output(dest: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_output(dest: &Path, data: &[u8]) -> Result<()> {
     write_aside_then_rename(dest, data, true)
 }
 
 /// Replace `dest` atomically: a reader sees the old file or the new one.
-pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     write_aside_then_rename(dest, data, false)
 }
 

@@ -22,7 +22,7 @@ fn file_name(spec: &ToolchainSpec) -> Option<String> {
 }
 
 /// The toolchain last named for `spec`, if one was kept in `dir`.
-pub fn recall(dir: &Path, spec: &ToolchainSpec) -> Option<ToolchainInfo> {
+pub(crate) fn recall(dir: &Path, spec: &ToolchainSpec) -> Option<ToolchainInfo> {
     let body = std::fs::read(dir.join(file_name(spec)?)).ok()?;
     // The spec is kept too: a record is only ever taken for its own compiler.
     let (kept, info) = decode(&body)?;
@@ -35,7 +35,7 @@ pub fn decode(body: &[u8]) -> Option<(ToolchainSpec, ToolchainInfo)> {
 }
 
 /// Keep `info` as the toolchain the node named for `spec` (best effort).
-pub fn remember(dir: &Path, spec: &ToolchainSpec, info: &ToolchainInfo) {
+pub(crate) fn remember(dir: &Path, spec: &ToolchainSpec, info: &ToolchainInfo) {
     let (Some(name), Ok(body)) = (file_name(spec), frame::encode(&(spec, info))) else {
         return;
     };

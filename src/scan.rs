@@ -102,7 +102,7 @@ impl SearchPath {
 }
 
 /// Whether this compile may be scanned at all.
-pub fn applicable(c: &Compile) -> bool {
+pub(crate) fn applicable(c: &Compile) -> bool {
     !SEARCH_ENV.iter().any(|v| std::env::var_os(v).is_some())
         && !c
             .base
@@ -130,7 +130,7 @@ fn probe_args(c: &Compile) -> Option<Vec<String>> {
 /// compiler (then remembered there, under the compiler's `identity`, its
 /// toolchain id, so that an upgraded compiler is asked again). The compiler
 /// runs with `env` only, the environment the sandboxed compile will have.
-pub fn search_path(
+pub(crate) fn search_path(
     compiler: &Path,
     identity: &str,
     c: &Compile,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// The distinct file names in the line markers of preprocessed text, in
 /// first-seen order, skipping `<built-in>`-style pseudo files.
-pub fn line_marker_files(pp: &[u8]) -> Vec<String> {
+pub(crate) fn line_marker_files(pp: &[u8]) -> Vec<String> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for line in pp.split(|&b| b == b'\n') {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// `$SWARMCC_DIR/config.toml`, `$XDG_CONFIG_HOME/swarmcc/config.toml`,
 /// `~/.config/swarmcc/config.toml`; for root without `HOME` (a system
 /// service), `/etc/swarmcc/config.toml`. A missing file means all defaults.
-pub fn config_path() -> anyhow::Result<PathBuf> {
+pub(crate) fn config_path() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("SWARMCC_CONFIG") {
         return Ok(PathBuf::from(p));
     }
@@ -390,7 +390,7 @@ impl Config {
         Ok(cfg)
     }
 
-    pub fn load_from(path: &Path) -> anyhow::Result<Config> {
+    pub(crate) fn load_from(path: &Path) -> anyhow::Result<Config> {
         match crate::ownership::read_trusted(path) {
             Ok(Some(text)) => {
                 Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
@@ -418,7 +418,7 @@ impl Config {
             .unwrap_or_else(|| self.state.join("cache"))
     }
 
-    pub fn toolchain_dir(&self) -> PathBuf {
+    pub(crate) fn toolchain_dir(&self) -> PathBuf {
         self.dist
             .cache_dir
             .clone()
@@ -428,7 +428,7 @@ impl Config {
     /// The group every job slot's uid is in (root nodes): the
     /// sandbox-visible files are closed to everyone else
     /// ([`crate::build::sandbox::sandbox_dir`]). One below `uid_base`.
-    pub fn jobs_gid(&self) -> u32 {
+    pub(crate) fn jobs_gid(&self) -> u32 {
         self.sandbox.uid_base.saturating_sub(1)
     }
 
@@ -469,7 +469,7 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 }
 
 /// Parse a size such as "10G" (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

@@ -196,7 +196,7 @@ async fn start_http(
         max_toolchain: cfg.dist.toolchain_cache_size,
     };
     match crate::api::http::start(params).await {
-        Ok(bound) => Some(bound.url),
+        Ok(url) => Some(url),
         Err(e) => {
             // Another node on this machine may hold the port.
             tracing::warn!("no HTTP status/sccache endpoints: {e:#}");

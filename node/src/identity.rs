@@ -33,7 +33,7 @@ fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// This node's key pair from `path`, created on first use.
-pub fn node_keypair(path: &Path) -> Result<Keypair> {
+pub(crate) fn node_keypair(path: &Path) -> Result<Keypair> {
     match std::fs::read(path) {
         Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
             .with_context(|| format!("{} is not a valid node key", path.display())),

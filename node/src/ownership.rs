@@ -40,7 +40,7 @@ pub fn own_dir(dir: &Path) -> Result<()> {
 }
 
 /// Check an existing directory as [`own_dir`] does (tightening its mode).
-pub fn check_own_dir(dir: &Path) -> Result<()> {
+pub(crate) fn check_own_dir(dir: &Path) -> Result<()> {
     let link = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
     if link.file_type().is_symlink() && !trusted_owner(link.uid()) {
         bail!(
@@ -75,7 +75,7 @@ pub fn check_own_dir(dir: &Path) -> Result<()> {
 /// owned by this user or root and writable by nobody else. The checks are
 /// made on the file opened, and what is read is that very file (a path
 /// checked and then opened again could be another file by then).
-pub fn read_trusted(path: &Path) -> Result<Option<String>> {
+pub(crate) fn read_trusted(path: &Path) -> Result<Option<String>> {
     use std::io::Read;
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -139,7 +139,7 @@ pub fn peer_uid(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<u32> {
 /// every directory above it must be root's and writable by nobody else, so
 /// that no other user can have made or swapped any of them. `dir` itself is
 /// made with `mode` (and given it if it exists).
-pub fn system_dir(dir: &Path, mode: u32) -> Result<()> {
+pub(crate) fn system_dir(dir: &Path, mode: u32) -> Result<()> {
     for a in dir.ancestors().skip(1) {
         let m = std::fs::symlink_metadata(a).with_context(|| format!("{}", a.display()))?;
         if m.file_type().is_symlink() || m.uid() != 0 || m.permissions().mode() & 0o022 != 0 {

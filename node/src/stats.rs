@@ -45,7 +45,7 @@ impl StatsStore {
         });
     }
 
-    pub fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self) -> Stats {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -80,7 +80,7 @@ impl StatsStore {
     }
 
     /// Save every `period` while changed.
-    pub fn spawn_saver(self: &Arc<Self>, period: Duration) {
+    pub(crate) fn spawn_saver(self: &Arc<Self>, period: Duration) {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);

@@ -5,7 +5,7 @@
 use rand::RngCore;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -18,12 +18,12 @@ pub fn now_secs() -> u64 {
 }
 
 /// A random u64 from the operating system.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     rand::rngs::OsRng.next_u64()
 }
 
 /// `n` random bytes from the operating system, in hex.
-pub fn random_hex(n: usize) -> String {
+pub(crate) fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     rand::rngs::OsRng.fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -40,7 +40,7 @@ pub fn same_file(cwd: &str, written: &str, carried: &str) -> bool {
 }
 
 /// Constant-time comparison: a secret's bytes must not leak by timing.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -27,7 +27,7 @@ where
 }
 
 /// The next frame, or `None` if the stream ended cleanly before it.
-pub async fn read_next<T, M>(io: &mut T, max: u32) -> io::Result<Option<M>>
+pub(crate) async fn read_next<T, M>(io: &mut T, max: u32) -> io::Result<Option<M>>
 where
     T: AsyncRead + Unpin,
     M: serde::de::DeserializeOwned,

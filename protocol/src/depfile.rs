@@ -30,7 +30,7 @@ use std::fmt;
 /// hundred kilobytes).
 pub const MAX_BYTES: usize = 8 << 20;
 /// The most prerequisites (and phony rules) of one file.
-pub const MAX_WORDS: usize = 100_000;
+pub(crate) const MAX_WORDS: usize = 100_000;
 
 /// Why a dependency file is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

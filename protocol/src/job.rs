@@ -81,7 +81,7 @@ pub struct Job {
 
 impl Job {
     /// The carried files' paths, to look up as [`Job::carried`] does.
-    pub fn carried_paths(&self) -> std::collections::HashSet<&str> {
+    pub(crate) fn carried_paths(&self) -> std::collections::HashSet<&str> {
         self.sources.iter().map(|s| s.path.as_str()).collect()
     }
 

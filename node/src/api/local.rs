@@ -58,7 +58,7 @@ const IDLE: Duration = Duration::from_secs(120);
 
 /// Serve the local socket at `sock` until SIGINT/SIGTERM or a `Shutdown`
 /// request; then let the cache reach the disk and stop every sandbox.
-pub async fn serve(node: Arc<Node>, sock: &Path) -> Result<()> {
+pub(crate) async fn serve(node: Arc<Node>, sock: &Path) -> Result<()> {
     let _ = std::fs::remove_file(sock);
     if let Some(parent) = sock.parent() {
         std::fs::create_dir_all(parent)?;

@@ -43,8 +43,6 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
 
 type Map = std::collections::BTreeMap<String, u64>;
 type Count = fn(&Stats) -> u64;
-type Counts = fn(&Stats) -> &Map;
-type OfficeCounts = fn(&OfficeView) -> &Map;
 type Figure = fn(&OfficeView, &SchedulerStatusResult) -> u64;
 
 /// The node's counters: name, help, value.
@@ -92,55 +90,27 @@ const COUNTERS: &[(&str, &str, Count)] = &[
     ),
 ];
 
-/// The node's counters by label: name, help, label, values.
-const FAMILIES: &[(&str, &str, &str, Counts)] = &[
-    (
-        "dist_compiles",
-        "Compiles run through the swarm, by builder",
-        "builder",
-        |s| &s.dist_compiles,
-    ),
-    (
-        "local_compiles",
-        "Compiles run locally, by reason",
-        "reason",
-        |s| &s.local_compiles,
-    ),
-    (
-        "toolchains_fetched",
-        "Toolchains fetched from peers, by peer",
-        "peer",
-        |s| &s.toolchains_fetched,
-    ),
-    (
-        "refused",
-        "Requests refused, by reason (failures by reason)",
-        "reason",
-        |s| &s.refused_requests,
-    ),
-    (
-        "transfer_bytes",
-        "Bytes moved between peers, by kind and direction",
-        "kind",
-        |s| &s.transfer_bytes,
-    ),
-    (
-        "sccache_jobs",
-        "Jobs relayed for sccache clients, by builder",
-        "builder",
-        |s| &s.sccache_jobs,
-    ),
-];
+/// Where a family of counters comes from.
+enum Source {
+    Node(fn(&Stats) -> &Map),
+    Office(fn(&OfficeView) -> &Map),
+}
 
-/// What this node sees of the office, by label.
-const OFFICE_FAMILIES: &[(&str, &str, &str, OfficeCounts)] = &[
+/// Counters by label: name, help, label, values.
+const FAMILIES: &[(&str, &str, &str, Source)] = &[
+    ("dist_compiles", "Compiles run through the swarm, by builder", "builder", Source::Node(|s| &s.dist_compiles)),
+    ("local_compiles", "Compiles run locally, by reason", "reason", Source::Node(|s| &s.local_compiles)),
+    ("toolchains_fetched", "Toolchains fetched from peers, by peer", "peer", Source::Node(|s| &s.toolchains_fetched)),
+    ("refused", "Requests refused, by reason (failures by reason)", "reason", Source::Node(|s| &s.refused_requests)),
+    ("transfer_bytes", "Bytes moved between peers, by kind and direction", "kind", Source::Node(|s| &s.transfer_bytes)),
+    ("sccache_jobs", "Jobs relayed for sccache clients, by builder", "builder", Source::Node(|s| &s.sccache_jobs)),
     (
         "office_events",
         "Office events seen by this node (allocations, full answers, builder failures, elections, members lost)",
         "event",
-        |v| &v.counters,
+        Source::Office(|v| &v.counters),
     ),
-    ("peers_rejected", "Peers refused membership, by reason", "reason", |v| &v.rejections),
+    ("peers_rejected", "Peers refused membership, by reason", "reason", Source::Office(|v| &v.rejections)),
 ];
 
 /// The office's figures now.
@@ -170,16 +140,17 @@ const GAUGES: &[(&str, &str, Figure)] = &[
 ];
 
 /// The text a scrape gets.
-pub fn render(view: &OfficeView, s: &Stats, office: &SchedulerStatusResult) -> String {
+pub(crate) fn render(view: &OfficeView, s: &Stats, office: &SchedulerStatusResult) -> String {
     let mut reg = Registry::with_prefix("swarmcc");
     for (name, help, value) in COUNTERS {
         counter(&mut reg, name, help, value(s));
     }
-    for (name, help, label, values) in FAMILIES {
-        family(&mut reg, name, help, label, values(s));
-    }
-    for (name, help, label, values) in OFFICE_FAMILIES {
-        family(&mut reg, name, help, label, values(view));
+    for (name, help, label, source) in FAMILIES {
+        let values = match source {
+            Source::Node(f) => f(s),
+            Source::Office(f) => f(view),
+        };
+        family(&mut reg, name, help, label, values);
     }
     for (name, help, value) in GAUGES {
         gauge(&mut reg, name, help, value(view, office));

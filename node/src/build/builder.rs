@@ -42,7 +42,7 @@ pub enum JobError {
 }
 
 impl JobError {
-    pub fn is_limit(&self) -> bool {
+    pub(crate) fn is_limit(&self) -> bool {
         matches!(
             self,
             JobError::Sandbox(

@@ -73,7 +73,7 @@ fn own_group() -> Option<PathBuf> {
 /// Make (or take again) the memory groups of `slots` job slots, named after
 /// `tag` (one node's), each limited to `limit` bytes with no swap beyond.
 /// `None` where the node cannot (see the module's doc).
-pub fn slot_groups(tag: &str, slots: usize, limit: u64) -> Option<Vec<SlotGroup>> {
+pub(crate) fn slot_groups(tag: &str, slots: usize, limit: u64) -> Option<Vec<SlotGroup>> {
     if !crate::build::sandbox::running_as_root() {
         return None;
     }

@@ -475,7 +475,7 @@ fn resolve_in_root(view: &RootView, p: &Path) -> Option<PathBuf> {
 }
 
 /// One slot's tree on disk and what it holds, as last made.
-pub struct SlotTree {
+pub(crate) struct SlotTree {
     dir: PathBuf,
     /// `None` when unknown (new, or a change failed half-way): the next
     /// [`sync`](SlotTree::sync) starts from an empty directory.

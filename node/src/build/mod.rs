@@ -17,5 +17,5 @@ mod slot;
 pub mod spawn;
 mod workdir;
 
-pub use blobs::BlobStore;
-pub use builder::{Builder, JobError};
+pub use builder::Builder;
+pub(crate) use builder::JobError;

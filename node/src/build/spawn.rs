@@ -168,7 +168,7 @@ pub fn spawn(program: &Path, args: &[OsString], setup: Setup) -> io::Result<Chil
 
 /// A descriptor that names the process `pid` is now, whatever takes its
 /// pid later; `None` if there is none.
-pub fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
     // SAFETY: plain syscall; the result is checked before it is owned.
     unsafe {
         let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
@@ -207,7 +207,7 @@ impl Child {
     }
 
     /// Whether the process has ended (reaping it if so), without waiting.
-    pub fn has_ended(&mut self) -> bool {
+    pub(crate) fn has_ended(&mut self) -> bool {
         if self.status.is_some() {
             return true;
         }
@@ -224,7 +224,7 @@ impl Child {
     /// Kill the process and wait here until it is gone (a killed process
     /// exits at once, so this blocks only briefly): for when something must
     /// happen only after it can no longer run.
-    pub fn kill_and_reap(&mut self) {
+    pub(crate) fn kill_and_reap(&mut self) {
         if self.status.is_some() {
             return;
         }
@@ -259,7 +259,7 @@ impl Drop for Child {
 /// `program` as `exec` needs it: a bare name is looked up on `PATH` (the
 /// first executable file of that name), as a shell would; a name not found
 /// is returned as it is, for `exec` to fail on with a clear error.
-pub fn find_program(program: &Path) -> std::path::PathBuf {
+pub(crate) fn find_program(program: &Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     if program.as_os_str().as_bytes().contains(&b'/') {
         return program.to_path_buf();

@@ -23,7 +23,7 @@ use swarmcc_protocol::{Hash32, Job};
 /// is good for one job. (Within its 30 s, the client it names could
 /// otherwise send the same job again and again on one allocation.)
 #[derive(Default)]
-pub struct UsedGrants(Mutex<HashMap<Hash32, u64>>);
+pub(crate) struct UsedGrants(Mutex<HashMap<Hash32, u64>>);
 
 impl UsedGrants {
     /// Take a verified grant's one use, or refuse one seen before.

@@ -21,7 +21,7 @@ mod admission;
 mod dispatch;
 mod transfer;
 
-pub use admission::UsedGrants;
+pub(crate) use admission::UsedGrants;
 
 use crate::build::{Builder, JobError};
 use crate::config::WhenFull;
@@ -158,7 +158,7 @@ impl Jobs {
     /// client's, by our `alloc_job`, as sccache-dist's scheduler admits
     /// it): it waits for a slot rather than fail over a moment's full
     /// office.
-    pub async fn run_admitted(&self, job: &Job) -> Outcome {
+    pub(crate) async fn run_admitted(&self, job: &Job) -> Outcome {
         self.run_when_full(job, WhenFull::Wait).await
     }
 

@@ -52,7 +52,7 @@ impl Cache {
     }
 
     /// Direct mode: the manifest under `key`, if intact.
-    pub fn get_manifest(&self, key: &Hash32) -> Option<Manifest> {
+    pub(crate) fn get_manifest(&self, key: &Hash32) -> Option<Manifest> {
         match self.manifests.get(key) {
             Lookup2::Hit(m) => Some(m),
             _ => None,
@@ -60,7 +60,7 @@ impl Cache {
     }
 
     /// Store a manifest, as [`put`](Cache::put) does a result.
-    pub fn put_manifest(&self, key: &Hash32, m: &Manifest) -> anyhow::Result<()> {
+    pub(crate) fn put_manifest(&self, key: &Hash32, m: &Manifest) -> anyhow::Result<()> {
         self.manifests.put(key, encode_entry(m)?)
     }
 
@@ -69,8 +69,9 @@ impl Cache {
         self.results.written() && self.manifests.written()
     }
 
+    #[cfg(test)]
     /// Where an entry lives on disk (for tests and tools).
-    pub fn entry_path(&self, key: &Hash32) -> std::path::PathBuf {
+    pub(crate) fn entry_path(&self, key: &Hash32) -> std::path::PathBuf {
         self.results.dir.path_of(&key.to_hex())
     }
 }

@@ -27,7 +27,7 @@ struct Index {
 
 /// Files named by a key (hex string) under `dir/<first two chars>/<key>`.
 /// Writes are atomic (temporary file, then rename) but not fsynced.
-pub struct LruDir {
+pub(crate) struct LruDir {
     dir: PathBuf,
     max_bytes: u64,
     index: Mutex<Index>,
@@ -99,7 +99,7 @@ impl LruDir {
         })
     }
 
-    pub fn path_of(&self, key: &str) -> PathBuf {
+    pub(crate) fn path_of(&self, key: &str) -> PathBuf {
         let shard = key.get(..2).unwrap_or("__");
         self.dir.join(shard).join(key)
     }
@@ -109,7 +109,7 @@ impl LruDir {
     }
 
     /// A stored file's size, from the index (no file system access).
-    pub fn size_of(&self, key: &str) -> Option<u64> {
+    pub(crate) fn size_of(&self, key: &str) -> Option<u64> {
         self.lock().entries.get(key).map(|e| e.size)
     }
 
@@ -205,17 +205,15 @@ impl LruDir {
         }
     }
 
+    #[cfg(test)]
     /// Total bytes held.
-    pub fn total_bytes(&self) -> u64 {
+    pub(crate) fn total_bytes(&self) -> u64 {
         self.lock().total
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn evict(&self, keep: Option<&str>) {

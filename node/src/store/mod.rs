@@ -11,5 +11,5 @@ pub mod package;
 pub mod toolchains;
 pub mod unpack;
 
-pub use package::{package_compiler, PackageOutcome};
-pub use toolchains::ToolchainStore;
+pub use package::package_compiler;
+pub(crate) use toolchains::ToolchainStore;

@@ -167,7 +167,7 @@ fn selected_gcc_installation(compiler: &Path) -> Option<PathBuf> {
 }
 
 /// Look a program up on PATH.
-pub fn find_in_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))

@@ -33,7 +33,7 @@ pub struct ToolchainStore {
 /// An archive arriving (from a peer, or uploaded by an sccache client):
 /// written under the store's tmp dir and hashed as it comes, adopted under
 /// its id only if it hashes to that id. One dropped unfinished is removed.
-pub struct Incoming {
+pub(crate) struct Incoming {
     path: PathBuf,
     file: tokio::fs::File,
     hasher: blake3::Hasher,
@@ -78,7 +78,7 @@ impl Incoming {
         &self.path
     }
 
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.size
     }
 
@@ -131,7 +131,7 @@ impl Drop for RootGuard {
 
 impl ToolchainStore {
     /// Where the unpacked roots live.
-    pub fn roots_dir(&self) -> &Path {
+    pub(crate) fn roots_dir(&self) -> &Path {
         &self.roots
     }
 
@@ -178,7 +178,7 @@ impl ToolchainStore {
         }))
     }
 
-    pub fn archive_path(&self, id: &ToolchainId) -> PathBuf {
+    pub(crate) fn archive_path(&self, id: &ToolchainId) -> PathBuf {
         self.dir.join("archives").join(format!("{id}.tar.zst"))
     }
 
@@ -199,7 +199,7 @@ impl ToolchainStore {
     }
 
     /// A fresh path under the store's tmp dir (same filesystem, for renames).
-    pub fn tmp_path(&self, tag: &str) -> PathBuf {
+    pub(crate) fn tmp_path(&self, tag: &str) -> PathBuf {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.dir
@@ -209,7 +209,7 @@ impl ToolchainStore {
 
     /// Insert an archive read from `src`, which must hash to `id`. On a
     /// mismatch nothing is stored and an error says so.
-    pub fn insert_from<R: Read>(&self, id: &ToolchainId, mut src: R) -> Result<()> {
+    pub(crate) fn insert_from<R: Read>(&self, id: &ToolchainId, mut src: R) -> Result<()> {
         if self.has(id) {
             return Ok(());
         }
@@ -265,7 +265,7 @@ impl ToolchainStore {
     }
 
     /// Insert an archive file already on this machine (moved if `owned`).
-    pub fn insert_file(&self, id: &ToolchainId, path: &Path) -> Result<()> {
+    pub(crate) fn insert_file(&self, id: &ToolchainId, path: &Path) -> Result<()> {
         let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         self.insert_from(id, io::BufReader::new(f))
     }
@@ -390,7 +390,7 @@ impl ToolchainStore {
 }
 
 /// Remove a tree even where unpacking made files read-only.
-pub fn remove_tree(p: &Path) -> io::Result<()> {
+pub(crate) fn remove_tree(p: &Path) -> io::Result<()> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(p),
         Ok(_) => fs::remove_file(p),

@@ -35,7 +35,7 @@ pub struct Limits {
 
 /// A toolchain's bounds: a Rust toolchain for one target unpacks to about
 /// 1 GiB in a few thousand files, gcc and clang to a few hundred MiB.
-pub const LIMITS: Limits = Limits {
+pub(crate) const LIMITS: Limits = Limits {
     entries: 200_000,
     bytes: 4 << 30,
 };
@@ -56,7 +56,7 @@ enum Made {
 
 /// The entries of one archive, checked one by one against what the archive
 /// made before them.
-pub struct Checker {
+pub(crate) struct Checker {
     made: HashMap<PathBuf, Made>,
     entries: u64,
     bytes: u64,
@@ -77,7 +77,7 @@ pub enum Item {
 }
 
 /// Where checked entries go.
-pub trait Sink {
+pub(crate) trait Sink {
     /// Make directory `rel` (its parent exists: made before).
     fn dir(&mut self, rel: &Path) -> io::Result<()>;
     /// Make file `rel` from exactly the bytes `content` gives.
@@ -248,7 +248,7 @@ fn prescan(reader: Box<dyn Read + '_>, limits: Limits) -> Result<()> {
 
 /// Decode an archive (read twice through `open`: [`prescan`], then entry by
 /// entry) and hand each checked entry to `sink`.
-pub fn walk<R: io::BufRead>(
+pub(crate) fn walk<R: io::BufRead>(
     mut open: impl FnMut() -> io::Result<R>,
     limits: Limits,
     sink: &mut dyn Sink,
@@ -296,7 +296,7 @@ pub fn walk<R: io::BufRead>(
 
 /// Unpack the archive at `archive` into `dest`, a directory this process
 /// made and nobody else writes to.
-pub fn unpack_archive(archive: &Path, dest: &Path, limits: Limits) -> Result<()> {
+pub(crate) fn unpack_archive(archive: &Path, dest: &Path, limits: Limits) -> Result<()> {
     fs::create_dir_all(dest)?;
     walk(
         || fs::File::open(archive).map(io::BufReader::new),

@@ -185,7 +185,7 @@ impl Net {
     }
 
     /// Whether `peer` (a peer id in text form) may sign job grants.
-    pub fn may_coordinate(&self, peer: &str) -> bool {
+    pub(crate) fn may_coordinate(&self, peer: &str) -> bool {
         let st = self.lock();
         if peer == self.me.to_string() {
             return st.eligible;
@@ -197,7 +197,7 @@ impl Net {
     }
 
     /// A member's display name (its peer id if unknown).
-    pub fn name_of(&self, peer: &str) -> String {
+    pub(crate) fn name_of(&self, peer: &str) -> String {
         let st = self.lock();
         if peer == self.me.to_string() {
             return st.hello.name.clone();
@@ -210,7 +210,7 @@ impl Net {
 
     /// Whether `token` is a valid client token of this office now (signature,
     /// office, expiry and the current revocation list).
-    pub fn client_token_ok(&self, token: &str) -> bool {
+    pub(crate) fn client_token_ok(&self, token: &str) -> bool {
         let st = self.lock();
         token.parse::<Token>().is_ok_and(|t| {
             t.verify_client(&st.key, &st.office, now_secs(), st.revoked.as_ref())
@@ -219,7 +219,7 @@ impl Net {
     }
 
     /// Whether a builder of the office reports holding `toolchain`.
-    pub fn held_in_office(&self, toolchain: &ToolchainId) -> bool {
+    pub(crate) fn held_in_office(&self, toolchain: &ToolchainId) -> bool {
         !self.lock().alloc.holders(toolchain, "", 1).is_empty()
     }
 }

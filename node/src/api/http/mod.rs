@@ -64,16 +64,9 @@ struct Http {
     builder_addr: SocketAddr,
 }
 
-/// Where the node's HTTP servers listen (after binding).
-#[derive(Clone, Debug)]
-pub struct Bound {
-    pub url: String,
-    pub sccache_addr: SocketAddr,
-}
-
-/// Bind and serve both listeners. A listener that cannot bind is an error
-/// the caller logs; the node keeps working without it.
-pub async fn start(p: HttpParams) -> Result<Bound> {
+/// Bind and serve both listeners; the plain listener's URL. A listener that
+/// cannot bind is an error the caller logs; the node keeps working without it.
+pub async fn start(p: HttpParams) -> Result<String> {
     let listen: SocketAddr = p
         .config
         .listen
@@ -148,10 +141,7 @@ pub async fn start(p: HttpParams) -> Result<Bound> {
         }
     });
     tracing::info!(%url, sccache = %builder_addr, "HTTP status and sccache endpoints ready");
-    Ok(Bound {
-        url,
-        sccache_addr: builder_addr,
-    })
+    Ok(url)
 }
 
 /// A certificate as sccache's builders make one: self-signed, CN and IP SAN

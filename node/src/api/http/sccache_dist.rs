@@ -134,9 +134,19 @@ impl Http {
             .map_or(u64::MAX, |t| t.body.expires_at))
     }
 
-    /// The toolchain of an allocated job whose token the request carries.
-    fn job(&self, id: u64, headers: &HeaderMap) -> Result<ToolchainId, JobLookup> {
-        lookup_job(&self.sccache.lock(), id, bearer(headers), now_secs())
+    /// The toolchain of an allocated job whose token the request carries;
+    /// else the answer: `not_found`, or a refusal of the token.
+    fn job(
+        &self,
+        id: u64,
+        headers: &HeaderMap,
+        not_found: &impl serde::Serialize,
+    ) -> Result<ToolchainId, Box<Response>> {
+        match lookup_job(&self.sccache.lock(), id, bearer(headers), now_secs()) {
+            Ok(t) => Ok(t),
+            Err(JobLookup::NotFound) => Err(Box::new(reply(headers, not_found))),
+            Err(JobLookup::BadToken) => Err(Box::new(unauthorized("invalid_jwt"))),
+        }
     }
 }
 
@@ -268,10 +278,9 @@ pub(super) async fn submit_toolchain(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let toolchain = match h.job(job_id, &headers) {
+    let toolchain = match h.job(job_id, &headers, &SubmitToolchainResult::JobNotFound) {
         Ok(t) => t,
-        Err(JobLookup::NotFound) => return reply(&headers, &SubmitToolchainResult::JobNotFound),
-        Err(JobLookup::BadToken) => return unauthorized("invalid_jwt"),
+        Err(r) => return *r,
     };
     if h.p.store.has(&toolchain) {
         return reply(&headers, &SubmitToolchainResult::Success);
@@ -308,10 +317,9 @@ pub(super) async fn run_job(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let toolchain = match h.job(job_id, &headers) {
+    let toolchain = match h.job(job_id, &headers, &RunJobResult::JobNotFound) {
         Ok(t) => t,
-        Err(JobLookup::NotFound) => return reply(&headers, &RunJobResult::JobNotFound),
-        Err(JobLookup::BadToken) => return unauthorized("invalid_jwt"),
+        Err(r) => return *r,
     };
     // Bodies are read a few at a time (each may be half a gigabyte).
     let Ok(_reading) = h.sccache.run_jobs.acquire().await else {

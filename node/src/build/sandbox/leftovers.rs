@@ -35,7 +35,7 @@ pub(super) static SUBREAPER: std::sync::atomic::AtomicBool =
 /// Make this process the reaper of its orphaned descendants, so that each
 /// job's bubblewrap init is reaped as soon as the job ends (see
 /// [`reap_init`]). Best effort: without it the host's init reaps them.
-pub fn become_subreaper() {
+pub(crate) fn become_subreaper() {
     // SAFETY: plain prctl on this process.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
         SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -58,7 +58,7 @@ pub fn become_subreaper() {
 /// between (the node killed, or a held sandbox stopped, while it was being
 /// set up) the inner one waits for ever. So the node sweeps them when it
 /// starts and when it stops.
-pub fn kill_leftovers(bwrap: &Path, jobs_dir: &Path) -> usize {
+pub(crate) fn kill_leftovers(bwrap: &Path, jobs_dir: &Path) -> usize {
     let left = Leftovers::new(bwrap, jobs_dir);
     let mut killed = 0;
     for pid in left.pids() {

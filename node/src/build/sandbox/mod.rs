@@ -20,9 +20,10 @@ use tokio::io::AsyncReadExt;
 mod leftovers;
 mod place;
 
-pub use leftovers::{become_subreaper, kill_leftovers};
+pub(crate) use leftovers::{become_subreaper, kill_leftovers};
 use leftovers::{kill_group, kill_if_ours, SUBREAPER};
-pub use place::{default_base_name, running_as_root, sandbox_dir, visible_base, SYSTEM_BASE};
+pub use place::{default_base_name, SYSTEM_BASE};
+pub(crate) use place::{running_as_root, sandbox_dir, visible_base};
 
 /// Limits applied to every process of a job.
 #[derive(Clone, Debug)]
@@ -77,7 +78,7 @@ pub enum SandboxError {
 
 /// Check that `p` is absolute and free of `.`/`..` and NUL, so that joining
 /// it under a directory can never leave that directory.
-pub fn check_clean_abs(p: &str) -> Result<()> {
+pub(crate) fn check_clean_abs(p: &str) -> Result<()> {
     if !p.starts_with('/') || p.contains('\0') {
         bail!("path {p:?} is not absolute");
     }
@@ -260,7 +261,7 @@ impl Started {
     /// Whether this waiting sandbox is exactly what [`start`] would make
     /// for `spec` now: same arguments, the same files behind every bind
     /// mount, and bubblewrap still waiting (not dead of a failed set-up).
-    pub fn fits(&mut self, spec: &RunSpec<'_>) -> bool {
+    pub(crate) fn fits(&mut self, spec: &RunSpec<'_>) -> bool {
         self.block.is_some()
             && self.key == sandbox_key(spec)
             && self
@@ -379,7 +380,7 @@ impl Started {
     /// Stop a sandbox that was never let go, waiting until every process of
     /// it is gone (they count against the slot uid's process limit, which
     /// the slot's next job needs whole).
-    pub async fn discard(mut self) {
+    pub(crate) async fn discard(mut self) {
         let Some(block) = self.block.take() else {
             return;
         };
@@ -476,7 +477,7 @@ fn limit_processes(pid: i32, n: u64) -> std::io::Result<()> {
 /// so that a limit set in a sandbox counts that sandbox's processes only.
 /// On older kernels it counts all of the user's processes: a node of an
 /// ordinary user there sets none (and says so when it starts).
-pub fn nproc_counts_per_namespace() -> bool {
+pub(crate) fn nproc_counts_per_namespace() -> bool {
     static PER_NS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
         fs::read_to_string("/proc/sys/kernel/osrelease")
             .ok()
@@ -562,7 +563,7 @@ fn reap_pid(init: i32) -> Option<tokio::task::JoinHandle<()>> {
 /// millisecond per job, plus a kernel worker's clean-up). Jobs of one slot
 /// never overlap, and nothing of a job outlives it (its pid namespace dies
 /// with it), so no job meets another there. Needs root.
-pub fn slot_netns() -> std::io::Result<OwnedFd> {
+pub(crate) fn slot_netns() -> std::io::Result<OwnedFd> {
     // In a thread of its own, which ends right after: unshare changes only
     // the calling thread's namespace.
     std::thread::spawn(|| {

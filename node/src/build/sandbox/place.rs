@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Whether this process is root (and so runs jobs under per-slot uids).
-pub fn running_as_root() -> bool {
+pub(crate) fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -23,7 +23,7 @@ pub fn running_as_root() -> bool {
 /// it first: it and every directory above it root's and writable by root
 /// alone (not `/var/tmp`, where any user may make the name first). Below
 /// it, [`sandbox_dir`] closes each part to all but the job uids' group.
-pub fn visible_base(
+pub(crate) fn visible_base(
     state: &Path,
     as_root: bool,
     configured: Option<&Path>,
@@ -88,7 +88,7 @@ pub const SYSTEM_BASE: &str = "/var/lib/swarmcc-sandbox";
 /// slots' uids (all in that group) reach it and no other local user can
 /// read the sources and headers of other developers below it; otherwise
 /// (jobs run as the node's own user) `0700`.
-pub fn sandbox_dir(dir: &Path, jobs_group: Option<u32>) -> anyhow::Result<()> {
+pub(crate) fn sandbox_dir(dir: &Path, jobs_group: Option<u32>) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     match fs::DirBuilder::new().mode(0o700).create(dir) {

@@ -225,8 +225,9 @@ impl Allocator {
         }
     }
 
+    #[cfg(test)]
     /// How many toolchains are numbered now (for tests).
-    pub fn indexed_toolchains(&self) -> usize {
+    pub(crate) fn indexed_toolchains(&self) -> usize {
         self.toolchain_index.len()
     }
 
@@ -263,7 +264,7 @@ impl Allocator {
     }
 
     /// Pick a builder for a job carrying `bytes` of sources.
-    pub fn allocate_for(
+    pub(crate) fn allocate_for(
         &mut self,
         toolchain: &ToolchainId,
         exclude: &[&str],
@@ -314,7 +315,7 @@ impl Allocator {
     }
 
     /// A granted job ended: its grant no longer holds a slot.
-    pub fn forget_grant(&mut self, peer: &str, grant: u64, now: Instant) {
+    pub(crate) fn forget_grant(&mut self, peer: &str, grant: u64, now: Instant) {
         if let Some(b) = self.get_mut(peer) {
             b.outstanding.remove(&grant);
             b.ended.insert(grant, now);
@@ -323,7 +324,7 @@ impl Allocator {
 
     /// Whether a grant issued for `peer` may still be in use: on its way,
     /// or listed by its last report.
-    pub fn is_outstanding(&self, peer: &str, grant: u64) -> bool {
+    pub(crate) fn is_outstanding(&self, peer: &str, grant: u64) -> bool {
         self.index
             .get(peer)
             .and_then(|i| self.builders.get(*i))

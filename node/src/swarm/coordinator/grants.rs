@@ -8,7 +8,7 @@ use swarmcc_protocol::Hash32;
 pub use swarmcc_protocol::transfer::{Grant, GrantBody};
 
 /// Longest a granted job can take to reach its builder (the grant's life).
-pub const GRANT_TRAVEL: Duration = Duration::from_secs(30);
+pub(crate) const GRANT_TRAVEL: Duration = Duration::from_secs(30);
 
 /// Why a builder refuses a grant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,5 +8,7 @@ pub mod grants;
 pub mod taken;
 
 pub use allocation::{Allocator, Reported, FAILURE_PENALTY, LARGE_JOB};
-pub use grants::{sign_grant, verify_grant, Grant, GrantBody, GrantError, GRANT_TRAVEL};
-pub use taken::{Taken, TakenJob, MAX_REPORTED_GRANTS, RATE_MIN_BYTES};
+pub(crate) use grants::GrantError;
+pub use grants::{sign_grant, verify_grant, Grant, GrantBody};
+pub use taken::Taken;
+pub(crate) use taken::MAX_REPORTED_GRANTS;

@@ -14,10 +14,10 @@ pub struct Taken {
 }
 
 /// Transfers smaller than this say more about latency than about the link.
-pub const RATE_MIN_BYTES: u64 = 256 << 10;
+pub(crate) const RATE_MIN_BYTES: u64 = 256 << 10;
 
 /// Bound on the grant ids one report lists.
-pub const MAX_REPORTED_GRANTS: usize = 1024;
+pub(crate) const MAX_REPORTED_GRANTS: usize = 1024;
 
 impl Taken {
     /// Count a job until the guard is dropped.

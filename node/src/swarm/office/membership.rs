@@ -91,7 +91,7 @@ impl Office {
 
     /// Adopt a revocation list if it is valid and newer than ours; then drop
     /// the members it revokes. Returns whether anything changed.
-    pub fn adopt_revocations(&mut self, text: &str, now: Now) -> bool {
+    pub(crate) fn adopt_revocations(&mut self, text: &str, now: Now) -> bool {
         let now = now.at;
         let Ok(list) = text.parse::<RevocationList>() else {
             return false;
@@ -147,7 +147,7 @@ impl Office {
     }
 
     /// A peer refused recently: close its connections at once.
-    pub fn is_banned(&self, peer: &PeerId, now: Now) -> bool {
+    pub(crate) fn is_banned(&self, peer: &PeerId, now: Now) -> bool {
         self.banned.get(peer).is_some_and(|until| now.at < *until)
     }
 
@@ -157,7 +157,7 @@ impl Office {
     }
 
     /// A peer's Hello (in a request or an answer): admit it or refuse it.
-    pub fn admit(&mut self, peer: PeerId, h: &Hello, now: Now) -> Result<(), String> {
+    pub(crate) fn admit(&mut self, peer: PeerId, h: &Hello, now: Now) -> Result<(), String> {
         if let Some(text) = &h.revocations {
             self.adopt_revocations(text, now);
         }

@@ -45,7 +45,7 @@ impl Now {
     }
 
     /// Unix seconds.
-    pub fn wall_secs(&self) -> u64 {
+    pub(crate) fn wall_secs(&self) -> u64 {
         self.wall_ms / 1000
     }
 }
@@ -65,7 +65,7 @@ impl std::ops::Add<Duration> for Now {
 pub const VERSION: u32 = 1;
 
 /// How a shared client secret travels in a Hello's token field.
-pub const SHARED_TOKEN_PREFIX: &str = "sccache-token:";
+pub(crate) const SHARED_TOKEN_PREFIX: &str = "sccache-token:";
 
 /// How long a job grant is valid: it only has to reach the builder.
 const GRANT_LIFE_MS: u64 = 30_000;
@@ -114,20 +114,20 @@ type Verdict = Result<(String, [u8; 16], u64), (Rejection, String)>;
 /// no office holds 2^48 of them, and a claim that high (a member trying to
 /// make `term + 1` wrap and leave the office without a coordinator) is
 /// ignored.
-pub const MAX_TERM: u64 = 1 << 48;
+pub(crate) const MAX_TERM: u64 = 1 << 48;
 
 /// The most a term may grow by in one claim: an eligible peer announcing
 /// [`MAX_TERM`] and going silent would otherwise leave no term to elect in.
 /// (An office needs a million elections to get there; a node that joins
 /// later still learns any term within that reach of zero.)
-pub const MAX_TERM_STEP: u64 = 1 << 20;
+pub(crate) const MAX_TERM_STEP: u64 = 1 << 20;
 
 /// The most job slots a builder's report is believed for (a lying report
 /// would otherwise draw most of the office's jobs to one builder).
-pub const MAX_SLOTS: u32 = 512;
+pub(crate) const MAX_SLOTS: u32 = 512;
 
 /// The fastest link a builder's report is believed for (bytes/s: 100 Gbit/s).
-pub const MAX_RATE: u64 = 12_500_000_000;
+pub(crate) const MAX_RATE: u64 = 12_500_000_000;
 
 /// Signature checks shared by the nodes of one process. A real node has one
 /// process to itself and no use for it; the office model runs a thousand
@@ -311,7 +311,7 @@ impl Office {
         self.term
     }
 
-    pub fn is_coordinator(&self) -> bool {
+    pub(crate) fn is_coordinator(&self) -> bool {
         self.leader == Some(self.me)
     }
 
@@ -319,7 +319,8 @@ impl Office {
         self.members.contains_key(peer)
     }
 
-    pub fn member_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn member_count(&self) -> usize {
         self.members.len()
     }
 

@@ -300,7 +300,8 @@ impl Allocator {
         Some(peer.clone())
     }
 
-    /// A granted job ended (either way) before the builder's next report.
+    /// An allocation that got no grant (or, in tests, a job that ended
+    /// before the builder's next report) gives its slot back.
     pub fn release(&mut self, peer: &str) {
         if let Some(b) = self.get_mut(peer) {
             b.release_one();
@@ -314,10 +315,19 @@ impl Allocator {
         }
     }
 
-    /// A granted job ended: its grant no longer holds a slot.
-    pub(crate) fn forget_grant(&mut self, peer: &str, grant: u64, now: Instant) {
+    /// A granted job ended (its client says so; `failed`: the builder
+    /// failed it). Its slot is freed only while the grant still holds one:
+    /// a report that listed the grant and then no longer does, or its
+    /// expiry on the way, has freed it already, and freeing it twice would
+    /// make the builder look emptier than it is.
+    pub(crate) fn end_grant(&mut self, peer: &str, grant: u64, failed: bool, now: Instant) {
         if let Some(b) = self.get_mut(peer) {
-            b.outstanding.remove(&grant);
+            if failed {
+                b.failed_until = Some(now + FAILURE_PENALTY);
+            }
+            if b.outstanding.remove(&grant).is_some() {
+                b.release_one();
+            }
             b.ended.insert(grant, now);
         }
     }
@@ -351,14 +361,6 @@ impl Allocator {
             .take(n)
             .map(|(p, _)| p.clone())
             .collect()
-    }
-
-    /// The builder failed (lost mid-job, sandbox trouble): pass it over a while.
-    pub fn failed(&mut self, peer: &str, now: Instant) {
-        if let Some(b) = self.get_mut(peer) {
-            b.failed_until = Some(now + FAILURE_PENALTY);
-            b.release_one();
-        }
     }
 
     /// Builders, total slots and jobs in progress (for status).
@@ -566,8 +568,7 @@ mod tests {
         assert_eq!(a.allocate(&tc(1), &[], t0), None);
         assert_eq!(a.totals(), (1, 1, 1));
         // It ends: free at once.
-        a.release("b1");
-        a.forget_grant("b1", 7, t0);
+        a.end_grant("b1", 7, false, t0);
         assert_eq!(a.totals(), (1, 1, 0));
         // A report sent before the job ended, arriving after the release,
         // does not take the slot back.
@@ -589,6 +590,44 @@ mod tests {
     }
 
     #[test]
+    fn a_job_whose_end_the_builder_reported_first_frees_its_slot_once() {
+        let t0 = Instant::now();
+        let mut a = Allocator::default();
+        report_at(&mut a, "b1", (2, 0), &[], (&[], 0), t0);
+        for grant in [1, 2] {
+            assert_eq!(a.allocate(&tc(1), &[], t0).as_deref(), Some("b1"));
+            a.granted("b1", grant, t0);
+        }
+        // Both jobs arrive and run; the builder is full.
+        report_at(&mut a, "b1", (2, 2), &[], (&[1, 2], 0), t0);
+        assert_eq!(a.totals(), (1, 2, 2));
+        // Job 1 ends: the builder's report says so before its client's
+        // release arrives (they travel on different connections).
+        report_at(&mut a, "b1", (2, 1), &[], (&[2], 0), t0);
+        assert_eq!(a.totals(), (1, 2, 1));
+        a.end_grant("b1", 1, false, t0);
+        assert_eq!(a.totals(), (1, 2, 1), "job 2 still runs");
+        assert_eq!(a.allocate(&tc(1), &[], t0).as_deref(), Some("b1"));
+        assert_eq!(
+            a.allocate(&tc(1), &[], t0),
+            None,
+            "one slot was free, not two"
+        );
+        // Likewise a failure reported late, and a grant that expired on its way.
+        a.granted("b1", 3, t0);
+        report_at(&mut a, "b1", (2, 2), &[], (&[2, 3], 0), t0);
+        report_at(&mut a, "b1", (2, 1), &[], (&[2], 0), t0);
+        a.end_grant("b1", 3, true, t0);
+        assert_eq!(a.totals(), (1, 2, 1));
+        let later = t0 + FAILURE_PENALTY;
+        assert_eq!(a.allocate(&tc(1), &[], later).as_deref(), Some("b1"));
+        a.granted("b1", 4, later);
+        report_at(&mut a, "b1", (2, 1), &[], (&[2], 0), later + GRANT_TRAVEL);
+        a.end_grant("b1", 4, false, later + GRANT_TRAVEL);
+        assert_eq!(a.totals(), (1, 2, 1));
+    }
+
+    #[test]
     fn a_machine_busy_with_other_work_is_chosen_last() {
         let now = Instant::now();
         let mut a = Allocator::default();
@@ -605,7 +644,9 @@ mod tests {
         let mut a = Allocator::default();
         report(&mut a, "b1", 8, 0, &[tc(1)]);
         report(&mut a, "b2", 8, 0, &[]);
-        a.failed("b1", now);
+        assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b1"));
+        a.granted("b1", 1, now);
+        a.end_grant("b1", 1, true, now);
         assert_eq!(a.allocate(&tc(1), &[], now).as_deref(), Some("b2"));
         assert_eq!(a.allocate(&tc(1), &["b2"], now), None);
         // After the penalty, b1 is back (and preferred: it holds the toolchain).

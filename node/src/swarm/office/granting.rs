@@ -121,11 +121,8 @@ impl Office {
         unhold(&mut self.held, &c);
         if failed {
             self.count(OfficeEvent::BuilderFailures);
-            self.alloc.failed(&builder, now);
-        } else {
-            self.alloc.release(&builder);
         }
-        self.alloc.forget_grant(&builder, id, now);
+        self.alloc.end_grant(&builder, id, failed, now);
     }
 }
 

@@ -2,7 +2,8 @@
 //! adapter) and every libp2p stream share this one reader and writer, and
 //! the protocol crate's codec ([`swarmcc_protocol::frame`]) underneath: a
 //! big-endian `u32` length, checked against the caller's bound before
-//! anything is allocated, then a bincode body.
+//! anything is allocated, then a bincode body, read into a buffer that
+//! grows as it arrives.
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io;
@@ -46,8 +47,12 @@ where
     M: serde::de::DeserializeOwned,
 {
     let n = frame::check_len(len, max).map_err(invalid)?;
-    let mut buf = vec![0u8; n];
-    io.read_exact(&mut buf).await?;
+    // Grown as the bytes come (see `frame::FIRST_READ`).
+    let mut buf = Vec::with_capacity(n.min(frame::FIRST_READ));
+    io.take(n as u64).read_to_end(&mut buf).await?;
+    if buf.len() < n {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     frame::decode(&buf).map_err(invalid)
 }
 

@@ -83,12 +83,21 @@ pub fn check_len(len: [u8; 4], max: u32) -> Result<usize, FrameError> {
     Ok(len as usize)
 }
 
+/// What a reader sets aside for a body before any of it has come: the
+/// buffer grows with the bytes that arrive, so a length alone (from a peer
+/// that then sends nothing, or little) costs no more than this.
+pub const FIRST_READ: usize = 64 << 10;
+
 /// Read one frame's body, enforcing `max`.
 pub fn read_frame_body<R: Read>(r: &mut R, max: u32) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
-    let mut body = vec![0u8; check_len(len, max)?];
-    r.read_exact(&mut body)?;
+    let n = check_len(len, max)?;
+    let mut body = Vec::with_capacity(n.min(FIRST_READ));
+    r.take(n as u64).read_to_end(&mut body)?;
+    if body.len() < n {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
     Ok(body)
 }
 
@@ -100,6 +109,16 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R, max: u32) -> Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_alone_reserves_little_and_a_short_body_is_an_error() {
+        let mut data = (LOCAL_FRAME_MAX).to_be_bytes().to_vec();
+        data.extend([1, 2, 3]);
+        let e = read_frame_body(&mut &data[..], LOCAL_FRAME_MAX).unwrap_err();
+        assert!(matches!(e, FrameError::Io(ref e) if e.kind() == io::ErrorKind::UnexpectedEof));
+        let e = read_frame_body(&mut &data[..], 1024).unwrap_err();
+        assert!(matches!(e, FrameError::TooLarge { .. }));
+    }
 
     #[test]
     fn round_trip_and_bounds() {

@@ -311,30 +311,44 @@ impl Plan<'_> {
                     ]);
                 }
             } else if let (Some(raw), Some(meta)) = (t_raw, t_meta) {
-                if let Node::Symlink(target) = meta {
-                    if into_tree {
-                        self.add(&path, Entry::Symlink(target))?;
-                    } else {
-                        args.extend([
-                            "--symlink".into(),
-                            target.into_os_string(),
-                            path.into_os_string(),
-                        ]);
-                    }
-                } else if into_tree && meta == Node::File && self.link_toolchain {
-                    // A toolchain file next to carried ones: linked, not mounted.
-                    self.add(&path, Entry::Link(raw))?;
-                } else {
-                    if into_tree {
-                        self.mount_point(&path, meta == Node::Dir)?;
-                    }
-                    args.extend([
-                        "--ro-bind".into(),
-                        raw.into_os_string(),
-                        path.into_os_string(),
-                    ]);
-                }
+                self.toolchain_entry(path, raw, meta, into_tree, args)?;
             }
+        }
+        Ok(())
+    }
+
+    /// A name only the toolchain has, at `path` (its file `raw`): a symlink
+    /// made, a file linked into the tree when it can be, else mounted.
+    fn toolchain_entry(
+        &mut self,
+        path: PathBuf,
+        raw: PathBuf,
+        meta: Node,
+        into_tree: bool,
+        args: &mut Vec<OsString>,
+    ) -> Result<()> {
+        if let Node::Symlink(target) = meta {
+            if into_tree {
+                self.add(&path, Entry::Symlink(target))?;
+            } else {
+                args.extend([
+                    "--symlink".into(),
+                    target.into_os_string(),
+                    path.into_os_string(),
+                ]);
+            }
+        } else if into_tree && meta == Node::File && self.link_toolchain {
+            // A toolchain file next to carried ones: linked, not mounted.
+            self.add(&path, Entry::Link(raw))?;
+        } else {
+            if into_tree {
+                self.mount_point(&path, meta == Node::Dir)?;
+            }
+            args.extend([
+                "--ro-bind".into(),
+                raw.into_os_string(),
+                path.into_os_string(),
+            ]);
         }
         Ok(())
     }

@@ -163,19 +163,7 @@ pub fn start(spec: &RunSpec<'_>, block: bool) -> Result<Started, SandboxError> {
     args.extend(key[split..].iter().cloned());
 
     let limits = spec.limits;
-    let mut rlimits = vec![
-        (libc::RLIMIT_AS, limits.memory),
-        (libc::RLIMIT_FSIZE, limits.output),
-        (libc::RLIMIT_CORE, 0),
-        (libc::RLIMIT_NOFILE, 1024),
-        // CPU time per process, past the wall-clock limit: the node enforces
-        // that one, but a held sandbox whose node was killed runs without.
-        (libc::RLIMIT_CPU, limits.timeout.as_secs() + 1),
-    ];
-    if limits.uid.is_some() {
-        // Per uid: only a uid of the slot's own scopes it to the job.
-        rlimits.push((libc::RLIMIT_NPROC, limits.processes));
-    }
+    let rlimits = rlimits(limits);
     let sources = if block {
         bind_sources(&key)
     } else {
@@ -210,6 +198,24 @@ pub fn start(spec: &RunSpec<'_>, block: bool) -> Result<Started, SandboxError> {
         sources,
         limit_later,
     })
+}
+
+/// The resource limits every process of the job starts with.
+fn rlimits(limits: &Limits) -> Vec<(libc::__rlimit_resource_t, u64)> {
+    let mut rlimits = vec![
+        (libc::RLIMIT_AS, limits.memory),
+        (libc::RLIMIT_FSIZE, limits.output),
+        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_NOFILE, 1024),
+        // CPU time per process, past the wall-clock limit: the node enforces
+        // that one, but a held sandbox whose node was killed runs without.
+        (libc::RLIMIT_CPU, limits.timeout.as_secs() + 1),
+    ];
+    if limits.uid.is_some() {
+        // Per uid: only a uid of the slot's own scopes it to the job.
+        rlimits.push((libc::RLIMIT_NPROC, limits.processes));
+    }
+    rlimits
 }
 
 /// bubblewrap's arguments but the descriptors, then `--` and the command.

@@ -8,7 +8,7 @@ use crate::swarm::net::Alloc;
 use crate::wire::{read_frame, write_frame};
 use anyhow::{anyhow, bail};
 use futures::AsyncWriteExt;
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::PeerId;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use swarmcc_protocol::job::Blob;
@@ -232,12 +232,7 @@ impl Remote {
         job: &Job,
         holders: Vec<String>,
     ) -> anyhow::Result<JobReply> {
-        let mut s = self
-            .net
-            .control()
-            .open_stream(peer, StreamProtocol::new(JOB_PROTOCOL))
-            .await
-            .map_err(|e| anyhow!("opening a job stream: {e}"))?;
+        let mut s = self.net.open_stream(peer, JOB_PROTOCOL).await?;
         let offer = JobOffer {
             grant: grant.clone(),
             job: job.clone(),

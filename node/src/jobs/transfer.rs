@@ -9,7 +9,7 @@ use crate::store::toolchains::Incoming;
 use crate::wire::{read_frame, write_frame};
 use anyhow::{anyhow, bail, Result};
 use futures::{AsyncReadExt, AsyncWriteExt};
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::PeerId;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarmcc_protocol::stats::{Refusal, Transfer};
@@ -148,12 +148,7 @@ impl Remote {
         id: &ToolchainId,
         progress: &watch::Sender<Progress>,
     ) -> Result<u64> {
-        let mut s = self
-            .net
-            .control()
-            .open_stream(peer, StreamProtocol::new(TOOLCHAIN_PROTOCOL))
-            .await
-            .map_err(|e| anyhow!("opening a toolchain stream: {e}"))?;
+        let mut s = self.net.open_stream(peer, TOOLCHAIN_PROTOCOL).await?;
         write_frame(&mut s, &ToolchainRequest { id: *id }, SMALL_MAX).await?;
         let size = match timed(read_frame(&mut s, SMALL_MAX)).await? {
             ToolchainAnswer::Sending { size } => size,

@@ -91,9 +91,22 @@ impl Net {
         self.me
     }
 
-    /// Opens job and toolchain streams to peers.
+    /// Accepts and opens job and toolchain streams.
     pub fn control(&self) -> libp2p_stream::Control {
         self.control.clone()
+    }
+
+    /// A new stream of `protocol` to `peer`; the error names the protocol.
+    pub(crate) async fn open_stream(
+        &self,
+        peer: libp2p::PeerId,
+        protocol: &'static str,
+    ) -> anyhow::Result<libp2p::Stream> {
+        self.control
+            .clone()
+            .open_stream(peer, libp2p::StreamProtocol::new(protocol))
+            .await
+            .map_err(|e| anyhow::anyhow!("opening a stream of {protocol}: {e}"))
     }
 
     /// The office as this node sees it (for `status`), as of the last

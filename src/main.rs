@@ -140,10 +140,29 @@ enum Cmd {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour only for a terminal: a node started by the wrapper logs to
+    // `node.log`, which escape codes would clutter.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// A token's time for people: the UTC date and time, then the Unix
+/// seconds it is made of.
+fn show_time(secs: u64) -> String {
+    let date = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    match date {
+        Some(d) => format!("{d} ({secs})"),
+        None => format!("{secs} (Unix seconds; past any calendar date)"),
+    }
 }
 
 fn main() {
@@ -257,8 +276,8 @@ fn token(cmd: TokenCmd) -> Result<()> {
                 }
                 Subject::Client { user } => println!("client:     {user}"),
             }
-            println!("issued at:  {} (unix)", b.issued_at);
-            println!("expires at: {} (unix)", b.expires_at);
+            println!("issued at:  {}", show_time(b.issued_at));
+            println!("expires at: {}", show_time(b.expires_at));
             return Ok(());
         }
     };
@@ -409,4 +428,19 @@ fn flags(cli: &Cli) -> Result<()> {
     use clap::CommandFactory;
     Cli::command().print_help()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::show_time;
+
+    #[test]
+    fn token_times_show_as_utc_dates_with_their_seconds() {
+        assert_eq!(show_time(0), "1970-01-01T00:00:00Z (0)");
+        assert_eq!(
+            show_time(1_796_688_000),
+            "2026-12-08T00:00:00Z (1796688000)"
+        );
+        assert!(show_time(u64::MAX).starts_with("18446744073709551615 (Unix seconds"));
+    }
 }

@@ -711,6 +711,10 @@ fn a_node_started_by_the_wrapper_holds_none_of_the_builds_descriptors() {
         matches!(got, Ok(Ok(0))),
         "the pipe did not end while the node runs: {got:?}"
     );
+    // Its log is a file: plain text, no terminal colour codes.
+    let log = std::fs::read_to_string(env.state().join("node.log")).unwrap();
+    assert!(log.contains("INFO"), "the node logs: {log}");
+    assert!(!log.contains('\x1b'), "escape codes in node.log: {log:?}");
 }
 
 /// Files that have not changed for a while are known by their `stat`

@@ -92,6 +92,16 @@ fn office_tokens_from_the_cli_verify_and_bind_to_peer_ids() {
         .trim()
         .to_string();
     assert_eq!(id, tok.id_hex());
+    // Dates, not bare Unix seconds (the seconds follow in parentheses).
+    let expires = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("expires at:"))
+        .unwrap()
+        .trim();
+    assert!(
+        expires.len() > 20 && expires.as_bytes()[4] == b'-' && expires.contains("Z ("),
+        "{expires}"
+    );
     let list: RevocationList = out(Command::new(swarmcc())
         .args(["office", "revoke", "--office-key"])
         .arg(&key)

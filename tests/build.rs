@@ -872,3 +872,47 @@ fn a_compiler_kept_under_the_working_directory_is_distributed() {
         env.node_log()
     );
 }
+
+/// A node whose socket is removed while it runs (a tmp cleaner) makes it
+/// again, so compiles reach it again instead of waiting and going local;
+/// on its way out it removes only the socket it made, not one another node
+/// put in its place.
+#[test]
+fn a_node_makes_its_removed_socket_again_and_removes_only_its_own() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let mut env = Env::new("");
+    env.start_node();
+    let sock = env.socket();
+    std::fs::remove_file(&sock).unwrap();
+    wait_for("the socket made again", Duration::from_secs(10), || {
+        UnixStream::connect(&sock).is_ok()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.c"), "int a(void) { return 1; }\n").unwrap();
+    run_ok(
+        env.cmd(swarmcc())
+            .current_dir(dir.path())
+            .args(["gcc", "-c", "a.c", "-o", "a.o"]),
+    );
+    let s = env.stats_json();
+    assert_eq!(dist_total(&s), 1, "the compile went through the node: {s}");
+
+    // Another socket renamed over it (the path is never missing): the
+    // node leaves it, and leaves it there when it stops.
+    let other = dir.path().join("other.sock");
+    let _other = UnixListener::bind(&other).unwrap();
+    std::fs::rename(&other, &sock).unwrap();
+    let ino = std::fs::metadata(&sock).unwrap().ino();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut node = env.node.take().unwrap();
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(node.id() as libc::pid_t, libc::SIGTERM) };
+    node.wait().unwrap();
+    let left = std::fs::metadata(&sock).map(|m| m.ino());
+    assert_eq!(
+        left.ok(),
+        Some(ino),
+        "the node removed a socket it had not made"
+    );
+}

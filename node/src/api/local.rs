@@ -63,7 +63,10 @@ pub(crate) async fn serve(node: Arc<Node>, sock: &Path) -> Result<()> {
     if let Some(parent) = sock.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let listener = bind_private(sock)?;
+    let mut listener = bind_private(sock)?;
+    let mut ours = file_id(sock);
+    let mut check = tokio::time::interval(SOCKET_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tracing::info!(
         socket = %sock.display(),
         jobs = node.jobs.here().builder().max_jobs(),
@@ -79,13 +82,54 @@ pub(crate) async fn serve(node: Arc<Node>, sock: &Path) -> Result<()> {
                     accept(&node, &conns, stream);
                 }
             }
+            _ = check.tick() => {
+                if let Some(l) = bind_again_if_gone(sock) {
+                    listener = l;
+                    ours = file_id(sock);
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = stop.changed() => break,
         }
     }
-    node.stop(sock).await;
+    node.stop(sock, ours).await;
     Ok(())
+}
+
+/// How often the node looks whether its socket is still there.
+const SOCKET_CHECK: Duration = Duration::from_secs(1);
+
+/// A file's identity (device, inode): which socket this node made.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// A socket that disappeared while the node runs (a tmp cleaner, or another
+/// node on a re-made state dir that removed it on its way out) is made
+/// again: otherwise every wrapper would find no node, try to start one, be
+/// told one runs, and compile locally after a wait. A file of someone
+/// else's at the path is left alone.
+fn bind_again_if_gone(sock: &Path) -> Option<UnixListener> {
+    match std::fs::symlink_metadata(sock) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match bind_private(sock) {
+            Ok(l) => {
+                tracing::warn!("{} was removed; made it again", sock.display());
+                Some(l)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{} was removed and cannot be made again: {e:#}",
+                    sock.display()
+                );
+                None
+            }
+        },
+        _ => None,
+    }
 }
 
 /// Take a connection: its peer must be the node's user or root, and a place
@@ -113,8 +157,9 @@ fn accept(node: &Arc<Node>, conns: &Arc<Semaphore>, stream: UnixStream) {
 impl Node {
     /// On the way out: cache entries still on their way to the disk (a
     /// second at most) before the socket goes (`--stop-server` waits for
-    /// that), no sandbox left, the counters saved.
-    async fn stop(&self, sock: &Path) {
+    /// that), no sandbox left, the counters saved. The socket is removed
+    /// only if it is still the one this node made (`ours`).
+    async fn stop(&self, sock: &Path, ours: Option<(u64, u64)>) {
         tracing::info!("swarmcc node stopping");
         if let Some(cache) = &self.cache {
             for _ in 0..100 {
@@ -125,7 +170,9 @@ impl Node {
             }
         }
         self.jobs.here().builder().stop();
-        let _ = std::fs::remove_file(sock);
+        if ours.is_some() && file_id(sock) == ours {
+            let _ = std::fs::remove_file(sock);
+        }
         self.stats.save();
     }
 }

@@ -557,3 +557,27 @@ fn the_dashboard_renders_real_nodes_in_headless_chromium() {
     let _ = std::fs::write(&keep, &png);
     println!("dashboard screenshot: {}", keep.display());
 }
+
+/// A second node on a machine whose HTTP ports another process holds
+/// keeps its whole HTTP side, on ephemeral ports of the same address.
+#[test]
+fn taken_http_ports_move_to_ephemeral_ones_and_the_node_still_answers() {
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (p, t) = (
+        plain.local_addr().unwrap().port(),
+        tls.local_addr().unwrap().port(),
+    );
+    let mut n = Env::new(&format!(
+        "[http]\nlisten = \"127.0.0.1:{p}\"\nsccache_listen = \"127.0.0.1:{t}\"\n"
+    ));
+    n.start_node();
+    let addr = http_addr(&n);
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert_ne!(addr, format!("127.0.0.1:{p}"));
+    let (code, _, body) = get(&addr, "/api/v1/scheduler/status", Some("application/json"));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let log = n.node_log();
+    assert!(log.contains(&format!("127.0.0.1:{p} is taken")), "{log}");
+    assert!(log.contains(&format!("127.0.0.1:{t} is taken")), "{log}");
+}

@@ -64,8 +64,31 @@ struct Http {
     builder_addr: SocketAddr,
 }
 
-/// Bind and serve both listeners; the plain listener's URL. A listener that
-/// cannot bind is an error the caller logs; the node keeps working without it.
+/// Bind `addr`, or, when another process holds it (a second node on this
+/// machine), an ephemeral port on the same address, saying so: only that
+/// endpoint moves, the rest of the HTTP side stays. The status URL is in
+/// `swarmcc status`; sccache clients are sent to the HTTPS port actually
+/// bound.
+fn bind_or_ephemeral(addr: SocketAddr, what: &str) -> Result<std::net::TcpListener> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 => {
+            let l = std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+                .with_context(|| format!("binding {what} {addr}: {e}; and an ephemeral port"))?;
+            tracing::warn!(
+                "{what} {addr} is taken ({e}); serving on {} instead",
+                l.local_addr()?
+            );
+            Ok(l)
+        }
+        Err(e) => Err(e).with_context(|| format!("binding {what} {addr}")),
+    }
+}
+
+/// Bind and serve both listeners; the plain listener's URL. A port that is
+/// taken moves to an ephemeral one ([`bind_or_ephemeral`]); an address that
+/// cannot be bound at all is an error the caller logs, and the node keeps
+/// working without HTTP.
 pub async fn start(p: HttpParams) -> Result<String> {
     let listen: SocketAddr = p
         .config
@@ -77,12 +100,11 @@ pub async fn start(p: HttpParams) -> Result<String> {
         .sccache_listen
         .parse()
         .with_context(|| format!("[http] sccache_listen {:?}", p.config.sccache_listen))?;
-    let plain = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let plain = bind_or_ephemeral(listen, "[http] listen")?;
+    plain.set_nonblocking(true)?;
+    let plain = tokio::net::TcpListener::from_std(plain)?;
     let plain_addr = plain.local_addr()?;
-    let tls_std =
-        std::net::TcpListener::bind(tls_listen).with_context(|| format!("binding {tls_listen}"))?;
+    let tls_std = bind_or_ephemeral(tls_listen, "[http] sccache_listen")?;
     tls_std.set_nonblocking(true)?;
     let builder_addr = tls_std.local_addr()?;
     let (cert_pem, key_pem, cert_digest) = self_signed(builder_addr)?;

@@ -454,3 +454,52 @@ fn run_while_busy(c: &Env, k: &Env, dir: &std::path::Path, quick_obj: &str) -> s
     );
     slow
 }
+
+/// Builders that go by the same name (several nodes on one host, machines
+/// cloned from one image) show as separate builders in `-s` and `status`:
+/// the name, then the end of each one's peer id.
+#[test]
+fn builders_of_the_same_name_show_apart_in_stats_and_status() {
+    let o = office();
+    let one = |boot: Option<&str>, uid: u32| {
+        office_node_with(
+            &o.key,
+            &o.pk,
+            boot,
+            None,
+            "max_jobs = 1\nname = \"host\"",
+            &format!("[sandbox]\nuid_base = {uid}\n"),
+        )
+    };
+    let (b1, p1) = one(None, 3_150_000);
+    let boot = boot_of(&b1, &p1);
+    let (_b2, p2) = one(Some(&boot), 3_151_000);
+    let (c, _) = client(&o, &boot, client_token(&o, "ann", &[]));
+    wait_office(&c, 2);
+    let work = tempfile::tempdir().unwrap();
+    let units: Vec<String> = (0..2).map(|i| format!("u{i}.c")).collect();
+    for src in &units {
+        slow_unit(work.path(), src);
+    }
+    compile_at_once(&c, work.path(), "gcc", &["-O2"], &units);
+    let s = c.stats_json();
+    let tail = |p: &str| format!("host~{}", &p[p.len() - 6..]);
+    assert_eq!(u(&s["dist_compiles"][tail(&p1)]), 1, "{s}");
+    assert_eq!(u(&s["dist_compiles"][tail(&p2)]), 1, "{s}");
+    let text = out(c.cmd(swarmcc()).arg("-s"));
+    assert!(
+        text.contains(&tail(&p1)) && text.contains(&tail(&p2)),
+        "{text}"
+    );
+    let mut names: Vec<String> = view(&c)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("host"))
+        .collect();
+    names.sort();
+    let mut expected = vec![tail(&p1), tail(&p2)];
+    expected.sort();
+    assert_eq!(names, expected);
+}

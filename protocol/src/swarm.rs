@@ -101,6 +101,18 @@ pub enum CtlResponse {
     NotCoordinator(Option<String>),
 }
 
+/// A member's name for people, told apart: where another member goes by
+/// the same name (several nodes on one host, machines cloned from one
+/// image), the end of its peer id follows it, so that status and per-builder
+/// counts show each machine once.
+pub fn distinct_name(name: &str, peer: &str, shared: bool) -> String {
+    if !shared {
+        return name.to_string();
+    }
+    let tail = peer.get(peer.len().saturating_sub(6)..).unwrap_or(peer);
+    format!("{name}~{tail}")
+}
+
 /// A member of the office as a node sees it (for `swarmcc status`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemberInfo {

@@ -25,7 +25,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use swarmcc_protocol::swarm::{AllocRequest, CtlRequest, CtlResponse, OfficeView};
+use swarmcc_protocol::swarm::{distinct_name, AllocRequest, CtlRequest, CtlResponse, OfficeView};
 use swarmcc_protocol::token::{OfficePublicKey, RevocationList, Token};
 use swarmcc_protocol::transfer::Grant;
 use swarmcc_protocol::{Hash32, ToolchainId};
@@ -209,16 +209,25 @@ impl Net {
             .unwrap_or(false)
     }
 
-    /// A member's display name (its peer id if unknown).
+    /// A member's display name (its peer id if unknown), told apart from
+    /// other members of the same name ([`distinct_name`]).
     pub(crate) fn name_of(&self, peer: &str) -> String {
         let st = self.lock();
-        if peer == self.me.to_string() {
-            return st.hello.name.clone();
-        }
-        peer.parse::<PeerId>()
-            .ok()
-            .and_then(|p| st.members.get(&p).map(|m| m.name.clone()))
-            .unwrap_or_else(|| peer.to_string())
+        let name = if peer == self.me.to_string() {
+            st.hello.name.clone()
+        } else {
+            match peer
+                .parse::<PeerId>()
+                .ok()
+                .and_then(|p| st.members.get(&p).map(|m| m.name.clone()))
+            {
+                Some(n) => n,
+                None => return peer.to_string(),
+            }
+        };
+        let namesakes = st.members.values().filter(|m| m.name == name).count()
+            + usize::from(st.hello.name == name);
+        distinct_name(&name, peer, namesakes > 1)
     }
 
     /// Whether `token` is a valid client token of this office now (signature,

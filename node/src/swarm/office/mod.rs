@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmcc_protocol::swarm::{
-    CtlRequest, CtlResponse, Hello, MemberInfo, OfficeEvent, OfficeView, Rejection, Report,
-    MAX_REPORTED_TOOLCHAINS,
+    distinct_name, CtlRequest, CtlResponse, Hello, MemberInfo, OfficeEvent, OfficeView, Rejection,
+    Report, MAX_REPORTED_TOOLCHAINS,
 };
 use swarmcc_protocol::token::{OfficePublicKey, RevocationList, Subject, Token};
 use swarmcc_protocol::{Hash32, ToolchainId};
@@ -534,12 +534,16 @@ impl Office {
     pub fn view(&self, now: Now) -> OfficeView {
         let now = now.at;
         let (builders, cores, in_progress) = self.alloc.totals();
+        let namesakes = |name: &str| {
+            self.members.values().filter(|m| m.name == name).count()
+                + usize::from(self.hello.name == name)
+        };
         let mut members: Vec<MemberInfo> = self
             .members
             .iter()
             .map(|(p, m)| MemberInfo {
                 peer: p.to_string(),
-                name: m.name.clone(),
+                name: distinct_name(&m.name, &p.to_string(), namesakes(&m.name) > 1),
                 role: m.role.clone(),
                 cores: m.cores,
                 running_jobs: m.running_jobs,
@@ -553,7 +557,11 @@ impl Office {
         OfficeView {
             office: Some(self.office.clone()),
             me: self.me.to_string(),
-            name: self.hello.name.clone(),
+            name: distinct_name(
+                &self.hello.name,
+                &self.me.to_string(),
+                namesakes(&self.hello.name) > 1,
+            ),
             builds: self.hello.builds,
             running_jobs: self.running_now,
             load: self.load_now,

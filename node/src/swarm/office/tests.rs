@@ -552,3 +552,30 @@ fn a_term_may_grow_only_so_far_in_one_claim() {
         (Some(b.peer), term + 2)
     );
 }
+
+#[test]
+fn members_of_the_same_name_are_told_apart_by_their_peer_ids() {
+    let key = OfficeKey::generate("t");
+    let t0 = Now::real();
+    let mut c = node(&key, "coordinator", t0);
+    let mut b1 = node(&key, "builder", t0);
+    let mut b2 = node(&key, "builder", t0);
+    meet(&mut b1, &mut c, t0);
+    meet(&mut b2, &mut c, t0);
+    let v = c.office.view(t0);
+    assert_eq!(v.name, "coordinator", "a name no one shares stays as it is");
+    let mut names: Vec<String> = v.members.iter().map(|m| m.name.clone()).collect();
+    names.sort();
+    let mut expected: Vec<String> = [&b1, &b2]
+        .iter()
+        .map(|b| {
+            let id = b.peer.to_string();
+            format!("builder~{}", &id[id.len() - 6..])
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    assert_ne!(names[0], names[1]);
+    // b1 knows of no namesake.
+    assert_eq!(b1.office.view(t0).name, "builder");
+}

@@ -420,7 +420,12 @@ fn flags(cli: &Cli) -> Result<()> {
             bail!("unexpected answer from the node")
         };
         match cli.stats_format {
-            StatsFormat::Text => print!("{}", stats_view::human(&s)),
+            StatsFormat::Text => {
+                print!("{}", stats_view::human(&s));
+                if let Ok(Response::Status(v)) = c.call(&Request::Status) {
+                    print!("{}", stats_view::not_building(&v));
+                }
+            }
             StatsFormat::Json => println!("{}", stats_view::json(&s)),
         }
         return Ok(());

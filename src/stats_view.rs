@@ -66,10 +66,12 @@ pub fn json(s: &Stats) -> String {
 /// `swarmcc status`: the office as the local node sees it.
 pub fn office(v: &OfficeView) -> String {
     use std::fmt::Write;
-    let mut out = String::new();
+    let mut out = not_building(v);
     let Some(office) = v.office.as_deref() else {
-        return "no [office] configured: this node works alone (see README, \"Office membership\")\n"
-            .into();
+        out.push_str(
+            "no [office] configured: this node works alone (see README, \"Office membership\")\n",
+        );
+        return out;
     };
     let coord = v.coordinator.as_deref().unwrap_or("(none yet)");
     let who = if v.coordinator.as_deref() == Some(v.me.as_str()) {
@@ -112,4 +114,14 @@ pub fn office(v: &OfficeView) -> String {
         let _ = writeln!(out, "rejected: {n} × {why}");
     }
     out
+}
+
+/// A line saying why this node does not build, if it does not (empty
+/// otherwise): a node without a usable sandbox says so where people look,
+/// not only in its log.
+pub fn not_building(v: &OfficeView) -> String {
+    match &v.cannot_build {
+        Some(why) => format!("this node does not build: {why}\n"),
+        None => String::new(),
+    }
 }

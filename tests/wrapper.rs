@@ -218,4 +218,12 @@ fn a_node_without_bubblewrap_refuses_to_build_and_the_build_still_works() {
         log.contains("will not build") && log.contains("apt-get install bubblewrap"),
         "{log}"
     );
+    // Said where people look, not only in the log.
+    for args in [&["status"][..], &["-s"][..]] {
+        let shown = out(env.cmd(swarmcc()).args(args));
+        assert!(
+            shown.contains("this node does not build:") && shown.contains("bubblewrap"),
+            "{args:?}: {shown}"
+        );
+    }
 }

@@ -260,4 +260,8 @@ pub struct OfficeView {
     /// the coordinator issued since are not in them).
     #[serde(default)]
     pub figures_from: String,
+    /// Why this node does not build (no usable bubblewrap, user namespaces
+    /// blocked, `builder = false`), if it does not.
+    #[serde(default)]
+    pub cannot_build: Option<String>,
 }

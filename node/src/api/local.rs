@@ -364,6 +364,7 @@ async fn answer(node: &Node, req: Request) -> Response {
         Request::Status => {
             let mut v = node.jobs.view();
             v.http = node.http_url.clone();
+            v.cannot_build = node.jobs.here().cannot_build().map(str::to_string);
             Response::Status(v)
         }
         Request::ZeroStats => {

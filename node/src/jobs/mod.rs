@@ -81,6 +81,11 @@ impl Here {
         self.cannot_build.is_none()
     }
 
+    /// Why this node does not build, if it does not.
+    pub fn cannot_build(&self) -> Option<&str> {
+        self.cannot_build.as_deref()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -577,6 +577,7 @@ impl Office {
             in_progress,
             counters: self.counters.clone(),
             http: None,
+            cannot_build: None,
             figures_from: if self.leader == Some(self.me) {
                 "this node (the coordinator)".into()
             } else {

@@ -49,12 +49,17 @@ impl NodeClient {
         Ok(client)
     }
 
-    /// Connect, starting a node in the background if none is running.
+    /// Connect, starting a node in the background if none is running. A
+    /// node that runs (it holds the state dir's lock) but has no socket yet
+    /// is starting, or makes its socket again within a second: it is waited
+    /// for, and no second node is started only to be told one runs.
     pub fn connect_or_start(cfg: &Config) -> Result<NodeClient> {
         if let Ok(c) = Self::connect(cfg) {
             return Ok(c);
         }
-        start_node(cfg)?;
+        if !node_holds_lock(cfg) {
+            start_node(cfg)?;
+        }
         let deadline = Instant::now() + Duration::from_secs(cfg.node.start_timeout_secs);
         let mut last = anyhow!("node did not start");
         while Instant::now() < deadline {
@@ -104,6 +109,22 @@ impl NodeClient {
         }
         Ok(frame::read_frame(&mut self.stream, LOCAL_FRAME_MAX)?)
     }
+}
+
+/// Whether a node runs for this state dir: it holds `node.lock`
+/// (`flock`, as the node takes it).
+fn node_holds_lock(cfg: &Config) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(cfg.state.join("node.lock")) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor this function owns; released at once.
+    let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    if free {
+        // SAFETY: as above.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+    }
+    !free
 }
 
 /// Start `swarmcc node` detached, logging to `<state>/node.log`.

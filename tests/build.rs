@@ -916,3 +916,32 @@ fn a_node_makes_its_removed_socket_again_and_removes_only_its_own() {
         "the node removed a socket it had not made"
     );
 }
+
+/// A wrapper that finds the state dir's lock held (a node runs, or is
+/// starting) but no socket waits for that node instead of starting a
+/// second one only to be told one runs; with none coming, it compiles
+/// locally.
+#[test]
+fn a_wrapper_starts_no_second_node_while_one_holds_the_lock() {
+    use std::os::fd::AsRawFd;
+    let env = Env::new("[node]\nstart_timeout_secs = 1\n");
+    let lock = std::fs::File::create(env.state().join("node.lock")).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.c"), "int a(void) { return 1; }\n").unwrap();
+    run_ok(
+        env.cmd(swarmcc())
+            .current_dir(dir.path())
+            .args(["gcc", "-c", "a.c", "-o", "a.o"]),
+    );
+    assert!(dir.path().join("a.o").exists());
+    let log = env.node_log();
+    assert!(
+        !log.contains("already running"),
+        "a second node was started: {log}"
+    );
+}

@@ -254,6 +254,7 @@ impl Seen {
             return Ok(());
         }
         if unsupported(a) {
+            tracing::debug!("unsupported flag {a}");
             return Err(LocalReason::UnsupportedFlag);
         }
         match a.as_str() {

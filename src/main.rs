@@ -18,7 +18,7 @@ use swarmcc_protocol::local::{Request, Response};
     name = "swarmcc",
     version,
     about = "A peer-to-peer compile swarm: sandboxed, cached, distributed C/C++ compilation",
-    after_help = "As a compiler wrapper:\n  swarmcc gcc -c a.c -o a.o        (or CC=\"swarmcc gcc\", CCACHE=swarmcc,\n                                   CMAKE_C_COMPILER_LAUNCHER=swarmcc, or a\n                                   symlink named cc/gcc/g++/c++/clang/clang++)\n\nEnvironment: SWARMCC_DIR (all state), SWARMCC_CONFIG (config file), RUST_LOG."
+    after_help = "As a compiler wrapper:\n  swarmcc gcc -c a.c -o a.o        (or CC=\"swarmcc gcc\", CCACHE=swarmcc,\n                                   CMAKE_C_COMPILER_LAUNCHER=swarmcc, or a\n                                   symlink named cc/gcc/g++/c++/clang/clang++)\n\nEnvironment: SWARMCC_DIR (all state), SWARMCC_CONFIG (config file),\nSWARMCC_LOG or RUST_LOG (e.g. debug: why a compile went local)."
 )]
 struct Cli {
     /// Show the node's statistics.
@@ -105,7 +105,7 @@ enum StatsFormat {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the node in the foreground (systemd-friendly; logs via RUST_LOG).
+    /// Run the node in the foreground (systemd-friendly; logs via SWARMCC_LOG or RUST_LOG).
     Node {
         #[command(subcommand)]
         cmd: Option<NodeCmd>,
@@ -137,8 +137,11 @@ enum Cmd {
     },
 }
 
+/// Logging to stderr at `SWARMCC_LOG` (as `SCCACHE_LOG`), else `RUST_LOG`,
+/// else `default`. `SWARMCC_LOG=debug` on a compile says why it went local.
 fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWARMCC_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colour only for a terminal: a node started by the wrapper logs to
     // `node.log`, which escape codes would clutter.

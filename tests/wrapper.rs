@@ -227,3 +227,32 @@ fn a_node_without_bubblewrap_refuses_to_build_and_the_build_still_works() {
         );
     }
 }
+
+/// `SWARMCC_LOG=debug` on a compile says why it went local, naming the
+/// flag (as `SCCACHE_LOG` does); without it swarmcc adds nothing to the
+/// compiler's stderr.
+#[test]
+fn swarmcc_log_debug_says_why_a_compile_went_local() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(d.join("a.c"), "int a(void) { return 1; }\n").unwrap();
+    let run = |log: Option<&str>| {
+        let mut c = env.cmd(swarmcc());
+        c.env_remove("RUST_LOG")
+            .args(["gcc", "-c", "a.c", "-o", "a.o", "-save-temps"])
+            .current_dir(d);
+        if let Some(l) = log {
+            c.env("SWARMCC_LOG", l);
+        }
+        let o = run_ok(&mut c);
+        String::from_utf8(o.stderr).unwrap()
+    };
+    let said = run(Some("debug"));
+    assert!(
+        said.contains("unsupported flag -save-temps")
+            && said.contains("compiling locally (unsupported flag)"),
+        "{said}"
+    );
+    assert_eq!(run(None), "");
+}

@@ -45,8 +45,9 @@ pub fn main(compiler: &str, args: Vec<String>) -> ! {
     match try_distribute(&cfg, &real, &args, &mut node) {
         Ok(code) => std::process::exit(code),
         Err(f) => {
-            if let Some(why) = &f.why {
-                tracing::info!("compiling locally ({}): {why:#}", f.reason.label());
+            match &f.why {
+                Some(why) => tracing::info!("compiling locally ({}): {why:#}", f.reason.label()),
+                None => tracing::debug!("compiling locally ({})", f.reason.label()),
             }
             let node = if f.connection_lost { None } else { node };
             record_local(&cfg, f.reason, node);

@@ -32,6 +32,110 @@ pub struct Compile {
     /// Dependency-file flags, completed so that preprocessing alone writes
     /// the same file a local compile would.
     pub deps: Vec<String>,
+    /// The compiler it is for.
+    pub kind: Kind,
+    /// Colour in diagnostics, as the command line asks (its flags are kept
+    /// out of `base`, so out of the cache key).
+    pub color: Color,
+    /// Whether the object records the command line (gcc's debug
+    /// information does by default, clang's with `-grecord-command-line`;
+    /// both with `-frecord-gcc-switches`): then no flag is added to it that
+    /// the compiler would record, or the object would differ from a local
+    /// compile's.
+    pub records_command_line: bool,
+    /// The user chose gcc's `-fdiagnostics-urls=` (kept in `base`).
+    pub urls_explicit: bool,
+}
+
+/// Colour in diagnostics. As ccache does, a compile always asks the
+/// compiler for colour ([`Compile::diagnostics_flags`]), and the colour is
+/// taken out where a local compile would have printed none
+/// ([`Compile::local_diagnostics`]): coloured and plain builds share cache
+/// entries, and each prints what the compiler alone would.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Color {
+    /// The compiler's default: colour on a terminal.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// Whether gcc's `-fdiagnostics-urls=auto` prints links here: gcc's own
+/// test (`auto_enable_urls`, gcc 10-14): a terminal it would colour, not a
+/// terminal known to print them as garbage.
+fn gcc_would_link() -> bool {
+    let var = |k: &str| std::env::var(k).ok();
+    let term = var("TERM");
+    let colorterm = var("COLORTERM");
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr())
+        || term.as_deref().is_none_or(|t| t == "dumb")
+    {
+        return false;
+    }
+    if matches!(
+        colorterm.as_deref(),
+        Some("xfce4-terminal" | "gnome-terminal")
+    ) {
+        return false;
+    }
+    if var("GCC_URLS").is_some() || var("TERM_URLS").is_some() {
+        return true;
+    }
+    if colorterm.is_none() && matches!(term.as_deref(), Some("xterm" | "vt100")) {
+        return false;
+    }
+    term.as_deref() != Some("linux")
+}
+
+/// Remove OSC 8 hyperlinks (`ESC ] 8 ; params ; uri`, ended by BEL or
+/// `ESC \`), keeping the text they wrap.
+pub(crate) fn strip_links(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i..].starts_with(b"\x1b]8;") {
+            let mut j = i + 4;
+            let end = loop {
+                match text.get(j) {
+                    None => break None,
+                    Some(0x07) => break Some(j + 1),
+                    Some(0x1b) if text.get(j + 1) == Some(&b'\\') => break Some(j + 2),
+                    Some(_) => j += 1,
+                }
+            };
+            if let Some(end) = end {
+                i = end;
+                continue;
+            }
+        }
+        out.push(text[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Remove the colour a compiler put in its diagnostics: SGR (`ESC[...m`)
+/// and erase-in-line (`ESC[...K`) sequences, the only ones gcc and clang
+/// write.
+pub(crate) fn strip_color(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == 0x1b && text.get(i + 1) == Some(&b'[') {
+            let mut j = i + 2;
+            while j < text.len() && (text[j].is_ascii_digit() || text[j] == b';') {
+                j += 1;
+            }
+            if matches!(text.get(j), Some(b'm' | b'K')) {
+                i = j + 1;
+                continue;
+            }
+        }
+        out.push(text[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Options that take their value as the next argument.
@@ -215,14 +319,13 @@ fn unsupported(a: &str) -> bool {
 
 /// Analyse a gcc/clang command line (after response-file expansion).
 pub fn parse(kind: Kind, args: &[String]) -> Result<Compile, LocalReason> {
-    let _ = kind;
     let mut seen = Seen::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut next = || it.next().cloned().ok_or(LocalReason::UnsupportedFlag);
         seen.arg(a, &mut next)?;
     }
-    seen.finish()
+    seen.finish(kind)
 }
 
 /// What a command line said so far.
@@ -238,6 +341,13 @@ struct Seen {
     has_mf: bool,
     has_target: bool,
     m_only: bool,
+    color: Color,
+    /// What the command line says of what the object records of it (see
+    /// [`Compile::records_command_line`]).
+    debug: bool,
+    record_in_debug: Option<bool>,
+    record_section: bool,
+    urls_explicit: bool,
 }
 
 type Next<'a> = &'a mut dyn FnMut() -> Result<String, LocalReason>;
@@ -257,7 +367,15 @@ impl Seen {
             tracing::debug!("unsupported flag {a}");
             return Err(LocalReason::UnsupportedFlag);
         }
+        self.observe(a);
         match a.as_str() {
+            "-fdiagnostics-color" | "-fdiagnostics-color=always" | "-fcolor-diagnostics" => {
+                self.color = Color::Always
+            }
+            "-fdiagnostics-color=never" | "-fno-diagnostics-color" | "-fno-color-diagnostics" => {
+                self.color = Color::Never
+            }
+            "-fdiagnostics-color=auto" => self.color = Color::Auto,
             "-c" => self.compile = true,
             "-E" | "-S" => return Err(LocalReason::PreprocessOnly),
             "-M" | "-MM" => self.m_only = true,
@@ -283,6 +401,34 @@ impl Seen {
             _ => self.joined(a, next)?,
         }
         Ok(())
+    }
+
+    /// Note what an option says of debug information and of recording the
+    /// command line into the object (the option itself goes on as usual).
+    fn observe(&mut self, a: &str) {
+        match a {
+            "-g0" => self.debug = false,
+            "-grecord-gcc-switches" | "-grecord-command-line" => self.record_in_debug = Some(true),
+            "-gno-record-gcc-switches" | "-gno-record-command-line" => {
+                self.record_in_debug = Some(false)
+            }
+            "-frecord-gcc-switches" | "-frecord-command-line" => self.record_section = true,
+            "-fno-record-gcc-switches" | "-fno-record-command-line" => self.record_section = false,
+            _ if a.starts_with("-fdiagnostics-urls") => self.urls_explicit = true,
+            _ => {
+                if let Some(level) = a.strip_prefix("-g") {
+                    let starts = |p: &str| level.starts_with(p);
+                    if level.is_empty()
+                        || level.starts_with(|c: char| c.is_ascii_digit())
+                        || ["gdb", "dwarf", "stabs", "xcoff", "vms", "btf", "ctf"]
+                            .iter()
+                            .any(|p| starts(p))
+                    {
+                        self.debug = true;
+                    }
+                }
+            }
+        }
     }
 
     /// An option with its value joined (`-ofile`, `-MFfile`, `-xc`), a
@@ -316,7 +462,7 @@ impl Seen {
     }
 
     /// The compile the whole command line asks for, if it is one.
-    fn finish(mut self) -> Result<Compile, LocalReason> {
+    fn finish(mut self, kind: Kind) -> Result<Compile, LocalReason> {
         if self.m_only && !self.has_md {
             return Err(LocalReason::PreprocessOnly);
         }
@@ -357,11 +503,62 @@ impl Seen {
             lang,
             base: self.base,
             deps,
+            kind,
+            color: self.color,
+            // gcc records its switches in debug information by default,
+            // clang only when asked.
+            records_command_line: self.record_section
+                || (self.debug && self.record_in_debug.unwrap_or(kind == Kind::Gcc)),
+            urls_explicit: self.urls_explicit,
         })
     }
 }
 
 impl Compile {
+    /// The flags that ask the compiler for colour, and for gcc's links to
+    /// its documentation (OSC 8 hyperlinks), whatever its stderr is. gcc
+    /// records no `-fdiagnostics-color` in an object, but does record
+    /// `-fdiagnostics-urls`; clang records `-fcolor-diagnostics` where it
+    /// records the command line.
+    pub(crate) fn diagnostics_flags(&self) -> Vec<&'static str> {
+        match self.kind {
+            Kind::Gcc if self.records_command_line || self.urls_explicit => {
+                vec!["-fdiagnostics-color=always"]
+            }
+            Kind::Gcc => vec!["-fdiagnostics-color=always", "-fdiagnostics-urls=always"],
+            Kind::Clang if self.records_command_line => vec![],
+            Kind::Clang => vec!["-fcolor-diagnostics"],
+        }
+    }
+
+    /// What a compile asked for with [`Compile::diagnostics_flags`] and a
+    /// local compile would not have printed, taken out of its stderr.
+    pub(crate) fn local_diagnostics(&self, stderr: &[u8]) -> Vec<u8> {
+        let flags = self.diagnostics_flags();
+        let mut out = stderr.to_vec();
+        if flags.contains(&"-fdiagnostics-urls=always") && !gcc_would_link() {
+            out = strip_links(&out);
+        }
+        if !flags.is_empty() && !self.wants_color() {
+            out = strip_color(&out);
+        }
+        out
+    }
+
+    /// Whether a local compile would print colour: asked for, or the
+    /// compiler's default on a terminal (`TERM` set and not `dumb`, as gcc
+    /// checks).
+    pub(crate) fn wants_color(&self) -> bool {
+        match self.color {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => {
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb")
+            }
+        }
+    }
+
     /// The targets a local compile writes into the dependency file, as the
     /// compiler writes them (escaped): the `-MT` (as given) and `-MQ`
     /// (quoted) targets in order; with only a `-Wp,-MD,file` form, gcc's
@@ -508,5 +705,46 @@ mod tests {
         assert_eq!(dep_file_name("build/a.o"), "build/a.d");
         assert_eq!(dep_file_name("a.b.o"), "a.b.d");
         assert_eq!(dep_file_name("prog"), "prog.d");
+    }
+
+    #[test]
+    fn colour_flags_stay_out_of_the_key_and_nothing_recorded_is_added() {
+        let c = parse(Kind::Gcc, &v("-c a.c -fdiagnostics-color=never -O2")).unwrap();
+        assert_eq!((c.color, c.base.clone()), (Color::Never, v("a.c -O2")));
+        let c = parse(Kind::Clang, &v("-c a.c -fcolor-diagnostics")).unwrap();
+        assert_eq!((c.color, c.base.clone()), (Color::Always, v("a.c")));
+        let flags = |k: Kind, cmd: &str| parse(k, &v(cmd)).unwrap().diagnostics_flags();
+        let (color, urls) = ("-fdiagnostics-color=always", "-fdiagnostics-urls=always");
+        assert_eq!(flags(Kind::Gcc, "-c a.c -O2"), [color, urls]);
+        // gcc records its switches in debug information, -fdiagnostics-urls among them.
+        assert_eq!(flags(Kind::Gcc, "-c a.c -g -O2"), [color]);
+        assert_eq!(flags(Kind::Gcc, "-c a.c -ggdb3"), [color]);
+        assert_eq!(flags(Kind::Gcc, "-c a.c -g -g0"), [color, urls]);
+        assert_eq!(
+            flags(Kind::Gcc, "-c a.c -g -gno-record-gcc-switches"),
+            [color, urls]
+        );
+        assert_eq!(flags(Kind::Gcc, "-c a.c -frecord-gcc-switches"), [color]);
+        assert_eq!(flags(Kind::Gcc, "-c a.c -fdiagnostics-urls=never"), [color]);
+        // clang records -fcolor-diagnostics only where it records the command line.
+        assert_eq!(flags(Kind::Clang, "-c a.c -g"), ["-fcolor-diagnostics"]);
+        assert!(flags(Kind::Clang, "-c a.c -g -grecord-command-line").is_empty());
+        assert!(flags(Kind::Clang, "-c a.c -frecord-command-line").is_empty());
+    }
+
+    #[test]
+    fn colour_and_links_come_out_leaving_the_text() {
+        let coloured = b"\x1b[01m\x1b[Ka.c:1:1:\x1b[m\x1b[K \x1b[01;35m\x1b[Kwarning: \x1b[m\x1b[Kx [\x1b[01;35m\x1b[K\x1b]8;;https://gcc.gnu.org/x\x07-Wall\x1b]8;;\x07\x1b[m\x1b[K]\n";
+        assert_eq!(
+            strip_color(&strip_links(coloured)),
+            b"a.c:1:1: warning: x [-Wall]\n"
+        );
+        assert_eq!(
+            strip_links(b"\x1b]8;;u\x1b\\t\x1b]8;;\x1b\\ and \x1b]8;;unended"),
+            b"t and \x1b]8;;unended"
+        );
+        // Anything else stays as it is.
+        let other = b"\x1b[2J plain \x1b[ \x1b";
+        assert_eq!(strip_color(other), other);
     }
 }

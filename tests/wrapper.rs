@@ -256,3 +256,63 @@ fn swarmcc_log_debug_says_why_a_compile_went_local() {
     );
     assert_eq!(run(None), "");
 }
+
+/// Under a terminal the diagnostics come in colour exactly as the compiler
+/// alone prints them (gcc and clang); a piped compile of the same unit is a
+/// cache hit of that coloured compile and prints exactly the compiler's
+/// plain text: colour and plain builds share cache entries.
+#[test]
+fn colour_under_a_terminal_is_the_compilers_own_and_shares_the_cache() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(
+        d.join("w.c"),
+        "#include <stdio.h>\nint f(int x) { int y; if (x) return y; printf(\"%d\\n\", \"s\"); }\n",
+    )
+    .unwrap();
+    // A command under a pseudo-terminal (util-linux's script): its output.
+    let tty = |cmd: String| {
+        let o = env
+            .cmd("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("TERM", "xterm-256color")
+            .stdin(std::process::Stdio::null())
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}");
+        o.stdout
+    };
+    let piped = |c: &mut Command| {
+        let o = c
+            .current_dir(d)
+            .env("TERM", "xterm-256color")
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        o.stderr
+    };
+    let me = swarmcc();
+    for (n, cc) in ["gcc", "clang"].into_iter().enumerate() {
+        let flags = "-Wall -O2 -c w.c -o w.o";
+        let plain = tty(format!("{cc} {flags}"));
+        assert!(plain.contains(&0x1b), "{cc} colours under a terminal");
+        let through = tty(format!("{} {cc} {flags}", me.display()));
+        assert_eq!(
+            String::from_utf8_lossy(&through),
+            String::from_utf8_lossy(&plain),
+            "{cc} under a terminal"
+        );
+        let want = piped(Command::new(cc).args(flags.split(' ')));
+        assert!(!want.contains(&0x1b));
+        let got = piped(env.cmd(&me).arg(cc).args(flags.split(' ')));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+            "{cc} piped"
+        );
+        let s = env.stats_json();
+        assert_eq!(s["cache_hits"], n as u64 + 1, "the piped compile hit: {s}");
+    }
+}

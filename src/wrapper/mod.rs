@@ -196,14 +196,23 @@ fn absolutize(p: &Path) -> PathBuf {
     }
 }
 
-/// What kind of compiler a path is, by name (`cc`/`c++` are gcc on Linux
-/// unless their name says clang).
+/// What kind of compiler a path is, by name: a gcc-like name (`cc`, `c++`,
+/// `gcc`) is clang where it is a link to clang (Debian's alternatives,
+/// macOS's `gcc`), else gcc.
 fn kind_of(compiler: &Path) -> Option<Kind> {
+    let is_clang = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains("clang"))
+    };
     let name = compiler.file_name()?.to_str()?;
     if name.contains("clang") {
         Some(Kind::Clang)
     } else if name == "cc" || name == "c++" || name.contains("gcc") || name.contains("g++") {
-        Some(Kind::Gcc)
+        match std::fs::canonicalize(compiler) {
+            Ok(real) if is_clang(&real) => Some(Kind::Clang),
+            _ => Some(Kind::Gcc),
+        }
     } else {
         None
     }

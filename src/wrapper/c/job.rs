@@ -32,7 +32,7 @@ pub(super) fn job_env(compiler: &str) -> Vec<(String, String)> {
             env.push((var.to_string(), mapped.to_string()));
         }
     }
-    for var in ["SOURCE_DATE_EPOCH", "GCC_COLORS"] {
+    for var in ["SOURCE_DATE_EPOCH", "GCC_COLORS", "GCC_URLS", "TERM_URLS"] {
         if let Ok(v) = std::env::var(var) {
             env.push((var.to_string(), v));
         }
@@ -64,6 +64,7 @@ pub(super) fn build_job(
     let deps = format!("{}/{JOB_DIR}/{stem}.deps", cwd.to_string_lossy());
     let output = job_output(c, cwd);
     let mut args = c.base.clone();
+    args.extend(c.diagnostics_flags().into_iter().map(String::from));
     args.extend(["-c".into(), "-o".into(), output.clone()]);
     args.extend(redirect_dep_file(dep_flags, &deps));
     let mut outputs = vec![output];

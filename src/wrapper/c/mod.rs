@@ -112,8 +112,11 @@ fn deliver(c: &Compile, cwd: &Path, want: &str, r: &JobResult) -> Result<i32> {
     }
     // The builder compiled the real sources, so its stderr already holds the
     // preprocessor's diagnostics (#warning) in their place; the client's own
-    // preprocessing output is not printed.
-    let _ = std::io::stderr().lock().write_all(&r.stderr);
+    // preprocessing output is not printed. It asked for colour (and gcc's
+    // links), which go where a local compile would have printed none.
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(&c.local_diagnostics(&r.stderr));
     let _ = std::io::stdout().lock().write_all(&r.stdout);
     Ok(r.exit_code)
 }

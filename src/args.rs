@@ -403,8 +403,9 @@ impl Seen {
         Ok(())
     }
 
-    /// Note what an option says of debug information and of recording the
-    /// command line into the object (the option itself goes on as usual).
+    /// Note what an option says of debug information, of recording the
+    /// command line into the object, and of gcc's links and plain output
+    /// (the option itself goes on as usual).
     fn observe(&mut self, a: &str) {
         match a {
             "-g0" => self.debug = false,
@@ -415,6 +416,12 @@ impl Seen {
             "-frecord-gcc-switches" | "-frecord-command-line" => self.record_section = true,
             "-fno-record-gcc-switches" | "-fno-record-command-line" => self.record_section = false,
             _ if a.starts_with("-fdiagnostics-urls") => self.urls_explicit = true,
+            // gcc 11's plain output: no colour, no links (kept in `base`
+            // for what else it changes).
+            "-fdiagnostics-plain-output" => {
+                self.color = Color::Never;
+                self.urls_explicit = true;
+            }
             _ => {
                 if let Some(level) = a.strip_prefix("-g") {
                     let starts = |p: &str| level.starts_with(p);
@@ -726,6 +733,12 @@ mod tests {
         );
         assert_eq!(flags(Kind::Gcc, "-c a.c -frecord-gcc-switches"), [color]);
         assert_eq!(flags(Kind::Gcc, "-c a.c -fdiagnostics-urls=never"), [color]);
+        let plain = parse(Kind::Gcc, &v("-c a.c -fdiagnostics-plain-output")).unwrap();
+        assert_eq!(plain.color, Color::Never);
+        assert_eq!(plain.diagnostics_flags(), [color]);
+        assert!(plain
+            .base
+            .contains(&"-fdiagnostics-plain-output".to_string()));
         // clang records -fcolor-diagnostics only where it records the command line.
         assert_eq!(flags(Kind::Clang, "-c a.c -g"), ["-fcolor-diagnostics"]);
         assert!(flags(Kind::Clang, "-c a.c -g -grecord-command-line").is_empty());

@@ -316,3 +316,50 @@ fn colour_under_a_terminal_is_the_compilers_own_and_shares_the_cache() {
         assert_eq!(s["cache_hits"], n as u64 + 1, "the piped compile hit: {s}");
     }
 }
+
+/// An object that cannot be written where the user asked is the user's
+/// error: the compiler reports it, exactly as alone, once and locally, and
+/// it is counted as such, not as a swarm failure.
+#[test]
+fn an_unwritable_output_is_the_users_error_compiled_once() {
+    let mut env = Env::new("");
+    env.start_node();
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(d.join("a.c"), "int a(void) { return 1; }\n").unwrap();
+    let run = |c: &mut Command| c.current_dir(d).output().unwrap();
+    let args = ["-c", "a.c", "-o", "no/such/dir/a.o"];
+    let alone = run(Command::new("gcc").args(args));
+    let through = run(env.cmd(swarmcc()).arg("gcc").args(args));
+    assert!(!alone.status.success());
+    assert_eq!(through.status.code(), alone.status.code());
+    assert_eq!(
+        String::from_utf8_lossy(&through.stderr),
+        String::from_utf8_lossy(&alone.stderr)
+    );
+    let s = env.stats_json();
+    assert_eq!(s["local_compiles"]["output_not_writable"], 1, "{s}");
+    assert_eq!(
+        s["local_compiles"]["swarm_failure"],
+        serde_json::Value::Null,
+        "{s}"
+    );
+    assert_eq!(s["cache_misses"], 0, "nothing compiled remotely: {s}");
+
+    // A device (`-o /dev/null`; here a null device of the test's own, as
+    // root) is written into by the compiler, never replaced by a file.
+    let null = d.join("null");
+    let c = std::ffi::CString::new(null.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+    assert_eq!(made, 0, "mknod (the test suite runs as root)");
+    let o = run(env.cmd(swarmcc()).args(["gcc", "-c", "a.c", "-o", "null"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&null)
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    let s = env.stats_json();
+    assert_eq!(s["local_compiles"]["special_output"], 1, "{s}");
+}

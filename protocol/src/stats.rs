@@ -27,10 +27,17 @@ pub enum LocalReason {
     SwarmFailure,
     /// Every builder slot of the office was taken.
     OfficeFull,
+    /// The object cannot be written where the user asked (no such
+    /// directory, not writable): the user's error, which the compiler
+    /// reports; compiled once, locally.
+    OutputNotWritable,
+    /// The object's path is a device, FIFO or directory (`-o /dev/null`):
+    /// the compiler writes into it, and a cached object has no place there.
+    SpecialOutput,
 }
 
 impl LocalReason {
-    pub const ALL: [LocalReason; 11] = [
+    pub const ALL: [LocalReason; 13] = [
         LocalReason::NotCompile,
         LocalReason::PreprocessOnly,
         LocalReason::MultipleInputs,
@@ -42,6 +49,8 @@ impl LocalReason {
         LocalReason::NodeUnavailable,
         LocalReason::SwarmFailure,
         LocalReason::OfficeFull,
+        LocalReason::OutputNotWritable,
+        LocalReason::SpecialOutput,
     ];
 
     /// Human label for `--show-stats`.
@@ -58,6 +67,8 @@ impl LocalReason {
             LocalReason::NodeUnavailable => "node unavailable",
             LocalReason::SwarmFailure => "swarm failure (fell back)",
             LocalReason::OfficeFull => "office full",
+            LocalReason::OutputNotWritable => "output not writable (the user's error)",
+            LocalReason::SpecialOutput => "output not a regular file (-o /dev/null)",
         }
     }
 
@@ -75,6 +86,8 @@ impl LocalReason {
             LocalReason::NodeUnavailable => "node_unavailable",
             LocalReason::SwarmFailure => "swarm_failure",
             LocalReason::OfficeFull => "office_full",
+            LocalReason::OutputNotWritable => "output_not_writable",
+            LocalReason::SpecialOutput => "special_output",
         }
     }
 }

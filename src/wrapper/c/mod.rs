@@ -56,6 +56,7 @@ pub(super) fn compile(
     let args = args::expand_response_files(raw_args, &w.cwd)
         .map_err(|_| local(LocalReason::UnsupportedFlag))?;
     let compile = args::parse(kind, &args).map_err(local)?;
+    output_check(&w.cwd.join(&compile.output)).map_err(local)?;
     let node = w.node(node)?;
     let direct = w.cfg.cache.enabled && w.cfg.cache.direct;
     let started = SystemTime::now();
@@ -91,6 +92,37 @@ pub(super) fn compile(
         }
     }
     preprocessed::compile(&unit, node, keys)
+}
+
+/// Whether the object can be written where the user asked, as the wrapper
+/// writes it (beside, then renamed over): a device or FIFO (`-o /dev/null`)
+/// must not be replaced by a file, so the compiler writes into it locally;
+/// a missing or unwritable directory or file is the user's error, which
+/// the compiler reports itself.
+fn output_check(output: &Path) -> Result<(), LocalReason> {
+    use std::os::unix::ffi::OsStrExt;
+    let access = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            // SAFETY: a NUL-terminated path; access only reads it.
+            .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
+    };
+    if let Ok(m) = std::fs::metadata(output) {
+        if !m.is_file() {
+            return Err(LocalReason::SpecialOutput);
+        }
+        if !access(output) {
+            return Err(LocalReason::OutputNotWritable);
+        }
+    }
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if dir.is_dir() && access(dir) {
+        Ok(())
+    } else {
+        Err(LocalReason::OutputNotWritable)
+    }
 }
 
 /// Write the object where the user asked for it, print the compiler's

@@ -35,8 +35,13 @@ pub(crate) fn keep_file(dir: &Path, name: impl AsRef<Path>, data: &[u8], max: us
 /// for it: written aside, then renamed into place. The old file goes first:
 /// ext4 (auto_da_alloc) writes a file renamed over another out to disk at
 /// once, and the rename waits for it. A build stopped in between finds no
-/// output and rebuilds it, as after a compile stopped half-way.
+/// output and rebuilds it, as after a compile stopped half-way. A device
+/// or FIFO there (`-MF /dev/null`) is refused, never replaced by a file:
+/// the caller takes a way on which the compiler writes into it.
 pub(crate) fn write_output(dest: &Path, data: &[u8]) -> Result<()> {
+    if std::fs::metadata(dest).is_ok_and(|m| !m.is_file()) {
+        return Err(anyhow!("{} is not a regular file", dest.display()));
+    }
     write_aside_then_rename(dest, data, true)
 }
 
@@ -95,6 +100,23 @@ fn create_aside(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_that_is_no_regular_file_is_never_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("deps.fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(write_output(&fifo, b"a.o: a.c\n").is_err());
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo());
+        let dir = t.path().join("sub");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(write_output(&dir, b"x").is_err());
+        assert!(dir.is_dir());
+    }
 
     #[test]
     fn an_output_is_never_written_through_a_name_planted_beside_it() {

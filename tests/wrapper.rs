@@ -362,4 +362,15 @@ fn an_unwritable_output_is_the_users_error_compiled_once() {
         .is_char_device());
     let s = env.stats_json();
     assert_eq!(s["local_compiles"]["special_output"], 1, "{s}");
+    // Nor is a dependency file that goes there (`-MF /dev/null`), on any
+    // way a compile takes (a miss, then a direct hit).
+    for _ in 0..2 {
+        let o = run(env
+            .cmd(swarmcc())
+            .args(["gcc", "-c", "a.c", "-o", "b.o", "-MD", "-MF", "null"]));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let kind = std::fs::symlink_metadata(&null).unwrap().file_type();
+        assert!(kind.is_char_device());
+        assert!(d.join("b.o").is_file());
+    }
 }

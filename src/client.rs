@@ -112,7 +112,8 @@ impl NodeClient {
 }
 
 /// Whether a node runs for this state dir: it holds `node.lock`
-/// (`flock`, as the node takes it).
+/// (`flock`, as the node takes it). The probe holds the lock shared for a
+/// moment; a node starting then tries again (`daemon::lock_state`).
 fn node_holds_lock(cfg: &Config) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(f) = std::fs::File::open(cfg.state.join("node.lock")) else {

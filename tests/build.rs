@@ -888,13 +888,7 @@ fn a_node_makes_its_removed_socket_again_and_removes_only_its_own() {
     wait_for("the socket made again", Duration::from_secs(10), || {
         UnixStream::connect(&sock).is_ok()
     });
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.c"), "int a(void) { return 1; }\n").unwrap();
-    run_ok(
-        env.cmd(swarmcc())
-            .current_dir(dir.path())
-            .args(["gcc", "-c", "a.c", "-o", "a.o"]),
-    );
+    let dir = compile_tiny(&env);
     let s = env.stats_json();
     assert_eq!(dist_total(&s), 1, "the compile went through the node: {s}");
 
@@ -931,13 +925,7 @@ fn a_wrapper_starts_no_second_node_while_one_holds_the_lock() {
         unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
         0
     );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.c"), "int a(void) { return 1; }\n").unwrap();
-    run_ok(
-        env.cmd(swarmcc())
-            .current_dir(dir.path())
-            .args(["gcc", "-c", "a.c", "-o", "a.o"]),
-    );
+    let dir = compile_tiny(&env);
     assert!(dir.path().join("a.o").exists());
     let log = env.node_log();
     assert!(

@@ -231,14 +231,20 @@ fn lock_state(state: &Path) -> Result<std::fs::File> {
         .write(true)
         .mode(0o600)
         .open(state.join("node.lock"))?;
-    // SAFETY: flock on a valid fd.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
-            "another swarmcc node is already running for {}",
-            state.display()
-        );
+    // A wrapper looking whether a node runs holds the lock shared for a
+    // moment (`client::node_holds_lock`): a few tries over 50 ms tell that
+    // from a node that holds it.
+    for _ in 0..5 {
+        // SAFETY: flock on a valid fd.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    Ok(f)
+    bail!(
+        "another swarmcc node is already running for {}",
+        state.display()
+    )
 }
 
 fn hostname() -> String {

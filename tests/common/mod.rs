@@ -515,6 +515,19 @@ pub fn wait_office(c: &Env, builders: u64) {
     });
 }
 
+/// A one-function unit `a.c` in a new temporary directory, compiled once
+/// through `env`'s wrapper (`gcc -c a.c -o a.o`, which must succeed).
+pub fn compile_tiny(env: &Env) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.c"), "int a(void) { return 1; }\n").unwrap();
+    run_ok(
+        env.cmd(swarmcc())
+            .current_dir(dir.path())
+            .args(["gcc", "-c", "a.c", "-o", "a.o"]),
+    );
+    dir
+}
+
 /// Compile the units `sources` (in `dir`) all at once through `c`'s
 /// wrapper with `compiler` and `flags`; each must succeed.
 pub fn compile_at_once(c: &Env, dir: &Path, compiler: &str, flags: &[&str], sources: &[String]) {

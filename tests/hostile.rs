@@ -87,7 +87,13 @@ fn assert_clean(env: &Env, uid_base: u32) {
             if name.starts_with("tree-") {
                 continue;
             }
-            if name.starts_with("work-") && !name.contains('.') {
+            // A slot's writable directories (`work-N`, and `work-N.M` for
+            // outputs elsewhere) are kept, empty.
+            let kept = name.strip_prefix("work-").is_some_and(|r| {
+                r.split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            });
+            if kept {
                 left.extend(
                     std::fs::read_dir(e.path())
                         .unwrap()
@@ -341,7 +347,7 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
         );
     }
 
-    // A job that names paths outside its directory is refused before running.
+    // A job that would write where no job may is refused before running.
     let refused = |bad: Job| {
         let r = call(
             &env,
@@ -356,9 +362,36 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
             "{r:?}"
         );
     };
-    let mut bad = job(tc, "true");
-    bad.outputs = vec!["/etc/shadow".into()];
-    refused(bad);
+    for out in ["/a.o", "/proc/self/x.o", "/dev/null"] {
+        let mut bad = job(tc, "true");
+        bad.outputs = vec![out.into()];
+        refused(bad);
+    }
+    // An output outside the cwd (as sccache clients send) is written in a
+    // directory of the slot's bound there: the host's file is untouched.
+    let shadow = std::fs::read("/etc/shadow").unwrap();
+    let mut far = job(tc, "echo owned > /etc/shadow; echo also > /etc/passwd");
+    far.outputs = vec!["/etc/shadow".into()];
+    match call(
+        &env,
+        &Request::Compile {
+            key: None,
+            job: Box::new(far),
+            blobs: vec![],
+        },
+    ) {
+        Response::Compiled { result, .. } => {
+            assert_eq!(
+                result.outputs,
+                [("/etc/shadow".into(), b"owned\n".to_vec())]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read("/etc/shadow").unwrap(), shadow);
+    assert!(!std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .contains("also"));
     let mut bad = job(tc, "true");
     bad.cwd = "/home/../etc".into();
     refused(bad);

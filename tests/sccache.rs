@@ -581,3 +581,102 @@ fn taken_http_ports_move_to_ephemeral_ones_and_the_node_still_answers() {
     assert!(log.contains(&format!("127.0.0.1:{p} is taken")), "{log}");
     assert!(log.contains(&format!("127.0.0.1:{t} is taken")), "{log}");
 }
+
+/// The `cc` crate compiles each C file of a `-sys` crate from the
+/// package's directory with its object under `target/`, far from the cwd;
+/// other builds put objects in a directory above the cwd, or read headers
+/// from beside it. An sccache client sends such command lines as they are,
+/// and the builders write and read where they name (as sccache-dist's do).
+#[test]
+fn sccache_clients_with_objects_outside_the_cwd_are_distributed() {
+    let sccache = sccache_bin();
+    let o = office();
+    let (k, pk) = builder(&o, "k", None, 3_320_000);
+    let boot = boot_of(&k, &pk);
+    let (c, _) = client(&o, "cc-crate", &boot);
+    eventually("the office is formed", || {
+        view(&c)["builders"] == 1 && view(&c)["coordinator"].is_string()
+    });
+    let s = Sccache::new(&c);
+    let work = tempfile::tempdir().unwrap();
+    let pkg = work.path().join("registry/foo-sys-0.1.0");
+    let include = work.path().join("registry/include");
+    let out = work.path().join("target/debug/build/foo-sys-1a2b/out");
+    for d in [&pkg.join("src/sub"), &include, &out] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(include.join("foo.h"), "#define FOO(x) ((x) * 3)\n").unwrap();
+    // (source in the cwd, object path, cwd below the package)
+    let mut units = Vec::new();
+    for i in 0..6 {
+        let src = format!("src/f{i}.c");
+        std::fs::write(
+            pkg.join(&src),
+            format!("#include <foo.h>\nint f{i}(int x) {{ return FOO(x) + {i}; }}\n"),
+        )
+        .unwrap();
+        units.push((pkg.clone(), src, out.join(format!("f{i}.o"))));
+    }
+    // The object in a directory above the cwd (the cwd inside what is
+    // written), and one at the top of the package.
+    std::fs::write(pkg.join("src/sub/g.c"), "int g(void) { return 7; }\n").unwrap();
+    std::fs::write(pkg.join("src/sub/h.c"), "int h(void) { return 8; }\n").unwrap();
+    units.push((pkg.join("src/sub"), "g.c".into(), pkg.join("src/g.o")));
+    units.push((pkg.join("src/sub"), "h.c".into(), pkg.join("h.o")));
+    let flags = [
+        "-O2",
+        "-ffunction-sections",
+        "-fdata-sections",
+        "-fPIC",
+        "-Wall",
+    ];
+    let inc = format!("-I{}", include.display());
+    let compile = |cmd: &mut Command, cwd: &Path, src: &str, obj: &Path| {
+        run_ok(
+            cmd.args(flags)
+                .arg(&inc)
+                .args(["-c", src, "-o"])
+                .arg(obj)
+                .current_dir(cwd),
+        );
+        std::fs::read(obj).unwrap()
+    };
+    let mut plain = Vec::new();
+    for (cwd, src, obj) in &units {
+        plain.push(compile(&mut Command::new("gcc"), cwd, src, obj));
+        std::fs::remove_file(obj).unwrap();
+    }
+    for ((cwd, src, obj), want) in units.iter().zip(&plain) {
+        let got = compile(s.cmd(&sccache).arg("gcc"), cwd, src, obj);
+        assert!(got == *want, "{} differs from gcc's own", obj.display());
+    }
+    let st = s.stats();
+    let why = || diagnoses([&c, &k]);
+    assert_eq!(
+        st["stats"]["dist_errors"],
+        0,
+        "{st}\n{}\n{}",
+        s.log(),
+        why()
+    );
+    assert_eq!(
+        dist_total(&st["stats"]),
+        units.len() as u64,
+        "{st}\n{}\n{}",
+        s.log(),
+        why()
+    );
+    // Nothing was written anywhere else in the client's tree.
+    let mut files = Vec::new();
+    let mut todo = vec![work.path().to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                files.push(e.path().strip_prefix(work.path()).unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(files.len(), 6 + 6 + 3 + 2, "{files:?}");
+}

@@ -10,7 +10,7 @@ use crate::build::blobs::BlobStore;
 use crate::build::jobtree;
 use crate::build::sandbox::{self, Limits, RunOutput, SandboxError};
 use crate::build::slot::{touches_mounts, Ahead, SlotLease, Slots};
-use crate::build::workdir::{host_path, job_rel, prepare_workdir, read_job_file};
+use crate::build::workdir::{prepare_workdir, Writable};
 use crate::config::Config;
 use crate::store::toolchains::{RootError, RootGuard};
 use crate::store::ToolchainStore;
@@ -204,7 +204,8 @@ impl Builder {
         // Held (not removed from the store) until the job is over.
         let root = self.toolchain_root(job).await?;
         let workdir = self.workdir(lease.slot);
-        let runs = self.prepare(job, lease, &root.root, &workdir)?;
+        let writable = Writable::of(job).map_err(|e| JobError::Invalid(e.to_string()))?;
+        let runs = self.prepare(job, lease, &root.root, &workdir, &writable)?;
         tracing::debug!(
             micros = t0.elapsed().as_micros() as u64,
             sources = job.sources.len(),
@@ -212,15 +213,14 @@ impl Builder {
             "job prepared"
         );
         tracing::trace!(mounts = ?runs.mounts, "sandbox mounts");
-        let out = runs.compile(&workdir).await?;
+        let out = runs.compile(&workdir, &writable).await?;
         if out.exit_code != 0 && looks_like_resource_failure(&out.stderr) {
             return Err(JobError::Sandbox(SandboxError::Signal(libc::SIGKILL)));
         }
         let mut outputs = Vec::new();
         if out.exit_code == 0 {
             for o in &job.outputs {
-                let rel = job_rel(&job.cwd, o).map_err(|e| JobError::Invalid(e.to_string()))?;
-                match read_job_file(&workdir, rel, self.limits.output) {
+                match writable.read(&workdir, o, self.limits.output) {
                     Ok(Some(d)) => outputs.push((o.clone(), d)),
                     Ok(None) => {}
                     // What the job left there is its doing: not the node's fault.
@@ -244,10 +244,17 @@ impl Builder {
         lease: &mut SlotLease,
         root: &Path,
         workdir: &Path,
+        writable: &Writable,
     ) -> Result<Runs<'a>, JobError> {
         let slot = lease.slot;
         let uid = self.uid_base.map(|b| b + slot as u32);
-        let carried = prepare_workdir(workdir, job, uid, |h| self.blobs.trusted(h))?;
+        lease.extra_work = writable.extra(workdir);
+        let carried = prepare_workdir(workdir, job, writable, uid, |h| self.blobs.trusted(h))?;
+        let mounts = writable.mounts(workdir);
+        let mounts: Vec<(&Path, &Path)> = mounts
+            .iter()
+            .map(|(at, host)| (at.as_path(), host.as_path()))
+            .collect();
         let limits = Limits {
             uid: uid.map(|u| (u, self.jobs_gid)),
             netns: self.slots.netns[slot].as_ref().map(|f| f.as_raw_fd()),
@@ -264,8 +271,7 @@ impl Builder {
                 &self.root_view(root),
                 &carried,
                 tree.dir(),
-                workdir,
-                &job.cwd,
+                &mounts,
                 limits.output,
                 self.link_toolchain,
             )
@@ -367,7 +373,7 @@ impl Runs<'_> {
     /// client's inputs: cheap first (the compile's own dependency list is
     /// covered by the carried, hash-verified sources), the full
     /// preprocessing comparison otherwise.
-    async fn compile(&self, workdir: &Path) -> Result<RunOutput, JobError> {
+    async fn compile(&self, workdir: &Path, writable: &Writable) -> Result<RunOutput, JobError> {
         let job = self.job;
         let always = job.check.as_ref().is_some_and(|c| c.always);
         if always {
@@ -379,7 +385,7 @@ impl Runs<'_> {
                 && job
                     .deps_file
                     .as_ref()
-                    .is_some_and(|d| deps_covered(workdir, job, d));
+                    .is_some_and(|d| deps_covered(workdir, writable, job, d));
             if !covered {
                 if job.check.is_none() {
                     // A speculative job (the client sent what the unit read
@@ -422,11 +428,8 @@ impl Runs<'_> {
 /// Whether every file in the compile's dependency list was carried (the
 /// list read strictly, as [`swarmcc_protocol::depfile`] reads what comes
 /// back to a client).
-fn deps_covered(workdir: &Path, job: &Job, deps_file: &str) -> bool {
-    let Ok(rel) = job_rel(&job.cwd, deps_file) else {
-        return false;
-    };
-    let Ok(Some(text)) = read_job_file(workdir, rel, DEPS_FILE_MAX) else {
+fn deps_covered(workdir: &Path, writable: &Writable, job: &Job, deps_file: &str) -> bool {
+    let Ok(Some(text)) = writable.read(workdir, deps_file, DEPS_FILE_MAX) else {
         return false;
     };
     job.check_deps(&text, None, |_, _| true)
@@ -458,9 +461,7 @@ const DEPS_FILE_MAX: u64 = 16 << 20;
 fn validate(job: &Job) -> Result<()> {
     sandbox::check_clean_abs(&job.cwd)?;
     sandbox::check_clean_abs(&job.compiler)?;
-    for o in &job.outputs {
-        host_path(Path::new("/"), &job.cwd, o)?;
-    }
+    Writable::of(job)?;
     for s in &job.sources {
         sandbox::check_clean_abs(&s.path)?;
         if job.outputs.contains(&s.path) {

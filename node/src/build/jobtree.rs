@@ -59,16 +59,18 @@ pub struct Layout {
 /// Three layers: the toolchain root (`view`, whose reads are remembered
 /// for the next job of the same toolchain), the carried files `carried`
 /// (absolute path in the sandbox → the file to link there), and the
-/// writable `workdir` bound at `cwd`. The tree (at `tree` on the host)
+/// writable directories `writable` (sandbox path, host directory bound
+/// there: the job's cwd, or a directory holding it, and the directories of
+/// outputs elsewhere; none inside another). The tree (at `tree` on the host)
 /// becomes the sandbox's `/`: where a directory exists in both the carried
 /// files and the toolchain, the toolchain's files are linked into the tree
 /// and its symlinks copied, and only its subdirectories that the carried
 /// files lack are bound whole. Every mount costs bubblewrap time on every
 /// compile, so a C unit whose headers sit next to the compiler's files costs
 /// a handful of mounts instead of one per toolchain file. Below `/tmp` (a
-/// size-bounded tmpfs over the tree) and below the cwd (the writable
-/// directory) entries are bound one by one.
-/// Everything is read-only but the cwd and `/tmp`. `link_toolchain`: the
+/// size-bounded tmpfs over the tree) and below a writable directory
+/// entries are bound one by one.
+/// Everything is read-only but the writable directories and `/tmp`. `link_toolchain`: the
 /// toolchain's files can be hard-linked into the tree (same filesystem);
 /// otherwise they are bound one by one.
 ///
@@ -77,20 +79,27 @@ pub fn plan(
     view: &RootView,
     carried: &BTreeMap<PathBuf, PathBuf>,
     tree: &Path,
-    workdir: &Path,
-    cwd: &str,
+    writable: &[(&Path, &Path)],
     tmp_size: u64,
     link_toolchain: bool,
 ) -> Result<Layout> {
-    check_clean_abs(cwd)?;
-    if cwd == "/" {
-        bail!("the job's working directory cannot be /");
+    for (at, _) in writable {
+        check_clean_abs(&at.to_string_lossy())?;
+        if *at == Path::new("/") {
+            bail!("a job's writable directory cannot be /");
+        }
+        if let Some(outer) = writable.iter().find(|(o, _)| o != at && at.starts_with(o)) {
+            bail!(
+                "writable directory {} is inside another, {}",
+                at.display(),
+                outer.0.display()
+            );
+        }
     }
     let mut plan = Plan {
         root: view,
         tree,
-        workdir,
-        cwd: Path::new(cwd),
+        writable,
         tmp_size,
         link_toolchain,
         carried: Carried::new(carried)?,
@@ -194,8 +203,8 @@ impl Carried {
 struct Plan<'a> {
     root: &'a RootView,
     tree: &'a Path,
-    workdir: &'a Path,
-    cwd: &'a Path,
+    /// Where the job may write: (sandbox path, host directory bound there).
+    writable: &'a [(&'a Path, &'a Path)],
     tmp_size: u64,
     link_toolchain: bool,
     carried: Carried,
@@ -255,10 +264,12 @@ impl Plan<'_> {
         if let Some(d) = &t_dir {
             names.extend(self.root.list(d)?.iter().cloned());
         }
-        // The way down to the cwd.
-        if let Ok(below) = self.cwd.strip_prefix(dir) {
-            if let Some(first) = below.components().next() {
-                names.insert(first.as_os_str().to_os_string());
+        // The way down to each writable directory.
+        for (at, _) in self.writable {
+            if let Ok(below) = at.strip_prefix(dir) {
+                if let Some(first) = below.components().next() {
+                    names.insert(first.as_os_str().to_os_string());
+                }
             }
         }
         for name in names {
@@ -266,11 +277,11 @@ impl Plan<'_> {
             if path == Path::new("/dev") || path == Path::new("/proc") {
                 continue;
             }
-            if path == self.cwd {
+            if let Some((_, host)) = self.writable.iter().find(|(at, _)| *at == path) {
                 if into_tree {
                     self.mount_point(&path, true)?;
                 }
-                args.extend(["--bind".into(), self.workdir.into(), path.clone().into()]);
+                args.extend(["--bind".into(), (*host).into(), path.clone().into()]);
                 // A toolchain of the project's own (a compiler kept in the
                 // source tree, as Android's prebuilts are) has files under
                 // the cwd: mounted over the writable directory. (The
@@ -285,8 +296,8 @@ impl Plan<'_> {
             let s_is_dir = self.carried.is_dir(&path);
             let t_is_dir = t_meta.is_some()
                 && resolve_in_root(self.root, &path).is_some_and(|p| self.root.is_dir(&p));
-            let cwd_below = self.cwd.starts_with(&path);
-            if path == Path::new("/tmp") && (cwd_below || s_is_dir || t_is_dir) {
+            let writable_below = self.writable.iter().any(|(at, _)| at.starts_with(&path));
+            if path == Path::new("/tmp") && (writable_below || s_is_dir || t_is_dir) {
                 // The writable tmpfs, with whatever the layers have there
                 // (carried generated headers, the cwd) mounted over it.
                 if into_tree {
@@ -294,7 +305,7 @@ impl Plan<'_> {
                 }
                 args.extend(tmpfs_args(self.tmp_size));
                 self.merge(&path, false, args)?;
-            } else if cwd_below || (s_is_dir && t_is_dir) {
+            } else if writable_below || (s_is_dir && t_is_dir) {
                 if into_tree {
                     self.mount_point(&path, true)?;
                 } else {
@@ -596,8 +607,7 @@ mod tests {
             &RootView::new(root.to_path_buf()),
             files,
             tree,
-            work,
-            cwd,
+            &[(Path::new(cwd), Path::new(work))],
             1 << 20,
             true,
         )
@@ -638,13 +648,20 @@ mod tests {
                     &RootView::new(root.clone()),
                     &files,
                     &tree,
-                    &work,
-                    cwd,
+                    &[(Path::new(cwd), Path::new(&work))],
                     1,
                     true,
                 )
                 .unwrap();
-                let kept = plan(&view, &files, &tree, &work, cwd, 1, true).unwrap();
+                let kept = plan(
+                    &view,
+                    &files,
+                    &tree,
+                    &[(Path::new(cwd), Path::new(&work))],
+                    1,
+                    true,
+                )
+                .unwrap();
                 assert_eq!(fresh.entries, kept.entries, "round {round}, {cwd}");
                 assert_eq!(fresh.args, kept.args, "round {round}, {cwd}");
             }
@@ -653,7 +670,15 @@ mod tests {
         // was read once is not read again (shown here by changing it).
         fs::remove_file(root.join("usr/lib/gcc/12/cc1")).unwrap();
         let files = carried(&blobs, &jobs[0].0);
-        let kept = plan(&view, &files, &tree, &work, "/home/u/b", 1, true).unwrap();
+        let kept = plan(
+            &view,
+            &files,
+            &tree,
+            &[(Path::new("/home/u/b"), Path::new(&work))],
+            1,
+            true,
+        )
+        .unwrap();
         assert!(kept.entries.contains_key(OsStr::new("usr/lib/gcc/12/cc1")));
     }
 
@@ -737,8 +762,7 @@ mod tests {
             &RootView::new(root.clone()),
             &files,
             &tree,
-            &work,
-            "/home/u/proj/build",
+            &[(Path::new("/home/u/proj/build"), Path::new(&work))],
             1 << 20,
             false,
         )
@@ -760,8 +784,7 @@ mod tests {
                     &RootView::new(root.clone()),
                     &files,
                     &tree,
-                    &work,
-                    cwd,
+                    &[(Path::new(cwd), Path::new(&work))],
                     1,
                     true
                 )
@@ -775,8 +798,7 @@ mod tests {
             &RootView::new(root.clone()),
             &bad,
             &tree,
-            &work,
-            "/home/u/b",
+            &[(Path::new("/home/u/b"), Path::new(&work))],
             1,
             true
         )
@@ -788,8 +810,7 @@ mod tests {
             &RootView::new(root.clone()),
             &clash,
             &tree,
-            &work,
-            "/home/u/b",
+            &[(Path::new("/home/u/b"), Path::new(&work))],
             1,
             true
         )
@@ -861,6 +882,57 @@ mod tests {
         // Nothing under the cwd goes into the tree, which the cwd hides.
         SlotTree::new(tree.clone()).sync(layout.entries).unwrap();
         assert_eq!(listing(&tree.join("home/u/proj")), BTreeSet::new());
+    }
+
+    #[test]
+    fn every_writable_directory_is_bound_at_its_path_and_none_inside_another() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        toolchain(&root);
+        let (tree, work, out) = (
+            t.path().join("tree"),
+            t.path().join("work"),
+            t.path().join("work.1"),
+        );
+        let files = carried(
+            &t.path().join("blobs"),
+            &["t/include/x.h", "usr/include/stdio.h"],
+        );
+        let writable = [
+            (Path::new("/reg/foo"), work.as_path()),
+            (Path::new("/t/out"), out.as_path()),
+        ];
+        let layout = plan(
+            &RootView::new(root.clone()),
+            &files,
+            &tree,
+            &writable,
+            1,
+            true,
+        )
+        .unwrap();
+        let joined = line_of(&layout.args);
+        for (at, host) in writable {
+            let bind = format!("--bind {} {}", host.display(), at.display());
+            assert_eq!(joined.matches(&bind).count(), 1, "{joined}");
+        }
+        SlotTree::new(tree.clone()).sync(layout.entries).unwrap();
+        // Mount points for both; the carried header beside them in the tree.
+        assert!(tree.join("reg/foo").is_dir() && tree.join("t/out").is_dir());
+        assert!(tree.join("t/include/x.h").is_file());
+        // One inside another, or at /, is refused.
+        for bad in [
+            [
+                (Path::new("/t"), work.as_path()),
+                (Path::new("/t/out"), out.as_path()),
+            ],
+            [
+                (Path::new("/"), work.as_path()),
+                (Path::new("/t/out"), out.as_path()),
+            ],
+        ] {
+            assert!(plan(&RootView::new(root.clone()), &files, &tree, &bad, 1, true).is_err());
+        }
     }
 
     /// Every path under `dir`, relative.
@@ -943,8 +1015,7 @@ mod tests {
             &RootView::new(root.clone()),
             &first,
             &tree,
-            &work,
-            "/home/u/a",
+            &[(Path::new("/home/u/a"), Path::new(&work))],
             1,
             true,
         )
@@ -962,8 +1033,7 @@ mod tests {
             &RootView::new(root.clone()),
             &second,
             &tree,
-            &work,
-            "/srv/b",
+            &[(Path::new("/srv/b"), Path::new(&work))],
             1,
             true,
         )
@@ -1002,8 +1072,7 @@ mod tests {
             &RootView::new(root.clone()),
             &second,
             &tree,
-            &work,
-            "/srv/b",
+            &[(Path::new("/srv/b"), Path::new(&work))],
             1,
             true,
         )
@@ -1020,8 +1089,7 @@ mod tests {
             &RootView::new(root.clone()),
             &gone,
             &tree,
-            &work,
-            "/srv/b",
+            &[(Path::new("/srv/b"), Path::new(&work))],
             1,
             true,
         )
@@ -1031,8 +1099,7 @@ mod tests {
             &RootView::new(root.clone()),
             &first,
             &tree,
-            &work,
-            "/home/u/a",
+            &[(Path::new("/home/u/a"), Path::new(&work))],
             1,
             true,
         )

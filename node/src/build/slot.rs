@@ -67,6 +67,7 @@ impl Slots {
             free: self.free.clone(),
             permit: Some(permit),
             ahead: None,
+            extra_work: Vec::new(),
         })
     }
 }
@@ -120,6 +121,9 @@ fn memory_groups(tag: &str, max_jobs: usize, memory_limit: u64) -> Vec<Arc<SlotG
 pub(super) struct SlotLease {
     pub(super) slot: usize,
     pub(super) work: PathBuf,
+    /// The job's other writable directories (outputs outside its cwd),
+    /// emptied with `work` when the lease ends.
+    pub(super) extra_work: Vec<PathBuf>,
     pub(super) free: Arc<Mutex<Vec<usize>>>,
     pub(super) permit: Option<tokio::sync::OwnedSemaphorePermit>,
     pub(super) ahead: Option<Ahead>,
@@ -198,7 +202,9 @@ impl Drop for SlotLease {
     fn drop(&mut self) {
         let (slot, work, free, permit, ahead) = (
             self.slot,
-            std::mem::take(&mut self.work),
+            std::iter::once(std::mem::take(&mut self.work))
+                .chain(self.extra_work.drain(..))
+                .collect::<Vec<_>>(),
             self.free.clone(),
             self.permit.take(),
             self.ahead.take(),
@@ -209,7 +215,9 @@ impl Drop for SlotLease {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => drop(rt.spawn(async move {
-                let _ = tokio::task::spawn_blocking(move || empty_workdir(&work)).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || work.iter().for_each(|w| empty_workdir(w)))
+                        .await;
                 // Not from the blocking pool: the sandbox's parent-death
                 // signal fires when the thread that started it ends, and
                 // that pool's threads end when idle.
@@ -219,7 +227,7 @@ impl Drop for SlotLease {
                 free_slot();
             })),
             Err(_) => {
-                empty_workdir(&work);
+                work.iter().for_each(|w| empty_workdir(w));
                 free_slot();
             }
         }

@@ -4,40 +4,157 @@
 
 use crate::build::builder::JobError;
 use crate::build::sandbox;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use swarmcc_protocol::{Hash32, Job};
 
-/// Make a job's writable directory (bound at the cwd): the carried files
-/// under the cwd and the directories of the outputs. Returns the carried
-/// files outside the cwd (sandbox path → blob), which go into the slot's
-/// read-only tree. Under the cwd the files are hard links only when the job
-/// runs under another uid, which cannot write the node's read-only blobs;
-/// otherwise they are copies, so a job can never alter the blob store.
+/// Where a job may write: its cwd and the directories of its outputs, as
+/// the fewest directories that hold them all, none inside another. The
+/// first holds the cwd (the cwd itself, or a directory above it that an
+/// output is written to). An sccache client compiles with objects anywhere
+/// it may write (the `cc` crate runs in a package's directory and writes
+/// under `target/`), and sccache-dist's builders write them where asked; so
+/// do these, each directory bound writable at its path and read back
+/// without following anything the job left there.
+#[derive(Debug)]
+pub(super) struct Writable {
+    dirs: Vec<PathBuf>,
+}
+
+/// At most this many writable directories per job (each is a mount).
+const MAX_WRITABLE: usize = 16;
+
+impl Writable {
+    pub(super) fn of(job: &Job) -> Result<Writable> {
+        sandbox::check_clean_abs(&job.cwd)?;
+        let mut wanted = vec![PathBuf::from(&job.cwd)];
+        for o in &job.outputs {
+            sandbox::check_clean_abs(o)?;
+            let parent = Path::new(o).parent().unwrap_or(Path::new("/"));
+            if Path::new(o).starts_with(&job.cwd) && Path::new(o) != Path::new(&job.cwd) {
+                continue;
+            }
+            wanted.push(parent.to_path_buf());
+        }
+        for w in &wanted {
+            if w == Path::new("/") {
+                bail!("a job cannot write to / (its cwd or an output is there)");
+            }
+            if ["/dev", "/proc"].iter().any(|d| w.starts_with(d)) {
+                bail!("a job cannot write under {}", w.display());
+            }
+        }
+        // The outermost ones, the cwd's first.
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for w in &wanted {
+            if wanted.iter().any(|o| o != w && w.starts_with(o)) || dirs.contains(w) {
+                continue;
+            }
+            dirs.push(w.clone());
+        }
+        if let Some(i) = dirs.iter().position(|d| Path::new(&job.cwd).starts_with(d)) {
+            dirs.swap(0, i);
+        }
+        if dirs.len() > MAX_WRITABLE {
+            bail!("outputs in more than {MAX_WRITABLE} directories");
+        }
+        for o in &job.outputs {
+            if *o == job.cwd || dirs.iter().any(|d| d == Path::new(o)) {
+                bail!("output {o} is a directory the job writes to");
+            }
+        }
+        Ok(Writable { dirs })
+    }
+
+    /// The writable directory holding `p` (its index), and `p` relative to
+    /// it (never empty).
+    pub(super) fn find<'p>(&self, p: &'p str) -> Option<(usize, &'p Path)> {
+        self.dirs.iter().enumerate().find_map(|(i, d)| {
+            Path::new(p)
+                .strip_prefix(d)
+                .ok()
+                .filter(|r| !r.as_os_str().is_empty())
+                .map(|r| (i, r))
+        })
+    }
+
+    /// The host directory of writable directory `i`: the slot's own
+    /// directory for the first, siblings of it for the others (each kept
+    /// from job to job and emptied in between, as the first is).
+    pub(super) fn host(workdir: &Path, i: usize) -> PathBuf {
+        if i == 0 {
+            workdir.to_path_buf()
+        } else {
+            let mut name = workdir.as_os_str().to_owned();
+            name.push(format!(".{i}"));
+            PathBuf::from(name)
+        }
+    }
+
+    /// Every directory (sandbox path, host directory) of a job in `workdir`.
+    pub(super) fn mounts(&self, workdir: &Path) -> Vec<(PathBuf, PathBuf)> {
+        self.dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.clone(), Self::host(workdir, i)))
+            .collect()
+    }
+
+    /// The host directories beyond the first.
+    pub(super) fn extra(&self, workdir: &Path) -> Vec<PathBuf> {
+        (1..self.dirs.len())
+            .map(|i| Self::host(workdir, i))
+            .collect()
+    }
+
+    /// Read what the job wrote at `p` (see [`read_job_file`]).
+    pub(super) fn read(
+        &self,
+        workdir: &Path,
+        p: &str,
+        cap: u64,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let (i, rel) = self
+            .find(p)
+            .ok_or_else(|| std::io::Error::other(format!("{p} is not where the job may write")))?;
+        read_job_file(&Self::host(workdir, i), rel, cap)
+    }
+}
+
+/// Make a job's writable directories ([`Writable`]): the carried files
+/// under them, the cwd and the directories of the outputs. Returns the
+/// carried files elsewhere (sandbox path → blob), which go into the slot's
+/// read-only tree. In the writable directories the files are hard links
+/// only when the job runs under another uid, which cannot write the node's
+/// read-only blobs; otherwise they are copies, so a job can never alter the
+/// blob store.
 pub(super) fn prepare_workdir(
     workdir: &Path,
     job: &Job,
+    writable: &Writable,
     uid: Option<u32>,
     blob: impl Fn(&Hash32) -> Option<PathBuf>,
 ) -> Result<BTreeMap<PathBuf, PathBuf>, JobError> {
     let internal = |e: anyhow::Error| JobError::Internal(format!("preparing the job: {e:#}"));
     let mut carried = BTreeMap::new();
-    fresh_workdir(workdir).map_err(internal)?;
+    for (_, host) in writable.mounts(workdir) {
+        fresh_workdir(&host).map_err(internal)?;
+    }
+    let host_of = |p: &str| {
+        writable
+            .find(p)
+            .map(|(i, rel)| Writable::host(workdir, i).join(rel))
+    };
     for src in &job.sources {
         let file = blob(&src.hash).ok_or_else(|| {
             JobError::Invalid(format!("source {} ({}) was not sent", src.path, src.hash))
         })?;
-        let under_cwd = Path::new(&src.path)
-            .strip_prefix(&job.cwd)
-            .ok()
-            .filter(|r| !r.as_os_str().is_empty());
-        let Some(rel) = under_cwd else {
+        let Some(dest) = host_of(&src.path) else {
             carried.insert(PathBuf::from(&src.path), file);
             continue;
         };
-        let dest = workdir.join(rel);
         (|| -> Result<()> {
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -50,13 +167,18 @@ pub(super) fn prepare_workdir(
         .map_err(internal)?;
     }
     (|| -> Result<()> {
+        if let Some(cwd) = host_of(&job.cwd) {
+            std::fs::create_dir_all(cwd)?;
+        }
         for o in &job.outputs {
-            if let Some(parent) = host_path(workdir, &job.cwd, o)?.parent() {
+            if let Some(parent) = host_of(o).as_deref().and_then(Path::parent) {
                 std::fs::create_dir_all(parent)?;
             }
         }
         if let Some(uid) = uid {
-            chown_dirs(workdir, uid)?;
+            for (_, host) in writable.mounts(workdir) {
+                chown_dirs(&host, uid)?;
+            }
         }
         Ok(())
     })()
@@ -138,24 +260,6 @@ fn allow_removal(p: &Path) {
             allow_removal(&e.path());
         }
     }
-}
-
-/// The host path of a sandbox path under the job's cwd.
-pub(super) fn host_path(workdir: &Path, cwd: &str, p: &str) -> Result<PathBuf> {
-    Ok(workdir.join(job_rel(cwd, p)?))
-}
-
-/// A sandbox path under the job's cwd, relative to it (never empty, no
-/// `..`).
-pub(super) fn job_rel<'a>(cwd: &str, p: &'a str) -> Result<&'a Path> {
-    sandbox::check_clean_abs(p)?;
-    let rel = Path::new(p)
-        .strip_prefix(cwd)
-        .with_context(|| format!("{p} is not under the job's cwd {cwd}"))?;
-    if rel.as_os_str().is_empty() {
-        bail!("{p} is the cwd itself");
-    }
-    Ok(rel)
 }
 
 /// Read a file that a job wrote at `rel` below its writable directory,
@@ -266,6 +370,104 @@ mod tests {
         std::fs::write(work.join("out.o"), b"x").unwrap();
         empty_workdir(&work);
         assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    }
+
+    fn job(cwd: &str, outputs: &[&str]) -> Job {
+        Job {
+            toolchain: swarmcc_protocol::ToolchainId(Hash32::of(b"t")),
+            compiler: "/usr/bin/gcc".into(),
+            cwd: cwd.into(),
+            env: Vec::new(),
+            sources: Vec::new(),
+            check: None,
+            deps_file: None,
+            args: Vec::new(),
+            outputs: outputs.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn outputs_anywhere_get_the_fewest_writable_directories() {
+        let dirs = |cwd, outs: &[&str]| {
+            Writable::of(&job(cwd, outs)).map(|w| {
+                w.dirs
+                    .iter()
+                    .map(|d| d.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(dirs("/p", &["/p/a.o", "/p/x/b.o"]).unwrap(), ["/p"]);
+        // The cc crate: objects under target/, the cwd in the package.
+        assert_eq!(
+            dirs("/reg/foo", &["/t/out/a.o", "/t/out/b.o", "/t/out/sub/c.o"]).unwrap(),
+            ["/reg/foo", "/t/out"]
+        );
+        // An object above the cwd: that directory holds the cwd, first.
+        assert_eq!(
+            dirs("/p/src/sub", &["/t/x.o", "/p/g.o"]).unwrap(),
+            ["/p", "/t"]
+        );
+        let w = Writable::of(&job("/p/src/sub", &["/p/g.o"])).unwrap();
+        assert_eq!(
+            w.find("/p/src/sub/g.c"),
+            Some((0, Path::new("src/sub/g.c")))
+        );
+        assert_eq!(w.find("/p"), None);
+        assert_eq!(w.find("/q/g.c"), None);
+        // Never / itself, the kernel's trees, or an output that is a
+        // writable directory.
+        for (cwd, outs) in [
+            ("/", &["/a.o"][..]),
+            ("/p", &["/a.o"]),
+            ("/p", &["/dev/null"]),
+            ("/p", &["/proc/self/x.o"]),
+            ("/dev/shm", &["/dev/shm/a.o"]),
+            ("/p", &["/p"]),
+            ("/p", &["/q/a.o", "/q"]),
+            ("/p", &["/p/../etc/a.o"]),
+            ("/p", &["rel.o"]),
+        ] {
+            assert!(dirs(cwd, outs).is_err(), "{cwd} {outs:?}");
+        }
+        let many: Vec<String> = (0..MAX_WRITABLE).map(|i| format!("/o{i}/a.o")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(dirs("/p", &many).is_err());
+        assert!(dirs("/p", &many[1..]).is_ok());
+    }
+
+    #[test]
+    fn a_job_writing_outside_its_cwd_gets_its_sources_and_directories_there() {
+        let t = tempfile::tempdir().unwrap();
+        let blobs = t.path().join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        let mut j = job("/p/src", &["/t/out/a.o", "/p/g.o"]);
+        for (path, text) in [
+            ("/p/src/a.c", "a"),
+            ("/t/out/gen.h", "h"),
+            ("/usr/x.h", "x"),
+        ] {
+            let hash = Hash32::of(text.as_bytes());
+            std::fs::write(blobs.join(hash.to_hex()), text).unwrap();
+            j.sources.push(swarmcc_protocol::SourceRef {
+                path: path.into(),
+                hash,
+            });
+        }
+        let w = Writable::of(&j).unwrap();
+        let work = t.path().join("work-0");
+        let carried =
+            prepare_workdir(&work, &j, &w, None, |h| Some(blobs.join(h.to_hex()))).unwrap();
+        // Only what no writable directory holds goes to the read-only tree.
+        assert_eq!(carried.keys().collect::<Vec<_>>(), [Path::new("/usr/x.h")]);
+        let second = Writable::host(&work, 1);
+        assert_eq!(second, t.path().join("work-0.1"));
+        assert_eq!(std::fs::read(work.join("src/a.c")).unwrap(), b"a");
+        assert_eq!(std::fs::read(second.join("gen.h")).unwrap(), b"h");
+        std::fs::write(second.join("a.o"), b"obj").unwrap();
+        assert_eq!(w.read(&work, "/t/out/a.o", 100).unwrap().unwrap(), b"obj");
+        assert_eq!(w.read(&work, "/p/g.o", 100).unwrap(), None);
+        assert!(w.read(&work, "/etc/passwd", 100).is_err());
+        assert_eq!(w.extra(&work), [second]);
     }
 
     #[test]

@@ -15,7 +15,11 @@ pub enum Kind {
 pub enum Lang {
     C,
     Cxx,
+    /// `.S`: preprocessed like C, then assembled.
     AsmCpp,
+    /// `.s`: assembled as it is; no preprocessor runs, so no dependency
+    /// file is written.
+    Asm,
 }
 
 /// A compile that can be distributed.
@@ -249,6 +253,7 @@ fn lang_of_ext(path: &str) -> Option<Lang> {
         "c" => Some(Lang::C),
         "cc" | "cp" | "cxx" | "cpp" | "CPP" | "c++" | "C" => Some(Lang::Cxx),
         "S" | "sx" => Some(Lang::AsmCpp),
+        "s" => Some(Lang::Asm),
         _ => None,
     }
 }
@@ -258,6 +263,7 @@ fn lang_of_x(x: &str) -> Option<Lang> {
         "c" => Some(Lang::C),
         "c++" => Some(Lang::Cxx),
         "assembler-with-cpp" => Some(Lang::AsmCpp),
+        "assembler" => Some(Lang::Asm),
         _ => None,
     }
 }
@@ -497,11 +503,14 @@ impl Seen {
         let mut deps = self.deps;
         // Preprocessing alone must write the dependency file a compile
         // would: gcc's driver derives its name from -o and its target from
-        // -o (as -MQ), but only when compiling, so spell both out.
-        if self.has_md && !self.has_mf {
+        // -o (as -MQ), but only when compiling, so spell both out. (Not for
+        // assembler, which writes none: its flags stay as the user gave
+        // them, which clang warns about.)
+        let completes = self.has_md && lang != Lang::Asm;
+        if completes && !self.has_mf {
             deps.extend(["-MF".into(), dep_file_name(&output)]);
         }
-        if self.has_md && !self.has_target {
+        if completes && !self.has_target {
             deps.extend(["-MQ".into(), output.clone()]);
         }
         Ok(Compile {
@@ -663,6 +672,11 @@ mod tests {
             parse(Kind::Gcc, &v("-c start.S")).unwrap().lang,
             Lang::AsmCpp
         );
+        // Plain assembler writes no dependency file: its flags stay as given.
+        let c = parse(Kind::Gcc, &v("-c aes.s -MMD -o aes.o")).unwrap();
+        assert_eq!((c.lang, c.deps.clone()), (Lang::Asm, v("-MMD")));
+        let c = parse(Kind::Clang, &v("-c -x assembler gen.inc -o g.o")).unwrap();
+        assert_eq!(c.lang, Lang::Asm);
         let c = parse(Kind::Gcc, &v("-c a.c -MMD -MF deps/a.d -MT tgt")).unwrap();
         assert_eq!(c.deps, v("-MMD -MF deps/a.d -MT tgt"));
         assert_eq!(c.dep_targets(Kind::Gcc), "tgt");

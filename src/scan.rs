@@ -118,6 +118,7 @@ fn probe_args(c: &Compile) -> Option<Vec<String>> {
         Lang::C => "c",
         Lang::Cxx => "c++",
         Lang::AsmCpp => "assembler-with-cpp",
+        Lang::Asm => return None,
     };
     let mut v = c.base[..at].to_vec();
     v.extend(["-x".into(), lang.into(), "/dev/null".into()]);

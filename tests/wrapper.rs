@@ -81,6 +81,97 @@ fn gcc_gxx_clang_clangxx_and_assembler_objects_and_diagnostics_are_identical() {
     assert_eq!(s["speculation_misses"], 0, "{s}");
 }
 
+/// Assembler units, `.s` (no preprocessor) and `.S` (preprocessed like C),
+/// as OpenSSL's and many libraries' builds have them: objects, diagnostics
+/// and exit codes as the compiler's own, distributed and then cached. A
+/// `.s` that makes the assembler read another file compiles locally.
+#[test]
+fn assembler_units_are_distributed_cached_and_identical() {
+    let env = Env::new("");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::create_dir(d.join("obj")).unwrap();
+    std::fs::write(
+        d.join("a.s"),
+        "\t.text\n\t.globl a\n\t.type a, @function\na:\n\tmovl $7, %eax\n\tret\n\t.warning \"a warns\"\n\t.section .note.GNU-stack,\"\",@progbits\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("b.S"),
+        "#include \"b.h\"\n\t.text\n\t.globl b\nb:\n\tmovl $VAL, %eax\n\tret\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("b.h"), "#define VAL 42\n").unwrap();
+    std::fs::write(d.join("bad.s"), "\t.text\n\tnosuchinsn %eax\n").unwrap();
+    std::fs::write(d.join("inc.s"), "\t.include \"a.s\"\n").unwrap();
+    let cases = [
+        ("gcc", "a.s", "-g"),
+        ("gcc", "a.s", "-Wa,--noexecstack -MMD -MF obj/a.d"),
+        ("clang", "a.s", "-g"),
+        ("clang", "a.s", "-MD"),
+        ("gcc", "b.S", "-g -MMD -MF obj/a.d -MT x.o"),
+        ("clang", "b.S", "-O2"),
+        ("gcc", "bad.s", ""),
+    ];
+    let compile = |cmd: &mut Command, compiler: &str, src: &str, flags: &str, out: &str| {
+        let o = cmd
+            .arg(compiler)
+            .args(flags.split(' ').filter(|f| !f.is_empty()))
+            .args(["-c", src, "-o", out])
+            .env("LANG", "C.UTF-8")
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let obj = std::fs::read(d.join(out)).ok();
+        let dep = std::fs::read(d.join("obj/a.d")).ok();
+        let _ = std::fs::remove_file(d.join("obj/a.d"));
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            obj,
+            dep,
+        )
+    };
+    for round in ["distributed", "cached"] {
+        for (compiler, src, flags) in cases {
+            let _ = std::fs::remove_file(d.join("obj/ref.o"));
+            let _ = std::fs::remove_file(d.join("obj/out.o"));
+            let local = compile(&mut Command::new("env"), compiler, src, flags, "obj/ref.o");
+            let swarm = compile(&mut env.cmd(swarmcc()), compiler, src, flags, "obj/out.o");
+            assert_eq!(local, swarm, "{round}: {compiler} {flags} {src}");
+            if src == "bad.s" {
+                assert!(
+                    local.0 != Some(0) && local.1.contains("nosuchinsn"),
+                    "{local:?}"
+                );
+            } else if src == "a.s" && compiler == "gcc" {
+                assert!(local.1.contains("a warns"), "{local:?}");
+            } else {
+                assert!(local.2.is_some(), "{compiler} {src}");
+            }
+        }
+    }
+    let s = env.stats_json();
+    let n = cases.len() as u64;
+    // The failing unit fails in the swarm too (each time: failures are not
+    // cached); the others went out once and were cache hits after.
+    assert_eq!(dist_total(&s), n - 1, "{s}");
+    assert_eq!(s["cache_hits"], n - 1, "{s}");
+    assert_eq!(s["compile_errors"], 2, "{s}");
+    assert_eq!(s["local_compiles"], serde_json::json!({}), "{s}");
+    // `.include`: the assembler's own search, so a local compile.
+    let local = compile(&mut Command::new("env"), "gcc", "inc.s", "", "obj/ref.o");
+    let swarm = compile(&mut env.cmd(swarmcc()), "gcc", "inc.s", "", "obj/out.o");
+    assert_eq!(local, swarm);
+    assert!(local.2.is_some());
+    assert_eq!(
+        env.stats_json()["local_compiles"]["assembler_include"],
+        1,
+        "{}",
+        env.stats_json()
+    );
+}
+
 #[test]
 fn symlinks_launchers_and_rustc() {
     let env = Env::new("");

@@ -34,10 +34,13 @@ pub enum LocalReason {
     /// The object's path is a device, FIFO or directory (`-o /dev/null`):
     /// the compiler writes into it, and a cached object has no place there.
     SpecialOutput,
+    /// An assembler source that reads other files (`.include`, `.incbin`),
+    /// which only the assembler itself would find.
+    AssemblerInclude,
 }
 
 impl LocalReason {
-    pub const ALL: [LocalReason; 13] = [
+    pub const ALL: [LocalReason; 14] = [
         LocalReason::NotCompile,
         LocalReason::PreprocessOnly,
         LocalReason::MultipleInputs,
@@ -51,6 +54,7 @@ impl LocalReason {
         LocalReason::OfficeFull,
         LocalReason::OutputNotWritable,
         LocalReason::SpecialOutput,
+        LocalReason::AssemblerInclude,
     ];
 
     /// Human label for `--show-stats`.
@@ -69,6 +73,7 @@ impl LocalReason {
             LocalReason::OfficeFull => "office full",
             LocalReason::OutputNotWritable => "output not writable (the user's error)",
             LocalReason::SpecialOutput => "output not a regular file (-o /dev/null)",
+            LocalReason::AssemblerInclude => "assembler source reads other files (.include)",
         }
     }
 
@@ -88,6 +93,7 @@ impl LocalReason {
             LocalReason::OfficeFull => "office_full",
             LocalReason::OutputNotWritable => "output_not_writable",
             LocalReason::SpecialOutput => "special_output",
+            LocalReason::AssemblerInclude => "assembler_include",
         }
     }
 }

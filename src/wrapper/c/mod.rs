@@ -9,8 +9,10 @@
 //!    dependency file), look the result up, else compile in the swarm with
 //!    the preprocessed text's hash as the builder's check.
 //!
-//! [`job`] builds the job all three send.
+//! [`job`] builds the job all three send. An assembler source (`.s`),
+//! which no preprocessor reads, takes a way of its own ([`assembler`]).
 
+mod assembler;
 mod direct;
 mod job;
 mod preprocessed;
@@ -58,7 +60,8 @@ pub(super) fn compile(
     let compile = args::parse(kind, &args).map_err(local)?;
     output_check(&w.cwd.join(&compile.output)).map_err(local)?;
     let node = w.node(node)?;
-    let direct = w.cfg.cache.enabled && w.cfg.cache.direct;
+    let asm = compile.lang == args::Lang::Asm;
+    let direct = w.cfg.cache.enabled && w.cfg.cache.direct && !asm;
     let started = SystemTime::now();
     let keys_of = |tc: &ToolchainInfo| direct::keys(tc, &compile, &w.cwd);
     let tc = toolchain::ask(w, node, direct.then_some(&keys_of as _))?;
@@ -74,6 +77,9 @@ pub(super) fn compile(
         tc: tc.info,
         started,
     };
+    if asm {
+        return assembler::compile(&unit, node);
+    }
     if let Some(keys) = keys {
         let mut info = FileInfo::load(
             &w.cfg.state.join("file-info"),

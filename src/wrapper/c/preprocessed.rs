@@ -73,7 +73,7 @@ pub(super) fn compile(
 }
 
 /// Compile `job` in the swarm and deliver its result.
-fn run(
+pub(super) fn run(
     node: &mut NodeClient,
     job: &Job,
     key: Hash32,

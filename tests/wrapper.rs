@@ -348,6 +348,51 @@ fn swarmcc_log_debug_says_why_a_compile_went_local() {
     assert_eq!(run(None), "");
 }
 
+/// A broken config makes every compile local; the first compile shows the
+/// whole error, the next ones its first line only, until the error changes.
+#[test]
+fn a_broken_config_is_told_in_full_once_then_in_one_line() {
+    let env = Env::new("[node]\nmax_jobs = \"x\"\n");
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    std::fs::write(d.join("a.c"), "int a(void) { return 1; }\n").unwrap();
+    let run = || {
+        let o = run_ok(
+            env.cmd(swarmcc())
+                .args(["gcc", "-c", "a.c", "-o", "a.o"])
+                .current_dir(d),
+        );
+        assert!(d.join("a.o").is_file());
+        String::from_utf8(o.stderr).unwrap()
+    };
+    let first = run();
+    assert!(
+        first.contains("max_jobs = \"x\"") && first.contains("expected usize"),
+        "{first}"
+    );
+    let again = run();
+    assert_eq!(again.lines().count(), 1, "{again}");
+    assert!(
+        again.contains("config.toml: TOML parse error at line 2")
+            && again.contains("swarmcc status")
+            && again.ends_with("compiling locally\n"),
+        "{again}"
+    );
+    assert_eq!(run(), again);
+    // Another error is told in full again.
+    std::fs::write(env.state().join("config.toml"), "[node\n").unwrap();
+    let other = run();
+    assert!(other.lines().count() > 1, "{other}");
+    // `swarmcc status` says it in full.
+    let status = env.cmd(swarmcc()).arg("status").output().unwrap();
+    assert!(!status.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&status.stderr).lines().count(),
+        other.lines().count(),
+        "{status:?}"
+    );
+}
+
 /// Under a terminal the diagnostics come in colour exactly as the compiler
 /// alone prints them (gcc and clang); a piped compile of the same unit is a
 /// cache hit of that coloured compile and prints exactly the compiler's

@@ -37,7 +37,7 @@ pub fn main(compiler: &str, args: Vec<String>) -> ! {
     let cfg = match Config::load() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("swarmcc: {e:#}; compiling locally");
+            eprintln!("{}", broken_config_message(&e));
             exec_local(&real, &args);
         }
     };
@@ -54,6 +54,32 @@ pub fn main(compiler: &str, args: Vec<String>) -> ! {
             exec_local(&real, &args);
         }
     }
+}
+
+/// What a compile says of a config that cannot be read: the whole error
+/// the first time (a TOML error shows the line and what is wrong), then its
+/// first line only, as long as the error stays the same, so that a build of
+/// a thousand units does not repeat it a thousand times. Which error was
+/// last told in full is kept in the state directory (when it exists).
+fn broken_config_message(e: &anyhow::Error) -> String {
+    let full = format!("{e:#}");
+    let told = swarmcc_node::config::state_dir()
+        .ok()
+        .filter(|d| d.is_dir())
+        .map(|d| d.join("config-error"));
+    let digest = swarmcc_protocol::Hash32::of(full.as_bytes()).to_hex();
+    let seen = told
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .is_some_and(|s| s == digest);
+    if seen {
+        let first = full.lines().next().unwrap_or_default();
+        return format!("swarmcc: {first} (in full: `swarmcc status`); compiling locally");
+    }
+    if let Some(f) = told {
+        let _ = crate::files::write_atomic(&f, digest.as_bytes());
+    }
+    format!("swarmcc: {full}; compiling locally")
 }
 
 /// Why a compile goes local.

@@ -367,6 +367,14 @@ fn hostile_jobs_fail_cleanly_and_the_node_keeps_serving() {
         bad.outputs = vec![out.into()];
         refused(bad);
     }
+    // A dependency file the node would read from outside the job's
+    // directories; an output named twice (read twice into memory).
+    let mut bad = job(tc, "true");
+    bad.deps_file = Some("/home/user/proj/../../../etc/shadow".into());
+    refused(bad);
+    let mut bad = job(tc, "true");
+    bad.outputs = vec!["/home/user/proj/out.o".into(); 2];
+    refused(bad);
     // An output outside the cwd (as sccache clients send) is written in a
     // directory of the slot's bound there: the host's file is untouched.
     let shadow = std::fs::read("/etc/shadow").unwrap();

@@ -261,7 +261,8 @@ pub struct SandboxConfig {
     /// Address-space limit of each process in a job.
     #[serde(deserialize_with = "de_size")]
     pub memory_limit: u64,
-    /// Limit of each file a job writes and of its stdout and stderr.
+    /// Limit of each file a job writes, of its outputs together, and of its
+    /// stdout and stderr.
     #[serde(deserialize_with = "de_size")]
     pub output_limit: u64,
     /// Processes one job may run at once (enforced when the node runs as root,

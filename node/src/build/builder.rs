@@ -83,7 +83,7 @@ impl Builder {
         let jobs_dir = visible.join("jobs");
         let bwrap = crate::build::spawn::find_program(&cfg.sandbox.bwrap);
         // Sandboxes and directories of jobs cut short by a killed node.
-        let killed = sandbox::kill_leftovers(&bwrap, &jobs_dir);
+        let killed = sandbox::kill_leftovers(&bwrap, &jobs_dir, sandbox::Sweep::Start);
         if killed > 0 {
             tracing::warn!("stopped {killed} sandbox processes left by an earlier node");
         }
@@ -130,7 +130,7 @@ impl Builder {
     /// The node is stopping: no sandbox of its may live on (see
     /// [`sandbox::kill_leftovers`]).
     pub fn stop(&self) {
-        let killed = sandbox::kill_leftovers(&self.bwrap, &self.jobs_dir);
+        let killed = sandbox::kill_leftovers(&self.bwrap, &self.jobs_dir, sandbox::Sweep::Stop);
         if killed > 0 {
             tracing::info!("stopped {killed} sandbox processes on the way out");
         }
@@ -219,9 +219,14 @@ impl Builder {
         }
         let mut outputs = Vec::new();
         if out.exit_code == 0 {
+            // The output limit bounds the outputs together, too.
+            let mut budget = self.limits.output;
             for o in &job.outputs {
-                match writable.read(&workdir, o, self.limits.output) {
-                    Ok(Some(d)) => outputs.push((o.clone(), d)),
+                match writable.read(&workdir, o, budget) {
+                    Ok(Some(d)) => {
+                        budget -= d.len() as u64;
+                        outputs.push((o.clone(), d))
+                    }
                     Ok(None) => {}
                     // What the job left there is its doing: not the node's fault.
                     Err(e) => return Err(JobError::Invalid(format!("output {o}: {e}"))),
@@ -249,7 +254,19 @@ impl Builder {
         let slot = lease.slot;
         let uid = self.uid_base.map(|b| b + slot as u32);
         lease.extra_work = writable.extra(workdir);
-        let carried = prepare_workdir(workdir, job, writable, uid, |h| self.blobs.trusted(h))?;
+        let (carried, emptied) =
+            prepare_workdir(workdir, job, writable, uid, |h| self.blobs.trusted(h))?;
+        if emptied {
+            // What was removed may have been the mount points of the
+            // sandbox set up ahead (a toolchain's entries under a writable
+            // directory): it is not used.
+            drop(
+                self.slots.waiting[slot]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+            );
+        }
         let mounts = writable.mounts(workdir);
         let mounts: Vec<(&Path, &Path)> = mounts
             .iter()
@@ -462,6 +479,9 @@ fn validate(job: &Job) -> Result<()> {
     sandbox::check_clean_abs(&job.cwd)?;
     sandbox::check_clean_abs(&job.compiler)?;
     Writable::of(job)?;
+    if let Some(d) = &job.deps_file {
+        sandbox::check_clean_abs(d)?;
+    }
     for s in &job.sources {
         sandbox::check_clean_abs(&s.path)?;
         if job.outputs.contains(&s.path) {

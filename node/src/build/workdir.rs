@@ -5,7 +5,7 @@
 use crate::build::builder::JobError;
 use crate::build::sandbox;
 use anyhow::{bail, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use swarmcc_protocol::{Hash32, Job};
@@ -26,39 +26,52 @@ pub(super) struct Writable {
 /// At most this many writable directories per job (each is a mount).
 const MAX_WRITABLE: usize = 16;
 
+/// At most this many outputs per job (a compile has two or three).
+const MAX_OUTPUTS: usize = 1024;
+
 impl Writable {
     pub(super) fn of(job: &Job) -> Result<Writable> {
         sandbox::check_clean_abs(&job.cwd)?;
-        let mut wanted = vec![PathBuf::from(&job.cwd)];
+        if job.outputs.len() > MAX_OUTPUTS {
+            bail!("more than {MAX_OUTPUTS} outputs");
+        }
+        let cwd = Path::new(&job.cwd);
+        let mut wanted = BTreeSet::from([cwd]);
+        let mut outputs = BTreeSet::new();
         for o in &job.outputs {
             sandbox::check_clean_abs(o)?;
-            let parent = Path::new(o).parent().unwrap_or(Path::new("/"));
-            if Path::new(o).starts_with(&job.cwd) && Path::new(o) != Path::new(&job.cwd) {
-                continue;
+            if !outputs.insert(o.as_str()) {
+                bail!("output {o} is named twice");
             }
-            wanted.push(parent.to_path_buf());
+            let o = Path::new(o);
+            if !o.starts_with(cwd) || o == cwd {
+                wanted.insert(o.parent().unwrap_or(Path::new("/")));
+            }
         }
         for w in &wanted {
-            if w == Path::new("/") {
+            if *w == Path::new("/") {
                 bail!("a job cannot write to / (its cwd or an output is there)");
             }
             if ["/dev", "/proc"].iter().any(|d| w.starts_with(d)) {
                 bail!("a job cannot write under {}", w.display());
             }
         }
-        // The outermost ones, the cwd's first.
+        // The outermost ones: in path order a directory comes right before
+        // everything below it, so one pass keeps each that is not below the
+        // last one kept.
         let mut dirs: Vec<PathBuf> = Vec::new();
-        for w in &wanted {
-            if wanted.iter().any(|o| o != w && w.starts_with(o)) || dirs.contains(w) {
+        for w in wanted {
+            if dirs.last().is_some_and(|d| w.starts_with(d)) {
                 continue;
             }
-            dirs.push(w.clone());
+            if dirs.len() == MAX_WRITABLE {
+                bail!("outputs in more than {MAX_WRITABLE} directories");
+            }
+            dirs.push(w.to_path_buf());
         }
-        if let Some(i) = dirs.iter().position(|d| Path::new(&job.cwd).starts_with(d)) {
+        // The cwd's first.
+        if let Some(i) = dirs.iter().position(|d| cwd.starts_with(d)) {
             dirs.swap(0, i);
-        }
-        if dirs.len() > MAX_WRITABLE {
-            bail!("outputs in more than {MAX_WRITABLE} directories");
         }
         for o in &job.outputs {
             if *o == job.cwd || dirs.iter().any(|d| d == Path::new(o)) {
@@ -69,8 +82,10 @@ impl Writable {
     }
 
     /// The writable directory holding `p` (its index), and `p` relative to
-    /// it (never empty).
+    /// it (never empty; `None` for a path that is not clean and absolute,
+    /// whose `..` would lead out of the directory).
     pub(super) fn find<'p>(&self, p: &'p str) -> Option<(usize, &'p Path)> {
+        sandbox::check_clean_abs(p).ok()?;
         self.dirs.iter().enumerate().find_map(|(i, d)| {
             Path::new(p)
                 .strip_prefix(d)
@@ -126,21 +141,23 @@ impl Writable {
 /// Make a job's writable directories ([`Writable`]): the carried files
 /// under them, the cwd and the directories of the outputs. Returns the
 /// carried files elsewhere (sandbox path → blob), which go into the slot's
-/// read-only tree. In the writable directories the files are hard links
-/// only when the job runs under another uid, which cannot write the node's
-/// read-only blobs; otherwise they are copies, so a job can never alter the
-/// blob store.
+/// read-only tree, and whether a writable directory had to be emptied
+/// first (see [`fresh_workdir`]). In the writable directories the files are
+/// hard links only when the job runs under another uid, which cannot write
+/// the node's read-only blobs; otherwise they are copies, so a job can never
+/// alter the blob store.
 pub(super) fn prepare_workdir(
     workdir: &Path,
     job: &Job,
     writable: &Writable,
     uid: Option<u32>,
     blob: impl Fn(&Hash32) -> Option<PathBuf>,
-) -> Result<BTreeMap<PathBuf, PathBuf>, JobError> {
+) -> Result<(BTreeMap<PathBuf, PathBuf>, bool), JobError> {
     let internal = |e: anyhow::Error| JobError::Internal(format!("preparing the job: {e:#}"));
     let mut carried = BTreeMap::new();
+    let mut emptied = false;
     for (_, host) in writable.mounts(workdir) {
-        fresh_workdir(&host).map_err(internal)?;
+        emptied |= fresh_workdir(&host).map_err(internal)?;
     }
     let host_of = |p: &str| {
         writable
@@ -183,12 +200,14 @@ pub(super) fn prepare_workdir(
         Ok(())
     })()
     .map_err(internal)?;
-    Ok(carried)
+    Ok((carried, emptied))
 }
 
 /// The slot's writable directory, present and empty (emptied after every
-/// job; checked here, as a job must never see another's files).
-pub(super) fn fresh_workdir(work: &Path) -> Result<()> {
+/// job; checked here, as a job must never see another's files). Whether it
+/// had to empty it: something (a sandbox set up ahead makes its mount points
+/// there) was removed.
+pub(super) fn fresh_workdir(work: &Path) -> Result<bool> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::create_dir(work) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -199,11 +218,12 @@ pub(super) fn fresh_workdir(work: &Path) -> Result<()> {
                 if std::fs::create_dir(work).is_err() && std::fs::read_dir(work)?.next().is_some() {
                     bail!("{} is not empty", work.display());
                 }
+                return Ok(true);
             }
         }
         r => r?,
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Give the job's uid its directories (not the linked files, which stay the
@@ -236,7 +256,9 @@ pub(super) fn empty_workdir(work: &Path) {
         }
     }
     if stuck {
-        let aside = work.with_extension(format!("stale-{}", std::process::id()));
+        let mut aside = work.as_os_str().to_owned();
+        aside.push(format!(".stale-{}", std::process::id()));
+        let aside = PathBuf::from(aside);
         tracing::warn!("could not empty {}; set aside", work.display());
         let _ = remove_tree(&aside);
         if std::fs::rename(work, &aside).is_err() {
@@ -308,6 +330,12 @@ pub(super) fn read_job_file(
     else {
         return Ok(None);
     };
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(Error::other("not a plain relative path"));
+    }
     let names: Vec<_> = rel.iter().collect();
     let Some((file, dirs)) = names.split_last() else {
         return Err(Error::other("no file name"));
@@ -349,7 +377,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let t = tempfile::tempdir().unwrap();
         let work = t.path().join("work-0");
-        fresh_workdir(&work).unwrap();
+        assert!(!fresh_workdir(&work).unwrap());
         std::fs::create_dir_all(work.join("d/e")).unwrap();
         std::fs::write(work.join("d/e/f"), b"x").unwrap();
         std::fs::write(work.join(".hidden"), b"x").unwrap();
@@ -359,7 +387,7 @@ mod tests {
         }
         std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o500)).unwrap();
         // Emptied by the next job's set-up if not before.
-        fresh_workdir(&work).unwrap();
+        assert!(fresh_workdir(&work).unwrap());
         assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
         let mode = std::fs::metadata(&work).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
@@ -414,6 +442,12 @@ mod tests {
         );
         assert_eq!(w.find("/p"), None);
         assert_eq!(w.find("/q/g.c"), None);
+        // A dependency file's path climbing out is never found, nor read.
+        assert_eq!(w.find("/p/../../etc/shadow"), None);
+        assert!(w
+            .read(Path::new("/nonexistent"), "/p/src/../../../etc/shadow", 9)
+            .is_err());
+        assert!(read_job_file(Path::new("/"), Path::new("etc/../etc/shadow"), 9).is_err());
         // Never / itself, the kernel's trees, or an output that is a
         // writable directory.
         for (cwd, outs) in [
@@ -429,6 +463,13 @@ mod tests {
         ] {
             assert!(dirs(cwd, outs).is_err(), "{cwd} {outs:?}");
         }
+        // An output named twice, or too many of them (cheaply refused).
+        assert!(dirs("/p", &["/q/a.o", "/q/a.o"]).is_err());
+        let lots = vec!["/a/b"; 700_000];
+        assert!(dirs("/p", &lots).is_err());
+        let lots: Vec<String> = (0..MAX_OUTPUTS).map(|i| format!("/q/{i}.o")).collect();
+        let lots: Vec<&str> = lots.iter().map(String::as_str).collect();
+        assert_eq!(dirs("/p", &lots).unwrap(), ["/p", "/q"]);
         let many: Vec<String> = (0..MAX_WRITABLE).map(|i| format!("/o{i}/a.o")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(dirs("/p", &many).is_err());
@@ -455,8 +496,9 @@ mod tests {
         }
         let w = Writable::of(&j).unwrap();
         let work = t.path().join("work-0");
-        let carried =
+        let (carried, emptied) =
             prepare_workdir(&work, &j, &w, None, |h| Some(blobs.join(h.to_hex()))).unwrap();
+        assert!(!emptied);
         // Only what no writable directory holds goes to the read-only tree.
         assert_eq!(carried.keys().collect::<Vec<_>>(), [Path::new("/usr/x.h")]);
         let second = Writable::host(&work, 1);

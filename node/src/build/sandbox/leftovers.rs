@@ -47,21 +47,44 @@ pub(crate) fn become_subreaper() {
     }
 }
 
+/// When [`kill_leftovers`] sweeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sweep {
+    /// The node is starting: what a dead node of this state dir left.
+    Start,
+    /// The node is stopping: its own sandboxes.
+    Stop,
+}
+
 /// Kill every process left of this node's sandboxes: a `bwrap` whose command
 /// line names a path below `jobs_dir` (each bubblewrap of ours mounts its
-/// slot's tree and directory from there, and the state directory, so
-/// `jobs_dir` too, is this node's alone). Returns how many were killed.
+/// slot's tree and directory from there) and that this node started, or, as
+/// it starts, that no live node started. Returns how many were killed.
 ///
 /// A sandbox can outlive its node: bubblewrap's inner process waits for the
 /// outer one to signal that its namespaces are set up, and gets its
 /// parent-death signal only right before `exec`; when the outer one dies in
 /// between (the node killed, or a held sandbox stopped, while it was being
 /// set up) the inner one waits for ever. So the node sweeps them when it
-/// starts and when it stops.
-pub(crate) fn kill_leftovers(bwrap: &Path, jobs_dir: &Path) -> usize {
+/// starts and when it stops. Whose a sandbox is, is told by its owner, the
+/// first process above it that is not bubblewrap: this node, or one reparented
+/// to init or a subreaper when its node died. Another node that runs on a
+/// state dir of the same path (one removed and made again under a running
+/// node) owns its sandboxes and holds its `node.lock` open: those are never
+/// touched.
+pub(crate) fn kill_leftovers(bwrap: &Path, jobs_dir: &Path, when: Sweep) -> usize {
     let left = Leftovers::new(bwrap, jobs_dir);
+    let me = std::process::id() as i32;
     let mut killed = 0;
     for pid in left.pids() {
+        let ours = match left.owner(pid) {
+            Some(owner) if owner == me => true,
+            Some(owner) => when == Sweep::Start && !is_live_node(owner),
+            None => false,
+        };
+        if !ours {
+            continue;
+        }
         // Pin the process, then check again that it is the one read: its pid
         // may have been reused in between.
         let Some(fd) = crate::build::spawn::pidfd_open(pid) else {
@@ -82,6 +105,34 @@ pub(crate) fn kill_leftovers(bwrap: &Path, jobs_dir: &Path) -> usize {
         }
     }
     killed
+}
+
+/// The parent of `pid`, from `/proc/<pid>/stat` (after the command name,
+/// which may hold spaces and parentheses).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.iter().rposition(|b| *b == b')')? + 1..];
+    let mut fields = after.split(|b| *b == b' ').filter(|f| !f.is_empty());
+    fields.next()?; // state
+    std::str::from_utf8(fields.next()?).ok()?.parse().ok()
+}
+
+/// Whether `pid` is a running node: it holds a state dir's `node.lock`
+/// open. A process whose descriptors cannot be read (another user's) is
+/// taken to be one: its sandboxes are not this node's to kill. init never is.
+fn is_live_node(pid: i32) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return std::path::Path::new(&format!("/proc/{pid}")).exists();
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let t = target.as_os_str().as_encoded_bytes();
+            t.ends_with(b"/node.lock") || t.ends_with(b"/node.lock (deleted)")
+        })
+    })
 }
 
 /// How [`kill_leftovers`] tells a process of this node's sandboxes.
@@ -108,6 +159,21 @@ impl Leftovers {
                 c.split(|b| *b == 0)
                     .any(|arg| arg.starts_with(&self.prefix))
             })
+    }
+
+    /// The first process above `pid` that is not bubblewrap (`None` if
+    /// the chain cannot be read, or is implausibly long).
+    fn owner(&self, pid: i32) -> Option<i32> {
+        let mut p = pid;
+        for _ in 0..16 {
+            p = parent_of(p)?;
+            let is_bwrap =
+                std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|exe| exe == self.bwrap);
+            if !is_bwrap {
+                return Some(p);
+            }
+        }
+        None
     }
 
     /// Every such process but this one.
@@ -164,7 +230,7 @@ mod tests {
             .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         // The outer bubblewrap and the sandbox's init.
-        assert_eq!(kill_leftovers(&bwrap, &jobs), 2);
+        assert_eq!(kill_leftovers(&bwrap, &jobs, Sweep::Stop), 2);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while ours.try_wait().unwrap().is_none() {
             assert!(std::time::Instant::now() < deadline, "still running");
@@ -179,10 +245,81 @@ mod tests {
         }
         assert!(theirs.try_wait().unwrap().is_none());
         assert!(bystander.try_wait().unwrap().is_none());
-        assert_eq!(kill_leftovers(&bwrap, &jobs), 0);
+        assert_eq!(kill_leftovers(&bwrap, &jobs, Sweep::Start), 0);
         for c in [&mut theirs, &mut bystander] {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    /// Sandboxes of this state dir's path that another process started: a
+    /// live node (it holds a `node.lock` open) keeps them whenever this one
+    /// sweeps; a dead node's (their owner holds no lock) go when a node
+    /// starts, never when one stops.
+    #[test]
+    fn a_sweep_kills_only_this_nodes_or_a_dead_nodes_sandboxes() {
+        let t = tempfile::tempdir().unwrap();
+        let jobs = t.path().join("jobs");
+        fs::create_dir_all(jobs.join("work-0")).unwrap();
+        let lock = t.path().join("node.lock");
+        fs::write(&lock, b"").unwrap();
+        let bwrap = crate::build::spawn::find_program(Path::new("bwrap"));
+        // A shell that starts the sandbox as its child (and waits), holding
+        // the lock open or not.
+        let owner = |hold: bool| {
+            let redirect = if hold { "exec 3<\"$2\"; " } else { "" };
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "{redirect}\"$0\" --unshare-pid --ro-bind / / --bind \"$1\" /mnt sleep 60; :"
+                ))
+                .arg(&bwrap)
+                .arg(jobs.join("work-0"))
+                .arg(&lock)
+                .spawn()
+                .unwrap()
+        };
+        let mut live = owner(true);
+        let mut dead = owner(false);
+        let left = Leftovers::new(&bwrap, &jobs);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Both sandboxes up: an outer bubblewrap and its init each.
+        while left.pids().len() < 4 {
+            assert!(std::time::Instant::now() < deadline, "sandboxes not up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let owners = |pids: Vec<i32>| {
+            let mut o: Vec<i32> = pids.iter().filter_map(|p| left.owner(*p)).collect();
+            o.sort();
+            o.dedup();
+            o
+        };
+        let mut both = vec![live.id() as i32, dead.id() as i32];
+        both.sort();
+        assert_eq!(owners(left.pids()), both);
+        // Stopping: neither is this node's.
+        assert_eq!(kill_leftovers(&bwrap, &jobs, Sweep::Stop), 0);
+        // Starting: the one whose owner holds no node lock is a leftover.
+        assert_eq!(kill_leftovers(&bwrap, &jobs, Sweep::Start), 2);
+        while owners(left.pids()) != [live.id() as i32] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "leftover still running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(dead.wait().is_ok());
+        assert!(live.try_wait().unwrap().is_none());
+        assert_eq!(kill_leftovers(&bwrap, &jobs, Sweep::Start), 0);
+        live.kill().unwrap();
+        live.wait().unwrap();
+        // Its sandbox, reparented when its owner died, is a leftover now.
+        let mut n = 0;
+        while !left.pids().is_empty() {
+            n += kill_leftovers(&bwrap, &jobs, Sweep::Start);
+            assert!(std::time::Instant::now() < deadline, "orphan still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(n >= 1, "{n}");
     }
 }

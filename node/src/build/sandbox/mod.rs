@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt;
 mod leftovers;
 mod place;
 
-pub(crate) use leftovers::{become_subreaper, kill_leftovers};
+pub(crate) use leftovers::{become_subreaper, kill_leftovers, Sweep};
 use leftovers::{kill_group, kill_if_ours, SUBREAPER};
 pub use place::{default_base_name, SYSTEM_BASE};
 pub(crate) use place::{running_as_root, sandbox_dir, visible_base};

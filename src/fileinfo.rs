@@ -16,9 +16,14 @@
 //! `file_stat_matches` has the same trust, without the settling.)
 //!
 //! The entries of one toolchain and working directory (the headers one
-//! project's units share) live in one file under the state directory,
-//! rewritten only when something new was learned. Losing it, or a race
-//! between two runs writing it, only costs reading the files again.
+//! project's units share) live in one file under the state directory. What
+//! a run learns is appended to a journal beside it (`<file>.log`), and the
+//! file is rewritten with the journal merged in only when the journal
+//! outgrows [`JOURNAL_MAX`]: in a cold build every unit learns its own
+//! source, and rewriting a file of thousands of entries for each one (a
+//! megabyte read, checked and written per compile in OpenSSL) was most of
+//! the wrapper's time. Losing either file, or a race between two runs
+//! writing them, only costs reading the files again.
 //!
 //! A large project's file holds thousands of entries, of which one compile
 //! needs a hundred. The file is therefore an index sorted by path hash, then
@@ -42,6 +47,10 @@ const SETTLED: i64 = 3;
 /// at most this many such sets (more empties the directory).
 const MAX_ENTRIES: usize = 16_384;
 const MAX_SETS: usize = 4096;
+
+/// A journal larger than this is merged into its file (and one larger than
+/// this when read is not read: not one this code wrote).
+const JOURNAL_MAX: u64 = 128 << 10;
 
 /// What identifies one version of a file on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +127,8 @@ pub struct FileInfo {
     file: Option<PathBuf>,
     /// The kept entries, as read (decoded one by one when looked up).
     kept: Kept,
+    /// Entries learned since the file was last rewritten (newer than it).
+    journal: Journal,
     /// Entries decoded from `kept` or learned in this run.
     entries: HashMap<PathBuf, (Stamp, Known)>,
     /// Entries learned in this run, to be written back.
@@ -131,9 +142,11 @@ impl FileInfo {
     pub fn load(dir: &Path, key: &[u8]) -> FileInfo {
         let file = dir.join(blake3::hash(key).to_hex().as_str());
         let kept = Kept::open(&file).unwrap_or_default();
+        let journal = Journal::open(&journal_path(&file));
         FileInfo {
             file: Some(file),
             kept,
+            journal,
             entries: HashMap::new(),
             learned: Vec::new(),
             settled_before: now_secs() as i64 - SETTLED,
@@ -146,6 +159,7 @@ impl FileInfo {
         FileInfo {
             file: None,
             kept: Kept::default(),
+            journal: Journal::default(),
             entries: HashMap::new(),
             learned: Vec::new(),
             settled_before: i64::MIN,
@@ -155,7 +169,7 @@ impl FileInfo {
     /// What is known of `path`, if its stamp still is `stamp`.
     fn get(&mut self, path: &Path, stamp: &Stamp) -> Option<&Known> {
         if !self.entries.contains_key(path) {
-            let e = self.kept.get(path)?;
+            let e = self.journal.get(path).or_else(|| self.kept.get(path))?;
             self.entries.insert(path.to_path_buf(), e);
         }
         match self.entries.get(path) {
@@ -221,15 +235,21 @@ impl FileInfo {
         })
     }
 
-    /// Write what this run learned back, merged into what other runs wrote
-    /// meanwhile (atomically; best effort). The entries kept before are
-    /// copied as they are, not decoded.
+    /// Write what this run learned back: appended to the journal, or, when
+    /// that would outgrow [`JOURNAL_MAX`], merged with the journal into the
+    /// file (atomically), with what other runs wrote meanwhile. Best effort.
+    /// The entries kept before are copied as they are, not decoded.
     pub fn save(&mut self) {
+        self.save_to(false);
+    }
+
+    /// [`FileInfo::save`]; `merge`: into the file, whatever the journal's size.
+    fn save_to(&mut self, merge: bool) {
         let Some(file) = &self.file else { return };
         if self.learned.is_empty() {
             return;
         }
-        let mut records: HashMap<u64, Vec<u8>> = self
+        let new: Vec<(u64, Vec<u8>)> = self
             .learned
             .drain(..)
             .filter_map(|p| {
@@ -237,6 +257,19 @@ impl FileInfo {
                 Some((path_key(&p), Kept::record(&p, stamp, known)?))
             })
             .collect();
+        let log = journal_path(file);
+        // A journal with bytes after its last whole record (an append cut
+        // short) is merged away: what was appended after them would be lost.
+        let append = !merge && file.exists() && self.journal.whole();
+        if append && Journal::append(&log, &new).is_ok() {
+            return;
+        }
+        // Newest first: this run's, the journal's (its later records over
+        // its earlier), then the file's.
+        let mut records: HashMap<u64, Vec<u8>> = new.into_iter().collect();
+        for (key, rec) in Journal::open(&log).records().into_iter().rev() {
+            records.entry(key).or_insert(rec);
+        }
         if let Some(old) = Kept::open(file) {
             for (key, rec) in old.records() {
                 records.entry(key).or_insert(rec);
@@ -250,6 +283,7 @@ impl FileInfo {
         };
         if let Some(bytes) = Kept::build(records.into_iter().collect()) {
             crate::files::keep_file(dir, name, &bytes, MAX_SETS);
+            let _ = std::fs::remove_file(&log);
         }
     }
 }
@@ -473,11 +507,120 @@ impl Kept {
     }
 }
 
+/// The journal of a kept file: the entries learned since it was written.
+fn journal_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
+/// A kept file's journal: records appended one after another, each
+///
+/// ```text
+/// key: u64, len: u32, check (16 bytes), body (len bytes)
+/// ```
+///
+/// (`key`, check and body as in [`Kept`]). A later record of a path is
+/// newer than an earlier one. Reading stops at the first record that is not
+/// whole (an append cut short); a record whose check fails is not used.
+#[derive(Default)]
+struct Journal {
+    bytes: Vec<u8>,
+    /// (key, where its check starts, check and body length).
+    slots: Vec<(u64, usize, usize)>,
+}
+
+const JOURNAL_HEAD: usize = 12;
+
+impl Journal {
+    fn open(path: &Path) -> Journal {
+        use std::io::Read;
+        let Ok(f) = std::fs::File::open(path) else {
+            return Journal::default();
+        };
+        let mut bytes = Vec::new();
+        if f.take(JOURNAL_MAX + 1).read_to_end(&mut bytes).is_err()
+            || bytes.len() as u64 > JOURNAL_MAX
+        {
+            return Journal::default();
+        }
+        Journal::parse(bytes)
+    }
+
+    fn parse(bytes: Vec<u8>) -> Journal {
+        let mut slots = Vec::new();
+        let mut at = 0;
+        while let Some(head) = bytes.get(at..at + JOURNAL_HEAD) {
+            let (key, len) = (le(&head[..8]), le(&head[8..]) as usize);
+            let start = at + JOURNAL_HEAD;
+            let Some(end) = start.checked_add(CHECK + len).filter(|e| *e <= bytes.len()) else {
+                break;
+            };
+            slots.push((key, start, CHECK + len));
+            at = end;
+        }
+        Journal { bytes, slots }
+    }
+
+    /// Whether its records take all of its bytes.
+    fn whole(&self) -> bool {
+        self.slots.last().map_or(0, |&(_, start, len)| start + len) == self.bytes.len()
+    }
+
+    /// The newest whole entry of `path`.
+    fn get(&self, path: &Path) -> Option<(Stamp, Known)> {
+        let key = path_key(path);
+        self.slots
+            .iter()
+            .rev()
+            .filter(|(k, _, _)| *k == key)
+            .filter_map(|&(_, start, len)| Kept::decode(&self.bytes[start..start + len]))
+            .find(|(p, _, _)| p == path)
+            .map(|(_, s, k)| (s, k))
+    }
+
+    /// Every whole record (key, check and body), oldest first.
+    fn records(&self) -> Vec<(u64, Vec<u8>)> {
+        self.slots
+            .iter()
+            .filter_map(|&(key, start, len)| {
+                let rec = &self.bytes[start..start + len];
+                let (sum, body) = rec.split_at(CHECK);
+                (check(body) == sum).then(|| (key, rec.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Append `records` (key, check and body) in one write, unless the
+    /// journal would outgrow [`JOURNAL_MAX`] (an error: then it is merged).
+    fn append(path: &Path, records: &[(u64, Vec<u8>)]) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut out = Vec::new();
+        for (key, rec) in records {
+            let len = u32::try_from(rec.len() - CHECK).map_err(std::io::Error::other)?;
+            out.extend_from_slice(&key.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(rec);
+        }
+        let mut f = std::fs::File::options()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        if f.metadata()?.len() + out.len() as u64 > JOURNAL_MAX {
+            return Err(std::io::Error::other("the journal is full"));
+        }
+        f.write_all(&out)
+    }
+}
+
 /// Read `data` as a kept file, every entry of it: what the fuzzer runs.
 /// The checks are put right first (a random input never has them right),
 /// so that the offsets and lengths behind them are what gets tried.
-pub fn fuzz(data: &[u8]) {
-    let mut data = data.to_vec();
+pub fn fuzz(input: &[u8]) {
+    let mut data = input.to_vec();
     if data.len() >= HEAD {
         let n = le(&data[MAGIC.len()..HEAD]) as usize;
         let end = n.saturating_mul(ENTRY).saturating_add(HEAD);
@@ -508,6 +651,16 @@ pub fn fuzz(data: &[u8]) {
         }
         let _ = kept.records().count();
     }
+    let journal = Journal::parse(input.to_vec());
+    for (path, _, _) in journal
+        .slots
+        .iter()
+        .filter_map(|&(_, start, len)| Kept::decode(&journal.bytes[start..start + len]))
+        .collect::<Vec<_>>()
+    {
+        let _ = journal.get(&path);
+    }
+    let _ = journal.records();
 }
 
 /// Whether a file names `__DATE__`, `__TIME__` or `__TIMESTAMP__` (two
@@ -530,12 +683,85 @@ pub(crate) fn names_the_clock(data: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    /// Read `f` as a run that started after it settled, and keep it.
+    /// Read `f` as a run that started after it settled, and keep it (in
+    /// the file, not its journal).
     fn keep(dir: &Path, f: &Path) {
         let mut info = FileInfo::load(dir, b"k");
         info.settled_before = now_secs() as i64 + 10;
         info.file(f).unwrap();
-        info.save();
+        info.save_to(true);
+    }
+
+    /// What one run learns goes to the journal; the file is rewritten only
+    /// when the journal is full, and then holds everything. A journal cut
+    /// short, or a record in it damaged, costs only those entries.
+    #[test]
+    fn learned_entries_are_journaled_and_merged_when_the_journal_fills() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("info");
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let file = |i: usize| src.join(format!("unit-with-a-longish-name-{i}.c"));
+        let learn = |i: usize| {
+            std::fs::write(file(i), format!("int u{i};")).unwrap();
+            let mut info = FileInfo::load(&dir, b"k");
+            info.settled_before = now_secs() as i64 + 10;
+            info.file(&file(i)).unwrap();
+            info.save();
+        };
+        learn(0);
+        let kept = dir.join(blake3::hash(b"k").to_hex().as_str());
+        let log = journal_path(&kept);
+        let first = std::fs::metadata(&kept).unwrap().ino();
+        assert!(!log.exists());
+        for i in 1..50 {
+            learn(i);
+        }
+        // One file written once; the journal holds the rest.
+        assert_eq!(std::fs::metadata(&kept).unwrap().ino(), first);
+        let info = FileInfo::load(&dir, b"k");
+        assert_eq!((info.kept.len(), info.journal.records().len()), (1, 49));
+        // (Looking does not keep what it had to read.)
+        let known = |i: usize| {
+            let mut info = FileInfo::load(&dir, b"k");
+            let got = info.file(&file(i)).unwrap();
+            info.file = None;
+            assert_eq!(got.hash, Hash32::of(format!("int u{i};").as_bytes()));
+            got.data.is_none()
+        };
+        assert!((0..50).all(known));
+        // The last record cut short, another's check broken: those two are
+        // read again, the rest known.
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes.truncate(bytes.len() - 5);
+        let at = Journal::parse(bytes.clone()).slots[1].1;
+        bytes[at] ^= 1;
+        std::fs::write(&log, &bytes).unwrap();
+        assert!(!known(49) && !known(2));
+        assert!((3..49).all(known) && known(0) && known(1));
+        // The next run's learning is not appended after the cut: the file
+        // is rewritten with everything whole, the journal gone.
+        learn(50);
+        assert!(!log.exists());
+        let merged = std::fs::metadata(&kept).unwrap().ino();
+        assert_ne!(merged, first);
+        let info = FileInfo::load(&dir, b"k");
+        assert_eq!(info.kept.len(), 49, "all but the two damaged ones");
+        assert!((50..51).all(known));
+        // Fill the journal: then the file is rewritten with all of it.
+        let mut i = 51;
+        learn(i);
+        while log.exists() {
+            i += 1;
+            learn(i);
+            assert!(i < 10_000, "never merged");
+        }
+        assert_ne!(std::fs::metadata(&kept).unwrap().ino(), merged);
+        let info = FileInfo::load(&dir, b"k");
+        assert_eq!(info.kept.len(), i - 1);
+        assert!((50..=i).all(known));
+        assert!(i > 200, "{i} entries fit in the journal");
     }
 
     fn age(path: &Path, secs: u64) {
@@ -676,7 +902,8 @@ mod tests {
         info.settled_before = now_secs() as i64 + 10;
         info.file(&extra).unwrap();
         info.save();
-        assert_eq!(FileInfo::load(&dir, b"k").kept.len(), 501);
+        let info = FileInfo::load(&dir, b"k");
+        assert_eq!((info.kept.len(), info.journal.records().len()), (500, 1));
     }
 
     #[test]

@@ -271,9 +271,9 @@ pub fn run_ok(c: &mut Command) -> Output {
     out
 }
 
-/// The Lua 5.4 sources that ship inside the `lua-src` crate (a pinned
-/// dev-dependency, so cargo has unpacked it into its registry).
-pub fn lua_sources() -> PathBuf {
+/// `sub` of a pinned dev-dependency `krate` (e.g. `lua-src-551.1.0`), which
+/// cargo has unpacked into its registry; `marker` is a file it must hold.
+pub fn crate_sources(krate: &str, sub: &str, marker: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
@@ -281,12 +281,17 @@ pub fn lua_sources() -> PathBuf {
         .expect("cargo registry")
         .flatten()
     {
-        let dir = reg.path().join("lua-src-551.1.0/lua-5.4.9");
-        if dir.join("lapi.c").exists() {
+        let dir = reg.path().join(krate).join(sub);
+        if dir.join(marker).exists() {
             return dir;
         }
     }
-    panic!("lua-src 551.1.0 sources not found under {}", home.display());
+    panic!("{krate}/{sub} not found under {}", home.display());
+}
+
+/// The Lua 5.4 sources that ship inside the `lua-src` crate.
+pub fn lua_sources() -> PathBuf {
+    crate_sources("lua-src-551.1.0", "lua-5.4.9", "lapi.c")
 }
 
 /// A Lua project: the crate's sources, a tiny `main.c` and a Makefile with

@@ -153,14 +153,14 @@ impl Builder {
 
     /// Run a job to completion.
     pub async fn run(&self, job: &Job) -> Result<JobResult, JobError> {
-        validate(job).map_err(|e| JobError::Invalid(e.to_string()))?;
+        let writable = validate(job).map_err(|e| JobError::Invalid(e.to_string()))?;
         let mut lease = self
             .slots
             .lease(|slot| self.workdir(slot))
             .await
             .map_err(JobError::Internal)?;
         self.running.fetch_add(1, Ordering::Relaxed);
-        let res = self.run_in_slot(job, &mut lease).await;
+        let res = self.run_in_slot(job, &writable, &mut lease).await;
         self.running.fetch_sub(1, Ordering::Relaxed);
         res
     }
@@ -199,13 +199,17 @@ impl Builder {
         })
     }
 
-    async fn run_in_slot(&self, job: &Job, lease: &mut SlotLease) -> Result<JobResult, JobError> {
+    async fn run_in_slot(
+        &self,
+        job: &Job,
+        writable: &Writable,
+        lease: &mut SlotLease,
+    ) -> Result<JobResult, JobError> {
         let t0 = std::time::Instant::now();
         // Held (not removed from the store) until the job is over.
         let root = self.toolchain_root(job).await?;
         let workdir = self.workdir(lease.slot);
-        let writable = Writable::of(job).map_err(|e| JobError::Invalid(e.to_string()))?;
-        let runs = self.prepare(job, lease, &root.root, &workdir, &writable)?;
+        let runs = self.prepare(job, lease, &root.root, &workdir, writable)?;
         tracing::debug!(
             micros = t0.elapsed().as_micros() as u64,
             sources = job.sources.len(),
@@ -213,7 +217,7 @@ impl Builder {
             "job prepared"
         );
         tracing::trace!(mounts = ?runs.mounts, "sandbox mounts");
-        let out = runs.compile(&workdir, &writable).await?;
+        let out = runs.compile(&workdir, writable).await?;
         if out.exit_code != 0 && looks_like_resource_failure(&out.stderr) {
             return Err(JobError::Sandbox(SandboxError::Signal(libc::SIGKILL)));
         }
@@ -475,16 +479,22 @@ fn looks_like_resource_failure(stderr: &[u8]) -> bool {
 /// is a few hundred kilobytes).
 const DEPS_FILE_MAX: u64 = 16 << 20;
 
-fn validate(job: &Job) -> Result<()> {
+/// A job's paths and names checked before it takes a slot; where it may
+/// write.
+fn validate(job: &Job) -> Result<Writable> {
     sandbox::check_clean_abs(&job.cwd)?;
     sandbox::check_clean_abs(&job.compiler)?;
-    Writable::of(job)?;
+    let writable = Writable::of(job)?;
     if let Some(d) = &job.deps_file {
         sandbox::check_clean_abs(d)?;
     }
+    if job.sources.len() > 100_000 {
+        bail!("too many sources");
+    }
+    let outputs: std::collections::HashSet<&str> = job.outputs.iter().map(String::as_str).collect();
     for s in &job.sources {
         sandbox::check_clean_abs(&s.path)?;
-        if job.outputs.contains(&s.path) {
+        if outputs.contains(s.path.as_str()) {
             bail!("source {} collides with the job's output", s.path);
         }
     }
@@ -493,10 +503,7 @@ fn validate(job: &Job) -> Result<()> {
             bail!("bad environment variable name {k:?}");
         }
     }
-    if job.sources.len() > 100_000 {
-        bail!("too many sources");
-    }
-    Ok(())
+    Ok(writable)
 }
 
 #[cfg(test)]

@@ -75,16 +75,19 @@ pub(crate) enum Sweep {
 pub(crate) fn kill_leftovers(bwrap: &Path, jobs_dir: &Path, when: Sweep) -> usize {
     let left = Leftovers::new(bwrap, jobs_dir);
     let me = std::process::id() as i32;
-    let mut killed = 0;
-    for pid in left.pids() {
-        let ours = match left.owner(pid) {
+    // Whose each one is, told before any is killed: a sandbox's init whose
+    // outer bubblewrap dies first is reparented away from its owner.
+    let ours: Vec<i32> = left
+        .pids()
+        .into_iter()
+        .filter(|&pid| match left.owner(pid) {
             Some(owner) if owner == me => true,
             Some(owner) => when == Sweep::Start && !is_live_node(owner),
             None => false,
-        };
-        if !ours {
-            continue;
-        }
+        })
+        .collect();
+    let mut killed = 0;
+    for pid in ours {
         // Pin the process, then check again that it is the one read: its pid
         // may have been reused in between.
         let Some(fd) = crate::build::spawn::pidfd_open(pid) else {
@@ -228,17 +231,22 @@ mod tests {
             .arg(jobs.join("work-0"))
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        // The outer bubblewrap and the sandbox's init.
-        assert_eq!(kill_leftovers(&bwrap, &jobs, Sweep::Stop), 2);
+        // Both of ours up (the outer bubblewrap and the sandbox's init; on
+        // a busy machine the init may take a while), and the others.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let left = Leftovers::new(&bwrap, &jobs);
+        while left.pids().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "sandbox not up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(kill_leftovers(&bwrap, &jobs, Sweep::Stop), 2);
         while ours.try_wait().unwrap().is_none() {
             assert!(std::time::Instant::now() < deadline, "still running");
             std::thread::sleep(Duration::from_millis(20));
         }
         // The sandbox's init goes too, of the one signal it got (it may
         // outlive the outer bubblewrap by a moment).
-        let left = Leftovers::new(&bwrap, &jobs);
         while !left.pids().is_empty() {
             assert!(std::time::Instant::now() < deadline, "init still running");
             std::thread::sleep(Duration::from_millis(20));
